@@ -1,0 +1,1 @@
+"""The `mstore` command line."""

@@ -1,0 +1,29 @@
+"""`mstore`: the admin and benchmark CLI. Each command group lives in its own module."""
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    name="mstore",
+    help="mooncake_store: a distributed KV-cache store for LLM serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """mooncake_store: a distributed KV-cache store for LLM serving."""
+
+
+# Command groups register themselves below (one import per module).

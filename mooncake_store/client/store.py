@@ -1,0 +1,430 @@
+"""`Store`: the Pythonic client. Raises typed exceptions; batch calls return per-key codes.
+
+Control goes to the master (an in-process ObjectIndex in embedded mode); bytes go
+straight between the caller's memory and the segment through the C record
+functions, which verify the header and checksum in the same pass as the copy.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from typing import Any, Sequence
+
+from .._engine import ffi, lib
+from ..codec import FLAG_TENSOR
+from ..config import Config
+from ..errors import (
+    ChecksumMismatch,
+    ErrorCode,
+    InvalidParams,
+    ObjectNotFound,
+    StoreClosed,
+    StoreError,
+)
+from ..master.index import Lookup, ObjectIndex
+from ..node.segment import DramSegment
+from ..replica import Replica, ReplicateConfig
+from . import tensors
+from .buffers import Region, region
+
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
+
+class BufferHandle(bytearray):
+    """A value read into memory the caller owns; buffer protocol plus Mooncake's ptr()/size()."""
+
+    def ptr(self) -> int:
+        return int(ffi.cast("uintptr_t", ffi.from_buffer(self)))
+
+    def size(self) -> int:
+        return len(self)
+
+
+def _code(exc: BaseException) -> int:
+    return int(exc.code) if isinstance(exc, StoreError) else int(ErrorCode.INTERNAL_ERROR)
+
+
+class Store:
+    """A KV-cache store client. `Store()` runs embedded: master and one DRAM segment here."""
+
+    def __init__(self, config: Config | dict | None = None, **kwargs: Any) -> None:
+        if isinstance(config, Config):
+            cfg = config.replace(**kwargs) if kwargs else config
+        else:
+            cfg = Config.load(values=config, **kwargs)
+        if not cfg.embedded:
+            raise StoreError(f"cluster mode (master {cfg.master_server_addr!r}) is not available "
+                             "in this build yet; use the embedded store (no master address)",
+                             ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS)
+        self.config = cfg
+        self._index = ObjectIndex(cfg)
+        self._segments: dict[str, DramSegment] = {}
+        self._registered: dict[int, int] = {}
+        self._epoch = time.time_ns() & 0x7FFF_FFFF_FFFF_FFFF
+        self._next_reclaim = 0.0
+        self._closed = False
+        self._close_lock = threading.Lock()
+        if cfg.global_segment_size > 0:
+            self.mount_segment(f"{cfg.local_hostname}:embedded", cfg.global_segment_size)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def mount_segment(self, name: str, size: int) -> None:
+        seg = DramSegment(size, name)
+        self._segments[name] = seg
+        self._index.add_segment(name, seg.size)
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for seg in self._segments.values():
+                seg.close()
+            self._segments.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosed("store is closed")
+
+    # ---- keys -------------------------------------------------------------------------------
+    def _key(self, key: Any) -> tuple[str, bytes]:
+        if isinstance(key, str):
+            kb = key.encode("utf-8", "surrogatepass")
+        elif isinstance(key, (bytes, bytearray)):
+            kb = bytes(key)
+            try:
+                key = kb.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidParams("key bytes must be valid UTF-8") from None
+        else:
+            raise InvalidParams(f"key must be str or bytes, got {type(key).__name__}")
+        if not kb:
+            raise InvalidParams("key must not be empty")
+        if len(kb) > self.config.max_key_len:
+            raise InvalidParams(f"key of {len(kb)} bytes exceeds max_key_len "
+                                f"({self.config.max_key_len})")
+        return key, kb
+
+    def _keys(self, keys: Sequence[Any]) -> list[tuple[str, bytes]]:
+        if isinstance(keys, (str, bytes)) or not hasattr(keys, "__len__"):
+            raise InvalidParams("keys must be a list of keys")
+        if len(keys) > self.config.max_batch_size:
+            raise InvalidParams(f"batch of {len(keys)} keys exceeds max_batch_size "
+                                f"({self.config.max_batch_size})")
+        return [self._key(k) for k in keys]
+
+    # ---- data path -----------------------------------------------------------------------------
+    def _write_replicas(self, kb: bytes, replicas: list[Replica], src: Any, n: int,
+                        flags: int) -> None:
+        for replica in replicas:
+            sl = replica[0]
+            seg = self._segments[sl.segment]
+            rc = lib.mcs_rec_write(seg.ptr + sl.offset, sl.length, kb, len(kb), src, n,
+                                   self._epoch, 0, flags, 0)
+            if rc < 0:
+                raise StoreError(f"record write failed ({rc})", ErrorCode.INVALID_WRITE)
+
+    def _read_replicas(self, key: str, kb: bytes, look: Lookup, dst: Any, dst_len: int) -> int:
+        for replica in look.replicas:
+            sl = replica[0]
+            seg = self._segments.get(sl.segment)
+            if seg is None:
+                continue
+            n = lib.mcs_rec_read(seg.ptr + sl.offset, sl.length, kb, len(kb), dst, dst_len,
+                                 ffi.NULL)
+            if n >= 0:
+                return n
+            if n == ErrorCode.INVALID_PARAMS:
+                raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the "
+                                    f"{look.size}-byte value")
+        # Every replica failed verification: never serve it again.
+        self._index.remove_many([key], force=True)
+        raise ChecksumMismatch(f"key {key!r}: stored bytes failed verification; object dropped")
+
+    def _put(self, key: Any, src: Region, config: ReplicateConfig | None, upsert: bool,
+             flags: int = 0) -> None:
+        self._check_open()
+        key, kb = self._key(key)
+        if src.size == 0:
+            raise InvalidParams("value must not be empty")
+        self._maybe_reclaim()
+        replicas = self._index.put_start(key, src.size, config, upsert=upsert)
+        if replicas is None:
+            return  # immutable: the first value stays
+        try:
+            self._write_replicas(kb, replicas, src.ptr, src.size, flags)
+        except BaseException:
+            self._index.put_revoke(key)
+            raise
+        self._index.put_end(key, flags)
+
+    def _maybe_reclaim(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + 1.0
+            self._index.reclaim_expired()
+
+    # ---- copying API ------------------------------------------------------------------------------
+    def put(self, key: Any, value: Any, config: ReplicateConfig | None = None) -> None:
+        self._put(key, region(value), config, upsert=False)
+
+    def upsert(self, key: Any, value: Any, config: ReplicateConfig | None = None) -> None:
+        self._put(key, region(value), config, upsert=True)
+
+    def put_parts(self, key: Any, *parts: Any, config: ReplicateConfig | None = None) -> None:
+        self.put(key, b"".join(bytes(memoryview(p)) for p in parts), config)
+
+    def upsert_parts(self, key: Any, *parts: Any, config: ReplicateConfig | None = None) -> None:
+        self.upsert(key, b"".join(bytes(memoryview(p)) for p in parts), config)
+
+    def get(self, key: Any) -> bytes:
+        self._check_open()
+        key, kb = self._key(key)
+        look = self._index.get_replicas(key)
+        out = _new_bytes(None, look.size)
+        self._read_replicas(key, kb, look, ffi.from_buffer(out), look.size)
+        return out
+
+    def get_buffer(self, key: Any) -> BufferHandle:
+        self._check_open()
+        key, kb = self._key(key)
+        look = self._index.get_replicas(key)
+        out = BufferHandle(look.size)
+        self._read_replicas(key, kb, look, ffi.from_buffer(out), look.size)
+        return out
+
+    def exists(self, key: Any) -> bool:
+        self._check_open()
+        return self._index.exists(self._key(key)[0])
+
+    def size(self, key: Any) -> int:
+        self._check_open()
+        return self._index.size(self._key(key)[0])
+
+    def remove(self, key: Any, force: bool = False) -> None:
+        self._check_open()
+        self._index.remove(self._key(key)[0], force=force)
+
+    def remove_all(self, force: bool = False) -> int:
+        self._check_open()
+        return self._index.remove_all(force)
+
+    def remove_by_regex(self, pattern: str, force: bool = False) -> int:
+        self._check_open()
+        if not isinstance(pattern, str):
+            raise InvalidParams("pattern must be a str")
+        return self._index.remove_by_regex(pattern, force)
+
+    def keys(self, pattern: str | None = None) -> list[str]:
+        self._check_open()
+        return self._index.keys(pattern)
+
+    def longest_prefix(self, keys: Sequence[Any]) -> int:
+        self._check_open()
+        return self._index.longest_prefix([k for k, _ in self._keys(keys)])
+
+    # ---- zero-copy -----------------------------------------------------------------------------------
+    def register_buffer(self, buf: Any, size: int | None = None) -> int:
+        r = region(buf, size)
+        addr = int(ffi.cast("uintptr_t", r.ptr))
+        self._registered[addr] = r.size
+        return addr
+
+    def unregister_buffer(self, ptr: int) -> None:
+        if self._registered.pop(ptr, None) is None:
+            raise InvalidParams(f"address {ptr:#x} is not registered")
+
+    def _zc_region(self, buf: Any, size: int | None, writable: bool) -> Region:
+        r = region(buf, size, writable)
+        if isinstance(buf, int):
+            self._check_registered(buf, r.size)
+        return r
+
+    def _check_registered(self, addr: int, size: int) -> None:
+        # A raw address inside a registered buffer must stay inside it.
+        for base, length in self._registered.items():
+            if base <= addr < base + length:
+                if addr + size > base + length:
+                    raise InvalidParams(f"[{addr:#x}, +{size}) runs past its registered buffer")
+                return
+
+    def put_from(self, key: Any, buf: Any, size: int | None = None,
+                 config: ReplicateConfig | None = None) -> None:
+        self._put(key, self._zc_region(buf, size, False), config, upsert=False)
+
+    def upsert_from(self, key: Any, buf: Any, size: int | None = None,
+                    config: ReplicateConfig | None = None) -> None:
+        self._put(key, self._zc_region(buf, size, False), config, upsert=True)
+
+    def get_into(self, key: Any, buf: Any, size: int | None = None) -> int:
+        self._check_open()
+        key, kb = self._key(key)
+        dst = self._zc_region(buf, size, True)
+        look = self._index.get_replicas(key)
+        if dst.size < look.size:
+            raise InvalidParams(f"buffer of {dst.size} bytes is smaller than the "
+                                f"{look.size}-byte value of {key!r}")
+        return self._read_replicas(key, kb, look, dst.ptr, dst.size)
+
+    # ---- batches --------------------------------------------------------------------------------------
+    @staticmethod
+    def _same_len(*lists: Sequence[Any]) -> None:
+        n = len(lists[0])
+        if any(lst is not None and len(lst) != n for lst in lists[1:]):
+            raise InvalidParams("batch lists must have the same length")
+
+    def _each(self, fn: Any, *columns: Sequence[Any]) -> list[int]:
+        out = []
+        for args in zip(*columns):
+            try:
+                res = fn(*args)
+                out.append(res if isinstance(res, int) else 0)
+            except StoreError as e:
+                out.append(int(e.code))
+        return out
+
+    def batch_put(self, keys: Sequence[Any], values: Sequence[Any],
+                  config: ReplicateConfig | None = None) -> list[int]:
+        self._check_open()
+        self._same_len(keys, values)
+        self._keys(keys)
+        return self._each(lambda k, v: self.put(k, v, config), keys, values)
+
+    def batch_upsert(self, keys: Sequence[Any], values: Sequence[Any],
+                     config: ReplicateConfig | None = None) -> list[int]:
+        self._check_open()
+        self._same_len(keys, values)
+        self._keys(keys)
+        return self._each(lambda k, v: self.upsert(k, v, config), keys, values)
+
+    def batch_put_from(self, keys: Sequence[Any], bufs: Sequence[Any],
+                       sizes: Sequence[int] | None = None,
+                       config: ReplicateConfig | None = None, upsert: bool = False) -> list[int]:
+        self._check_open()
+        self._same_len(keys, bufs, sizes)
+        self._keys(keys)
+        fn = self.upsert_from if upsert else self.put_from
+        sizes = sizes if sizes is not None else [None] * len(keys)
+        return self._each(lambda k, b, s: fn(k, b, s, config), keys, bufs, sizes)
+
+    def batch_get(self, keys: Sequence[Any]) -> list[bytes | None]:
+        self._check_open()
+        pairs = self._keys(keys)
+        looks = self._index.batch_get_replicas([k for k, _ in pairs])
+        out: list[bytes | None] = []
+        for (key, kb), look in zip(pairs, looks):
+            if look is None:
+                out.append(None)
+                continue
+            buf = _new_bytes(None, look.size)
+            try:
+                self._read_replicas(key, kb, look, ffi.from_buffer(buf), look.size)
+                out.append(buf)
+            except StoreError:
+                out.append(None)
+        return out
+
+    def batch_get_into(self, keys: Sequence[Any], bufs: Sequence[Any],
+                       sizes: Sequence[int] | None = None) -> list[int]:
+        self._check_open()
+        self._same_len(keys, bufs, sizes)
+        pairs = self._keys(keys)
+        looks = self._index.batch_get_replicas([k for k, _ in pairs])
+        sizes = sizes if sizes is not None else [None] * len(keys)
+        out = []
+        for (key, kb), look, buf, size in zip(pairs, looks, bufs, sizes):
+            if look is None:
+                out.append(int(ErrorCode.OBJECT_NOT_FOUND))
+                continue
+            try:
+                dst = self._zc_region(buf, size, True)
+                if dst.size < look.size:
+                    raise InvalidParams("buffer smaller than the value")
+                out.append(self._read_replicas(key, kb, look, dst.ptr, dst.size))
+            except StoreError as e:
+                out.append(int(e.code))
+        return out
+
+    def batch_exists(self, keys: Sequence[Any]) -> list[bool]:
+        self._check_open()
+        return self._index.batch_exists([k for k, _ in self._keys(keys)])
+
+    def batch_remove(self, keys: Sequence[Any], force: bool = False) -> list[int]:
+        self._check_open()
+        self._keys(keys)
+        return self._each(lambda k: self.remove(k, force), keys)
+
+    # ---- tensors ----------------------------------------------------------------------------------------
+    def put_tensor(self, key: Any, tensor: Any, config: ReplicateConfig | None = None,
+                   upsert: bool = False) -> None:
+        if not tensors.is_tensor(tensor):
+            raise InvalidParams(f"expected a torch.Tensor, got {type(tensor).__name__}")
+        meta = tensors.encode_meta(tensor)
+        data = tensors.host_bytes_view(tensor)
+        value = bytearray(len(meta) + data.numel())
+        value[:len(meta)] = meta
+        if data.numel():
+            ffi.memmove(ffi.from_buffer(value)[len(meta):len(value)],
+                        ffi.cast("char *", data.data_ptr()), data.numel())
+        self._put(key, region(value), config, upsert=upsert, flags=FLAG_TENSOR)
+
+    def get_tensor(self, key: Any) -> Any:
+        self._check_open()
+        key, kb = self._key(key)
+        torch = tensors._torch()
+        look = self._index.get_replicas(key)
+        if not look.flags & FLAG_TENSOR:
+            raise InvalidParams(f"key {key!r} does not hold a tensor")
+        buf = torch.empty(look.size, dtype=torch.uint8)
+        self._read_replicas(key, kb, look, ffi.cast("char *", buf.data_ptr()), look.size)
+        return tensors.decode(buf)
+
+    def get_tensor_into(self, key: Any, out: Any) -> Any:
+        """Load a stored tensor into `out` (CPU or CUDA), which must match its shape."""
+        t = self.get_tensor(key)
+        if tuple(out.shape) != tuple(t.shape):
+            raise InvalidParams(f"target shape {tuple(out.shape)} != stored {tuple(t.shape)}")
+        out.copy_(t)
+        return out
+
+    def batch_put_tensor(self, keys: Sequence[Any], tensors_: Sequence[Any],
+                         config: ReplicateConfig | None = None) -> list[int]:
+        self._check_open()
+        self._same_len(keys, tensors_)
+        return self._each(lambda k, t: self.put_tensor(k, t, config), keys, tensors_)
+
+    def batch_get_tensor(self, keys: Sequence[Any]) -> list[Any]:
+        self._check_open()
+        out = []
+        for key in keys:
+            try:
+                out.append(self.get_tensor(key))
+            except StoreError:
+                out.append(None)
+        return out
+
+    # ---- introspection -------------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        st = self._index.stats()
+        st["segments"] = {name: {"capacity": s.capacity, "used": s.used, "tier": s.tier}
+                          for name, s in self._index.segments.items()}
+        st["mode"] = "embedded"
+        st["pid"] = os.getpid()
+        return st
+
+    def lease_remaining_ms(self, key: Any) -> float:
+        return self._index.lease_remaining_ms(self._key(key)[0])

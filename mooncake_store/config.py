@@ -1,0 +1,214 @@
+"""One configuration object, built from kwargs, a dict, a JSON/YAML file and MOONCAKE_* env vars.
+
+Precedence (later wins): defaults < file (MOONCAKE_CONFIG_PATH or `path`) < env < explicit values.
+Every validation error names the offending field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Mapping
+
+from .errors import InvalidParams
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
+          "tib": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: Any, field: str = "size") -> int:
+    """Parse 4096, "16MB", "4 GB", "512kb" (binary units: 1 KB = 1024 B) into bytes."""
+    if isinstance(value, bool):
+        raise InvalidParams(f"{field}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise InvalidParams(f"{field}: size must be >= 0, got {value}")
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise InvalidParams(f"{field}: cannot parse size {value!r} (examples: 4096, '16MB', '4 GB')")
+
+
+@dataclasses.dataclass
+class Config:
+    # where the master is: "" or "embedded" runs master + one node in this process
+    master_server_addr: str = ""
+    metadata_server: str = "P2PHANDSHAKE"
+    local_hostname: str = "127.0.0.1"
+    protocol: str = "tcp"
+    rdma_devices: str = ""
+    # bytes this client contributes to the pool (the whole capacity in embedded mode)
+    global_segment_size: int = 1 << 30
+    local_buffer_size: int = 64 << 20
+    # read leases and eviction
+    lease_ttl_ms: int = 5000
+    high_watermark: float = 0.95
+    eviction_ratio: float = 0.05
+    eviction_policy: str = "lru"
+    soft_pin_ttl_ms: int = 30 * 60 * 1000
+    # limits
+    max_key_len: int = 4096
+    max_value_size: int = 1 << 40
+    max_batch_size: int = 65536
+    # put_start that never reaches put_end is reclaimed after this long
+    put_timeout_ms: int = 30_000
+    auth_token: str = dataclasses.field(default="", repr=False)
+    enable_ssd_offload: bool = False
+    ssd_offload_path: str = ""
+    tenant_id: str = "default"
+    enable_client_http_server: bool = False
+    client_http_port: int = 9300
+
+    _SIZES = ("global_segment_size", "local_buffer_size", "max_value_size")
+    _ALIASES = {"master": "master_server_addr", "capacity": "global_segment_size",
+                "device_name": "rdma_devices", "default_kv_lease_ttl": "lease_ttl_ms"}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- construction -------------------------------------------------------------
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def load(cls, values: Mapping[str, Any] | None = None, path: str | None = None,
+             env: Mapping[str, str] | None = None, **kwargs: Any) -> "Config":
+        env = os.environ if env is None else env
+        merged: dict[str, Any] = {}
+        path = path or env.get("MOONCAKE_CONFIG_PATH")
+        if path:
+            merged.update(cls._normalize(load_file(path), source=path))
+        merged.update(cls._normalize(_from_env(env), source="environment"))
+        merged.update(cls._normalize(dict(values or {}), source="config"))
+        merged.update(cls._normalize(kwargs, source="arguments"))
+        return cls(**merged)
+
+    @classmethod
+    def _normalize(cls, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+        known = set(cls.fields())
+        out: dict[str, Any] = {}
+        for key, val in values.items():
+            name = cls._ALIASES.get(key, key)
+            if name not in known:
+                raise InvalidParams(f"unknown config field {key!r} (from {source}); "
+                                    f"known fields: {', '.join(sorted(known))}")
+            out[name] = val
+        return out
+
+    def replace(self, **kwargs: Any) -> "Config":
+        return dataclasses.replace(self, **self._normalize(kwargs, source="arguments"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---- validation ---------------------------------------------------------------
+    def validate(self) -> None:
+        types = {f.name: f.type for f in dataclasses.fields(self)}
+        for name in self.fields():
+            val = getattr(self, name)
+            if name in self._SIZES:
+                setattr(self, name, parse_size(val, name))
+                continue
+            kind = types[name]
+            setattr(self, name, _coerce(name, val, kind))
+        if self.master_server_addr == "embedded":
+            self.master_server_addr = ""
+        if not 0.0 < self.high_watermark <= 1.0:
+            raise InvalidParams(f"high_watermark: must be in (0, 1], got {self.high_watermark}")
+        if not 0.0 < self.eviction_ratio <= 1.0:
+            raise InvalidParams(f"eviction_ratio: must be in (0, 1], got {self.eviction_ratio}")
+        for name in ("lease_ttl_ms", "soft_pin_ttl_ms", "put_timeout_ms", "max_key_len",
+                     "max_batch_size"):
+            if getattr(self, name) < 0:
+                raise InvalidParams(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.protocol not in ("tcp", "rdma", "shm"):
+            raise InvalidParams(f"protocol: must be tcp, rdma or shm, got {self.protocol!r}")
+
+    @property
+    def embedded(self) -> bool:
+        return self.master_server_addr == ""
+
+
+def _coerce(name: str, val: Any, kind: str) -> Any:
+    try:
+        if kind == "bool":
+            if isinstance(val, str):
+                low = val.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off", ""):
+                    return False
+                raise ValueError(val)
+            if isinstance(val, (bool, int)):
+                return bool(val)
+            raise ValueError(val)
+        if kind == "int":
+            if isinstance(val, bool) or (isinstance(val, float) and not val.is_integer()):
+                raise ValueError(val)
+            return int(val)
+        if kind == "float":
+            if isinstance(val, bool):
+                raise ValueError(val)
+            return float(val)
+        if kind == "str":
+            if not isinstance(val, str):
+                raise ValueError(val)
+            return val
+    except (TypeError, ValueError):
+        raise InvalidParams(f"{name}: expected {kind}, got {val!r}") from None
+    return val
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InvalidParams(f"config file {path!r}: {e.strerror}") from None
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
+        raise InvalidParams(f"config file {path!r}: cannot parse: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidParams(f"config file {path!r}: top level must be a mapping")
+    return data
+
+
+# Mooncake's own variable names, then MOONCAKE_<FIELD> for every field.
+_ENV_NAMES = {
+    "MOONCAKE_MASTER": "master_server_addr",
+    "MOONCAKE_TE_META_DATA_SERVER": "metadata_server",
+    "MOONCAKE_PROTOCOL": "protocol",
+    "MOONCAKE_DEVICE": "rdma_devices",
+    "MOONCAKE_GLOBAL_SEGMENT_SIZE": "global_segment_size",
+    "MOONCAKE_LOCAL_BUFFER_SIZE": "local_buffer_size",
+    "MOONCAKE_AUTH_TOKEN": "auth_token",
+}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    fields = set(Config.fields())
+    for var, val in env.items():
+        if not var.startswith("MOONCAKE_") or var == "MOONCAKE_CONFIG_PATH":
+            continue
+        name = _ENV_NAMES.get(var) or var[len("MOONCAKE_"):].lower()
+        if name in fields:
+            out[name] = val
+    return out

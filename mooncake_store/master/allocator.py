@@ -1,0 +1,110 @@
+"""Offset allocator over one segment: segregated free lists with coalescing.
+
+Free blocks are kept three ways: by start (to find the right neighbour), by end
+(to find the left neighbour) and in power-of-two size classes (to find a fit
+fast). Freeing merges with both neighbours at once, so two adjacent free blocks
+never exist: after everything is freed there is exactly one block again.
+"""
+from __future__ import annotations
+
+from ..errors import InvalidParams
+
+
+class Allocator:
+    def __init__(self, capacity: int, align: int = 64, base: int = 0) -> None:
+        if align <= 0 or align & (align - 1):
+            raise InvalidParams(f"align must be a power of two, got {align}")
+        self.align = align
+        self.base = base
+        self.capacity = capacity - capacity % align
+        self.used = 0
+        self._by_start: dict[int, int] = {}
+        self._by_end: dict[int, int] = {}
+        self._classes: list[dict[int, None]] = [dict() for _ in range(64)]
+        if self.capacity:
+            self._add(base, self.capacity)
+
+    # ---- public -------------------------------------------------------------------
+    def round(self, size: int) -> int:
+        return (size + self.align - 1) & ~(self.align - 1)
+
+    def alloc(self, size: int) -> int | None:
+        """Offset of a block of at least `size` bytes (rounded to align), or None."""
+        if size <= 0:
+            raise InvalidParams(f"allocation size must be > 0, got {size}")
+        size = self.round(size)
+        start = self._find(size)
+        if start is None:
+            return None
+        block = self._remove(start)
+        if block > size:
+            self._add(start + size, block - size)
+        self.used += size
+        return start
+
+    def free(self, offset: int, size: int) -> None:
+        size = self.round(size)
+        if offset in self._by_start or offset < self.base or offset + size > self.base + self.capacity:
+            raise InvalidParams(f"free of a block that is not allocated: [{offset}, +{size})")
+        self.used -= size
+        left = self._by_end.get(offset)
+        if left is not None:
+            size += self._remove(left)
+            offset = left
+        right_size = self._by_start.get(offset + size)
+        if right_size is not None:
+            self._remove(offset + size)
+            size += right_size
+        self._add(offset, size)
+
+    def reserve(self, offset: int, size: int) -> bool:
+        """Mark [offset, offset+size) used (rebuilding from an inventory); False if not free."""
+        size = self.round(size)
+        for start, length in self._by_start.items():
+            if start <= offset and offset + size <= start + length:
+                self._remove(start)
+                if offset > start:
+                    self._add(start, offset - start)
+                if start + length > offset + size:
+                    self._add(offset + size, start + length - offset - size)
+                self.used += size
+                return True
+        return False
+
+    @property
+    def free_bytes(self) -> int:
+        return self.capacity - self.used
+
+    def largest_free(self) -> int:
+        return max(self._by_start.values(), default=0)
+
+    def free_blocks(self) -> list[tuple[int, int]]:
+        return sorted(self._by_start.items())
+
+    # ---- free-list plumbing -------------------------------------------------------------
+    def _find(self, size: int) -> int | None:
+        cls = size.bit_length() - 1
+        # Any block in a higher class fits; take from the smallest such class.
+        for c in range(cls + 1, len(self._classes)):
+            bucket = self._classes[c]
+            if bucket:
+                return next(iter(bucket))
+        # Same class: sizes in [2^cls, 2^(cls+1)) may or may not fit; scan a bounded few.
+        by_start = self._by_start
+        for n, start in enumerate(self._classes[cls]):
+            if by_start[start] >= size:
+                return start
+            if n >= 64:
+                break
+        return None
+
+    def _add(self, start: int, size: int) -> None:
+        self._by_start[start] = size
+        self._by_end[start + size] = start
+        self._classes[size.bit_length() - 1][start] = None
+
+    def _remove(self, start: int) -> int:
+        size = self._by_start.pop(start)
+        del self._by_end[start + size]
+        del self._classes[size.bit_length() - 1][start]
+        return size

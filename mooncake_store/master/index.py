@@ -1,0 +1,421 @@
+"""The master's object index: key -> replicas, with allocation, leases, pins and eviction.
+
+It carries no object bytes. A put is two-phase (put_start allocates and records
+a pending object, put_end makes it visible), so a writer that dies in between
+leaves only a pending entry that `reclaim_expired` frees after put_timeout_ms.
+Space of an object that may still be read (a live read lease) is never handed
+out again before the lease ends: removal with force and upsert park it in a
+graveyard until then.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from ..codec import header_size
+from ..config import Config
+from ..errors import (
+    InvalidParams,
+    NoSpace,
+    ObjectHasLease,
+    ObjectNotFound,
+    ReplicaNotReady,
+    SegmentNotFound,
+)
+from ..replica import Replica, ReplicateConfig, Slice
+from .allocator import Allocator
+from .policy import make_policy
+
+PIN_NONE, PIN_SOFT, PIN_HARD = 0, 1, 2
+
+
+class Obj:
+    """One object's metadata. __slots__ keeps the index small at millions of objects."""
+
+    __slots__ = ("key", "size", "replicas", "complete", "lease_until", "pin", "pin_until",
+                 "deadline", "flags")
+
+    def __init__(self, key: str, size: int, replicas: list[Replica], pin: int, pin_until: float,
+                 deadline: float) -> None:
+        self.key = key
+        self.size = size
+        self.replicas = replicas
+        self.complete = False
+        self.lease_until = 0.0
+        self.pin = pin
+        self.pin_until = pin_until
+        self.deadline = deadline
+        self.flags = 0
+
+
+@dataclass
+class SegmentInfo:
+    name: str
+    allocator: Allocator
+    tier: str = "dram"
+    node: str = ""
+
+    @property
+    def capacity(self) -> int:
+        return self.allocator.capacity
+
+    @property
+    def used(self) -> int:
+        return self.allocator.used
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a reader needs: the value size and where replicas live."""
+
+    size: int
+    replicas: tuple[Replica, ...]
+    flags: int
+
+
+class ObjectIndex:
+    def __init__(self, config: Config | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or Config()
+        self.clock = clock
+        self.policy = make_policy(self.config.eviction_policy)
+        self.lock = threading.Lock()
+        self.segments: dict[str, SegmentInfo] = {}
+        self._objects: dict[str, Obj] = {}     # complete objects
+        self._pending: dict[str, Obj] = {}     # put_start without put_end yet
+        self._graveyard: list[tuple[float, list[Replica]]] = []
+        self.lease_s = self.config.lease_ttl_ms / 1000.0
+        self.counters = {"hits": 0, "misses": 0, "evictions": 0, "evicted_bytes": 0,
+                         "puts": 0, "removes": 0, "reclaimed_puts": 0}
+
+    # ---- segments -----------------------------------------------------------------------
+    def add_segment(self, name: str, capacity: int, tier: str = "dram", node: str = "",
+                    align: int = 64) -> SegmentInfo:
+        with self.lock:
+            if name in self.segments:
+                from ..errors import StoreError, ErrorCode
+
+                raise StoreError(f"segment {name!r} already mounted", ErrorCode.SEGMENT_ALREADY_EXISTS)
+            info = SegmentInfo(name, Allocator(capacity, align), tier, node)
+            self.segments[name] = info
+            return info
+
+    @property
+    def capacity(self) -> int:
+        return sum(s.capacity for s in self.segments.values())
+
+    @property
+    def used(self) -> int:
+        return sum(s.used for s in self.segments.values())
+
+    # ---- writes ---------------------------------------------------------------------------
+    def put_start(self, key: str, size: int, rc: ReplicateConfig | None = None,
+                  upsert: bool = False) -> list[Replica] | None:
+        """Allocate replicas for header+value. None: the key exists (put is a no-op)."""
+        rc = rc or ReplicateConfig()
+        if size <= 0:
+            raise InvalidParams(f"value size must be > 0, got {size}")
+        if size > self.config.max_value_size:
+            raise InvalidParams(f"value of {size} bytes exceeds max_value_size "
+                                f"({self.config.max_value_size})")
+        record = header_size(len(key.encode())) + size
+        now = self.clock()
+        with self.lock:
+            if key in self._pending or (not upsert and key in self._objects):
+                return None
+            replicas = self._allocate(record, rc)
+            pin, pin_until = PIN_NONE, 0.0
+            if rc.with_hard_pin:
+                pin = PIN_HARD
+            elif rc.with_soft_pin:
+                ttl = rc.soft_pin_ttl_ms or self.config.soft_pin_ttl_ms
+                pin, pin_until = PIN_SOFT, now + ttl / 1000.0
+            obj = Obj(key, size, replicas, pin, pin_until,
+                      now + self.config.put_timeout_ms / 1000.0)
+            self._pending[key] = obj
+            return replicas
+
+    def put_end(self, key: str, flags: int = 0) -> None:
+        with self.lock:
+            obj = self._pending.pop(key, None)
+            if obj is None:
+                raise ObjectNotFound(f"no put in progress for key {key!r}")
+            obj.complete = True
+            obj.flags = flags
+            old = self._objects.get(key)
+            if old is not None:
+                self._drop(old, keep_until=old.lease_until)
+            self._objects[key] = obj
+            self.policy.on_insert(key, obj.size)
+            self.counters["puts"] += 1
+            self._maybe_evict_locked()
+
+    def put_revoke(self, key: str) -> None:
+        with self.lock:
+            obj = self._pending.pop(key, None)
+            if obj is None:
+                raise ObjectNotFound(f"no put in progress for key {key!r}")
+            self._free_replicas(obj.replicas)
+
+    # ---- reads ------------------------------------------------------------------------------
+    def get_replicas(self, key: str) -> Lookup:
+        now = self.clock()
+        with self.lock:
+            obj = self._objects.get(key)
+            if obj is None:
+                self.counters["misses"] += 1
+                if key in self._pending:
+                    raise ReplicaNotReady(f"key {key!r} is still being written")
+                raise ObjectNotFound(f"key {key!r} not found")
+            self.counters["hits"] += 1
+            obj.lease_until = now + self.lease_s
+            self.policy.on_access(key)
+            return Lookup(obj.size, tuple(obj.replicas), obj.flags)
+
+    def batch_get_replicas(self, keys: Sequence[str]) -> list[Lookup | None]:
+        now = self.clock()
+        until = now + self.lease_s
+        out: list[Lookup | None] = []
+        with self.lock:
+            self.policy.hint_prefix(keys)
+            objects, policy = self._objects, self.policy
+            for key in keys:
+                obj = objects.get(key)
+                if obj is None:
+                    self.counters["misses"] += 1
+                    out.append(None)
+                    continue
+                self.counters["hits"] += 1
+                obj.lease_until = until
+                policy.on_access(key)
+                out.append(Lookup(obj.size, tuple(obj.replicas), obj.flags))
+        return out
+
+    def exists(self, key: str) -> bool:
+        with self.lock:
+            obj = self._objects.get(key)
+            if obj is None:
+                return False
+            obj.lease_until = self.clock() + self.lease_s
+            self.policy.on_access(key)
+            return True
+
+    def batch_exists(self, keys: Sequence[str]) -> list[bool]:
+        until = self.clock() + self.lease_s
+        out = []
+        with self.lock:
+            self.policy.hint_prefix(keys)
+            for key in keys:
+                obj = self._objects.get(key)
+                if obj is not None:
+                    obj.lease_until = until
+                    self.policy.on_access(key)
+                out.append(obj is not None)
+        return out
+
+    def longest_prefix(self, keys: Sequence[str]) -> int:
+        """Number of leading keys present; leases them (a get usually follows)."""
+        until = self.clock() + self.lease_s
+        with self.lock:
+            self.policy.hint_prefix(keys)
+            n = 0
+            for key in keys:
+                obj = self._objects.get(key)
+                if obj is None:
+                    break
+                obj.lease_until = until
+                n += 1
+            return n
+
+    def size(self, key: str) -> int:
+        with self.lock:
+            obj = self._objects.get(key)
+            if obj is None:
+                raise ObjectNotFound(f"key {key!r} not found")
+            return obj.size
+
+    def lease_remaining_ms(self, key: str) -> float:
+        with self.lock:
+            obj = self._objects.get(key)
+            return max(0.0, (obj.lease_until - self.clock()) * 1000.0) if obj else 0.0
+
+    def keys(self, pattern: str | None = None) -> list[str]:
+        with self.lock:
+            keys = list(self._objects)
+        if pattern is None:
+            return keys
+        rx = _compile(pattern)
+        return [k for k in keys if rx.search(k)]
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    # ---- removal ------------------------------------------------------------------------------
+    def remove(self, key: str, force: bool = False) -> None:
+        with self.lock:
+            obj = self._objects.get(key)
+            if obj is None:
+                raise ObjectNotFound(f"key {key!r} not found")
+            if not force and obj.lease_until > self.clock():
+                raise ObjectHasLease(f"key {key!r} has a read lease; use force=True")
+            self._remove_locked(obj)
+
+    def remove_many(self, keys: Iterable[str], force: bool = False) -> int:
+        now = self.clock()
+        n = 0
+        with self.lock:
+            for key in keys:
+                obj = self._objects.get(key)
+                if obj is None or (not force and obj.lease_until > now):
+                    continue
+                self._remove_locked(obj)
+                n += 1
+        return n
+
+    def remove_by_regex(self, pattern: str, force: bool = False) -> int:
+        return self.remove_many(self.keys(pattern), force)
+
+    def remove_all(self, force: bool = False) -> int:
+        return self.remove_many(self.keys(), force)
+
+    def _remove_locked(self, obj: Obj) -> None:
+        del self._objects[obj.key]
+        self.policy.on_remove(obj.key)
+        self.counters["removes"] += 1
+        self._drop(obj, keep_until=obj.lease_until)
+
+    # ---- maintenance ----------------------------------------------------------------------------
+    def reclaim_expired(self) -> int:
+        """Free puts whose writer never finished, and graveyard space whose leases ended."""
+        now = self.clock()
+        with self.lock:
+            stale = [o for o in self._pending.values() if o.deadline <= now]
+            for obj in stale:
+                del self._pending[obj.key]
+                self._free_replicas(obj.replicas)
+            self.counters["reclaimed_puts"] += len(stale)
+            self._sweep_graveyard(now)
+            return len(stale)
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"capacity": self.capacity, "used": self.used, "objects": len(self._objects),
+                    "pending": len(self._pending), "policy": self.policy.name, **self.counters}
+
+    # ---- allocation and eviction ------------------------------------------------------------------
+    def _allocate(self, record: int, rc: ReplicateConfig) -> list[Replica]:
+        want = rc.replica_num
+        segs = self._candidate_segments(rc)
+        if not segs:
+            raise NoSpace("no segment is mounted")
+        replicas = self._try_allocate(record, segs, want)
+        if replicas is None:
+            self._evict_locked(record * want)
+            self._sweep_graveyard(self.clock())
+            replicas = self._try_allocate(record, segs, want)
+        if replicas is None:
+            raise NoSpace(f"no room for {record} bytes x {want} replica(s) "
+                          f"after eviction (used {self.used} of {self.capacity})")
+        return replicas
+
+    def _candidate_segments(self, rc: ReplicateConfig) -> list[SegmentInfo]:
+        segs = [s for s in self.segments.values() if s.tier == "dram"]
+        preferred = list(rc.preferred_segments) + ([rc.preferred_segment]
+                                                   if rc.preferred_segment else [])
+        if preferred:
+            unknown = [p for p in preferred if p not in self.segments]
+            if unknown and len(unknown) == len(preferred):
+                raise SegmentNotFound(f"preferred segment(s) not mounted: {', '.join(unknown)}")
+            front = [self.segments[p] for p in preferred if p in self.segments]
+            segs = front + [s for s in segs if s.name not in preferred]
+        else:
+            # Most free space first: spreads load without starving a new node.
+            segs.sort(key=lambda s: s.used - s.capacity)
+        return segs
+
+    def _try_allocate(self, record: int, segs: list[SegmentInfo], want: int) -> list[Replica] | None:
+        got: list[Replica] = []
+        for seg in segs:
+            off = seg.allocator.alloc(record)
+            if off is not None:
+                got.append((Slice(seg.name, off, record),))
+                if len(got) == want:
+                    break
+        if not got or (len(got) < want and len(got) < len(segs)):
+            self._free_replicas(got)
+            return None
+        return got  # fewer replicas than asked only when there are fewer segments
+
+    def _maybe_evict_locked(self) -> None:
+        cap = self.capacity
+        if cap and self.used > self.config.high_watermark * cap:
+            self._evict_locked(0)
+
+    def _evict_locked(self, need: int) -> int:
+        """Free at least `need` bytes plus eviction_ratio of capacity; returns bytes freed."""
+        target = need + int(self.config.eviction_ratio * self.capacity)
+        now = self.clock()
+        chosen: list[Obj] = []
+        soft: list[Obj] = []
+        freed = 0
+        for key in self.policy.victims():
+            obj = self._objects.get(key)
+            if obj is None or obj.pin == PIN_HARD or obj.lease_until > now:
+                continue
+            if obj.pin == PIN_SOFT and obj.pin_until > now:
+                soft.append(obj)
+                continue
+            chosen.append(obj)
+            freed += self._footprint(obj)
+            if freed >= target:
+                break
+        for obj in soft:  # soft-pinned objects go last, only when nothing else is left
+            if freed >= target:
+                break
+            chosen.append(obj)
+            freed += self._footprint(obj)
+        for obj in chosen:
+            del self._objects[obj.key]
+            self.policy.on_remove(obj.key)
+            self._free_replicas(obj.replicas)
+        self.counters["evictions"] += len(chosen)
+        self.counters["evicted_bytes"] += freed
+        return freed
+
+    @staticmethod
+    def _footprint(obj: Obj) -> int:
+        return sum(s.length for r in obj.replicas for s in r)
+
+    def _drop(self, obj: Obj, keep_until: float) -> None:
+        if keep_until > self.clock():
+            self._graveyard.append((keep_until, obj.replicas))
+        else:
+            self._free_replicas(obj.replicas)
+
+    def _sweep_graveyard(self, now: float) -> None:
+        if not self._graveyard:
+            return
+        keep = []
+        for until, replicas in self._graveyard:
+            if until <= now:
+                self._free_replicas(replicas)
+            else:
+                keep.append((until, replicas))
+        self._graveyard = keep
+
+    def _free_replicas(self, replicas: Iterable[Replica]) -> None:
+        for replica in replicas:
+            for sl in replica:
+                seg = self.segments.get(sl.segment)
+                if seg is not None:
+                    seg.allocator.free(sl.offset, sl.length)
+
+
+def _compile(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise InvalidParams(f"bad regular expression {pattern!r}: {e}") from None

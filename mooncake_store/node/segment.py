@@ -1,0 +1,66 @@
+"""A DRAM segment: one memfd mapping that other processes on the host can map too.
+
+The memfd (rather than anonymous memory) is what lets a same-host peer map the
+segment from its file descriptor and copy with no server in between (issue [B]'s
+shm transport). The address is stable for the segment's life.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+
+from .._engine import ffi
+from ..errors import InvalidParams, NoSpace
+
+
+class DramSegment:
+    def __init__(self, size: int, name: str = "mooncake_store") -> None:
+        if size <= 0:
+            raise InvalidParams(f"segment size must be > 0, got {size}")
+        self.size = size
+        self.name = name
+        try:
+            self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            self.fd = -1  # no memfd: anonymous memory, same-process use only
+        try:
+            if self.fd >= 0:
+                os.ftruncate(self.fd, size)
+                self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                                      mmap.PROT_READ | mmap.PROT_WRITE)
+            else:
+                self._map = mmap.mmap(-1, size, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        except OSError as e:
+            self._close_fd()
+            raise NoSpace(f"cannot map a {size}-byte segment: {e.strerror}") from None
+        self._cdata = ffi.from_buffer(self._map)
+        self.base = int(ffi.cast("uintptr_t", self._cdata))
+        self.ptr = ffi.cast("char *", self._cdata)
+
+    def view(self, offset: int, length: int) -> memoryview:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise InvalidParams(f"range [{offset}, +{length}) outside segment of {self.size} bytes")
+        return memoryview(self._map)[offset:offset + length]
+
+    def close(self) -> None:
+        if self._map is None:
+            return
+        self._cdata = None
+        self.ptr = None
+        try:
+            self._map.close()
+        except BufferError:
+            pass  # a view is still exported; the mapping goes when the last view does
+        self._map = None
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
