@@ -14,6 +14,8 @@ from .errors import (  # noqa: E402
     ObjectExists,
     ObjectHasLease,
     ObjectNotFound,
+    ReplicaNotReady,
+    SegmentNotFound,
     RpcFailed,
     RpcTimeout,
     StoreClosed,
@@ -22,7 +24,7 @@ from .errors import (  # noqa: E402
 
 __all__ = [
     "__version__", "Config", "parse_size", "ErrorCode", "StoreError", "InvalidParams",
-    "ObjectNotFound", "ObjectExists", "ObjectHasLease", "NoSpace", "ChecksumMismatch",
+    "ObjectNotFound", "ReplicaNotReady", "SegmentNotFound", "ObjectExists", "ObjectHasLease", "NoSpace", "ChecksumMismatch",
     "RpcFailed", "RpcTimeout", "StoreClosed",
 ]
 
@@ -30,3 +32,6 @@ from .replica import ReplicateConfig  # noqa: E402
 from .client.store import BufferHandle, Store  # noqa: E402
 
 __all__ += ["ReplicateConfig", "BufferHandle", "Store"]
+from .client.compat import MooncakeDistributedStore  # noqa: E402
+
+__all__ += ["MooncakeDistributedStore"]
