@@ -60,13 +60,22 @@ class Config:
     # put_start that never reaches put_end is reclaimed after this long
     put_timeout_ms: int = 30_000
     auth_token: str = dataclasses.field(default="", repr=False)
+    # cold tiers (embedded store / node): SSD directory and S3/OSS bucket
     enable_ssd_offload: bool = False
     ssd_offload_path: str = ""
+    ssd_capacity: int = 0                 # 0: four times global_segment_size
+    s3_bucket: str = ""
+    s3_prefix: str = "mooncake_store/"
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    demote_watermark: float = 0.85        # DRAM use above which the demoter moves LRU objects down
+    promotion: str = "on-hit"             # off | on-hit | on-second-hit
+    cold_codec: str = "auto"              # none | lz4 | zstd | auto (compress only when it saves >= 10%)
     tenant_id: str = "default"
     enable_client_http_server: bool = False
     client_http_port: int = 9300
 
-    _SIZES = ("global_segment_size", "local_buffer_size", "max_value_size")
+    _SIZES = ("global_segment_size", "local_buffer_size", "max_value_size", "ssd_capacity")
     _ALIASES = {"master": "master_server_addr", "capacity": "global_segment_size",
                 "device_name": "rdma_devices", "default_kv_lease_ttl": "lease_ttl_ms"}
 
@@ -129,6 +138,15 @@ class Config:
                      "max_batch_size"):
             if getattr(self, name) < 0:
                 raise InvalidParams(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.demote_watermark <= 1.0:
+            raise InvalidParams(f"demote_watermark: must be in (0, 1], got {self.demote_watermark}")
+        if self.promotion not in ("off", "on-hit", "on-second-hit"):
+            raise InvalidParams(f"promotion: must be off, on-hit or on-second-hit, "
+                                f"got {self.promotion!r}")
+        if self.cold_codec not in ("none", "lz4", "zstd", "auto"):
+            raise InvalidParams(f"cold_codec: must be none, lz4, zstd or auto, got {self.cold_codec!r}")
+        if self.enable_ssd_offload and not self.ssd_offload_path:
+            raise InvalidParams("ssd_offload_path: required when enable_ssd_offload is set")
         if self.protocol not in ("tcp", "rdma", "shm"):
             raise InvalidParams(f"protocol: must be tcp, rdma or shm, got {self.protocol!r}")
 

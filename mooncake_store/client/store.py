@@ -19,6 +19,7 @@ from ..errors import (
     ChecksumMismatch,
     ErrorCode,
     InvalidParams,
+    NoSpace,
     ObjectNotFound,
     StoreClosed,
     StoreError,
@@ -70,6 +71,24 @@ class Store:
         self._close_lock = threading.Lock()
         if cfg.global_segment_size > 0:
             self.mount_segment(f"{cfg.local_hostname}:embedded", cfg.global_segment_size)
+        self._tiers = self._open_cold_tiers(cfg)
+
+    def _open_cold_tiers(self, cfg: Config) -> Any:
+        backends = []
+        if cfg.enable_ssd_offload:
+            from ..node.ssd import SSDTier
+
+            backends.append(("ssd", SSDTier(cfg.ssd_offload_path,
+                                            cfg.ssd_capacity or 4 * cfg.global_segment_size)))
+        if cfg.s3_bucket:
+            from ..node.s3 import S3Tier
+
+            backends.append(("s3", S3Tier.from_config(cfg)))
+        if not backends:
+            return None
+        from ..node.tiering import TierManager
+
+        return TierManager(self._index, self._segments, backends, cfg)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def mount_segment(self, name: str, size: int) -> None:
@@ -82,6 +101,8 @@ class Store:
             if self._closed:
                 return
             self._closed = True
+            if self._tiers is not None:
+                self._tiers.close()
             for seg in self._segments.values():
                 seg.close()
             self._segments.clear()
@@ -139,6 +160,11 @@ class Store:
                 raise StoreError(f"record write failed ({rc})", ErrorCode.INVALID_WRITE)
 
     def _read_replicas(self, key: str, kb: bytes, look: Lookup, dst: Any, dst_len: int) -> int:
+        if look.tier != "dram":
+            if dst_len < look.size:
+                raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the "
+                                    f"{look.size}-byte value")
+            return self._tiers.read_into(look.tier, key, kb, dst, dst_len, look.size)
         for replica in look.replicas:
             sl = replica[0]
             seg = self._segments.get(sl.segment)
@@ -162,7 +188,13 @@ class Store:
         if src.size == 0:
             raise InvalidParams("value must not be empty")
         self._maybe_reclaim()
-        replicas = self._index.put_start(key, src.size, config, upsert=upsert)
+        try:
+            replicas = self._index.put_start(key, src.size, config, upsert=upsert)
+        except NoSpace:
+            if self._tiers is None:
+                raise
+            self._tiers.demote_now(src.size + len(kb) + 64)
+            replicas = self._index.put_start(key, src.size, config, upsert=upsert)
         if replicas is None:
             return  # immutable: the first value stays
         try:
@@ -171,6 +203,8 @@ class Store:
             self._index.put_revoke(key)
             raise
         self._index.put_end(key, flags)
+        if self._tiers is not None:
+            self._tiers.kick()
 
     def _maybe_reclaim(self) -> None:
         now = time.monotonic()
@@ -422,6 +456,8 @@ class Store:
         st = self._index.stats()
         st["segments"] = {name: {"capacity": s.capacity, "used": s.used, "tier": s.tier}
                           for name, s in self._index.segments.items()}
+        if self._tiers is not None:
+            st.update(self._tiers.stats())
         st["mode"] = "embedded"
         st["pid"] = os.getpid()
         return st

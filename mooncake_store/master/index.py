@@ -36,7 +36,7 @@ class Obj:
     """One object's metadata. __slots__ keeps the index small at millions of objects."""
 
     __slots__ = ("key", "size", "replicas", "complete", "lease_until", "pin", "pin_until",
-                 "deadline", "flags")
+                 "deadline", "flags", "tier", "cold", "busy", "cold_hits")
 
     def __init__(self, key: str, size: int, replicas: list[Replica], pin: int, pin_until: float,
                  deadline: float) -> None:
@@ -49,6 +49,10 @@ class Obj:
         self.pin_until = pin_until
         self.deadline = deadline
         self.flags = 0
+        self.tier = "dram"      # where reads go: "dram" (replicas) or a cold tier's name
+        self.cold: tuple[str, ...] = ()   # cold tiers holding a verified copy
+        self.busy = False       # a demotion or promotion copy is in flight
+        self.cold_hits = 0
 
 
 @dataclass
@@ -74,6 +78,7 @@ class Lookup:
     size: int
     replicas: tuple[Replica, ...]
     flags: int
+    tier: str = "dram"
 
 
 class ObjectIndex:
@@ -88,6 +93,8 @@ class ObjectIndex:
         self._pending: dict[str, Obj] = {}     # put_start without put_end yet
         self._graveyard: list[tuple[float, list[Replica]]] = []
         self.lease_s = self.config.lease_ttl_ms / 1000.0
+        # Set by a TierManager when cold tiers exist; None keeps eviction a plain drop.
+        self.tiering = None
         self.counters = {"hits": 0, "misses": 0, "evictions": 0, "evicted_bytes": 0,
                          "puts": 0, "removes": 0, "reclaimed_puts": 0}
 
@@ -172,6 +179,8 @@ class ObjectIndex:
                 raise ObjectNotFound(f"key {key!r} not found")
             self.counters["hits"] += 1
             obj.lease_until = now + self.lease_s
+            if obj.tier != "dram":
+                return self._cold_lookup(obj)
             self.policy.on_access(key)
             return Lookup(obj.size, tuple(obj.replicas), obj.flags)
 
@@ -190,6 +199,9 @@ class ObjectIndex:
                     continue
                 self.counters["hits"] += 1
                 obj.lease_until = until
+                if obj.tier != "dram":
+                    out.append(self._cold_lookup(obj))
+                    continue
                 policy.on_access(key)
                 out.append(Lookup(obj.size, tuple(obj.replicas), obj.flags))
         return out
@@ -287,6 +299,12 @@ class ObjectIndex:
         self.counters["removes"] += 1
         self._drop(obj, keep_until=obj.lease_until)
 
+    def _cold_lookup(self, obj: Obj) -> Lookup:
+        self.counters["cold_hits"] = self.counters.get("cold_hits", 0) + 1
+        if self.tiering is not None:
+            self.tiering.on_cold_hit(obj)
+        return Lookup(obj.size, (), obj.flags, obj.tier)
+
     # ---- maintenance ----------------------------------------------------------------------------
     def reclaim_expired(self) -> int:
         """Free puts whose writer never finished, and graveyard space whose leases ended."""
@@ -363,8 +381,11 @@ class ObjectIndex:
         freed = 0
         for key in self.policy.victims():
             obj = self._objects.get(key)
-            if obj is None or obj.pin == PIN_HARD or obj.lease_until > now:
+            if obj is None or obj.pin == PIN_HARD or obj.lease_until > now or obj.busy \
+                    or obj.tier != "dram":
                 continue
+            if not obj.cold and self.tiering is not None and self.tiering.healthy:
+                continue  # the demoter will copy it down first: never drop what a tier can keep
             if obj.pin == PIN_SOFT and obj.pin_until > now:
                 soft.append(obj)
                 continue
@@ -378,8 +399,14 @@ class ObjectIndex:
             chosen.append(obj)
             freed += self._footprint(obj)
         for obj in chosen:
-            del self._objects[obj.key]
             self.policy.on_remove(obj.key)
+            if obj.cold:  # a verified copy lives below: this is a demotion, not a loss
+                self._free_replicas(obj.replicas)
+                obj.replicas, obj.tier = [], obj.cold[0]
+                if self.tiering is not None:
+                    self.tiering.on_demoted(obj)
+                continue
+            del self._objects[obj.key]
             self._free_replicas(obj.replicas)
         self.counters["evictions"] += len(chosen)
         self.counters["evicted_bytes"] += freed
@@ -390,10 +417,16 @@ class ObjectIndex:
         return sum(s.length for r in obj.replicas for s in r)
 
     def _drop(self, obj: Obj, keep_until: float) -> None:
+        if obj.cold and self.tiering is not None:
+            self.tiering.forget(obj.key, obj.cold)
+            obj.cold = ()
+        self._graveyard_or_free(obj.replicas, keep_until)
+
+    def _graveyard_or_free(self, replicas: list[Replica], keep_until: float) -> None:
         if keep_until > self.clock():
-            self._graveyard.append((keep_until, obj.replicas))
+            self._graveyard.append((keep_until, replicas))
         else:
-            self._free_replicas(obj.replicas)
+            self._free_replicas(replicas)
 
     def _sweep_graveyard(self, now: float) -> None:
         if not self._graveyard:
@@ -412,6 +445,113 @@ class ObjectIndex:
                 seg = self.segments.get(sl.segment)
                 if seg is not None:
                     seg.allocator.free(sl.offset, sl.length)
+
+
+# ---- hooks for the tier manager (mooncake_store/node/tiering.py) --------------------------------
+class TieringHooks:
+    """Index operations the tier manager's worker uses; each holds the lock briefly."""
+
+    def __init__(self, index: "ObjectIndex") -> None:
+        self.ix = index
+
+    def dram_fill(self) -> float:
+        ix = self.ix
+        cap = sum(s.capacity for s in ix.segments.values() if s.tier == "dram")
+        return ix.used / cap if cap else 0.0
+
+    def demotion_batch(self, max_bytes: int) -> list[tuple[str, Replica, int, int]]:
+        """LRU-first DRAM objects without a cold copy: (key, replica, size, flags); marked busy."""
+        ix = self.ix
+        out, total = [], 0
+        with ix.lock:
+            for key in ix.policy.victims():
+                obj = ix._objects.get(key)
+                if obj is None or obj.busy or obj.cold or obj.tier != "dram" or not obj.replicas:
+                    continue
+                obj.busy = True
+                out.append((key, obj.replicas[0], obj.size, obj.flags))
+                total += obj.size
+                if total >= max_bytes:
+                    break
+        return out
+
+    def finish_copy_down(self, key: str, replica: Replica, tier: str, ok: bool,
+                         free_dram: bool) -> bool:
+        """Record a finished cold copy; free the DRAM copy when asked. False: the object
+        changed meanwhile (removed or replaced) and the cold copy must be deleted."""
+        ix = self.ix
+        with ix.lock:
+            obj = ix._objects.get(key)
+            if obj is None or not obj.replicas or obj.replicas[0] is not replica:
+                return not ok
+            obj.busy = False
+            if not ok:
+                return True
+            obj.cold = obj.cold + (tier,)
+            if free_dram and obj.pin != PIN_HARD:
+                ix.policy.on_remove(key)
+                replicas, obj.replicas, obj.tier = obj.replicas, [], tier
+                ix._graveyard_or_free(replicas, obj.lease_until)
+                ix.counters["demotions"] = ix.counters.get("demotions", 0) + 1
+            return True
+
+    def promotion_start(self, key: str) -> tuple[Replica, str, int] | None:
+        ix = self.ix
+        with ix.lock:
+            obj = ix._objects.get(key)
+            if obj is None or obj.busy or obj.tier == "dram":
+                return None
+            record = header_size(len(key.encode())) + obj.size
+            try:
+                replicas = ix._allocate(record, ReplicateConfig())
+            except NoSpace:
+                return None
+            obj.busy = True
+            return replicas[0], obj.tier, obj.flags
+
+    def finish_promotion(self, key: str, replica: Replica, ok: bool) -> None:
+        ix = self.ix
+        with ix.lock:
+            obj = ix._objects.get(key)
+            if obj is not None:
+                obj.busy = False
+            if obj is None or not ok or obj.tier == "dram":
+                ix._free_replicas([replica])
+                return
+            obj.replicas, obj.tier = [replica], "dram"
+            ix.policy.on_insert(key, obj.size)
+            ix.counters["promotions"] = ix.counters.get("promotions", 0) + 1
+
+    def drop_cold(self, key: str, tier: str) -> bool:
+        """The tier gives up its copy of key. True when that was the last copy (object gone)."""
+        ix = self.ix
+        with ix.lock:
+            obj = ix._objects.get(key)
+            if obj is None or tier not in obj.cold:
+                return False
+            obj.cold = tuple(t for t in obj.cold if t != tier)
+            if obj.tier != tier:
+                return False
+            if obj.cold:
+                obj.tier = obj.cold[0]
+                return False
+            del ix._objects[key]
+            ix.counters["evictions"] += 1
+            return True
+
+    def add_cold(self, key: str, size: int, flags: int, tier: str) -> bool:
+        """Warm restart: an object found only in a cold tier becomes readable again."""
+        ix = self.ix
+        with ix.lock:
+            obj = ix._objects.get(key)
+            if obj is not None:
+                if tier not in obj.cold:
+                    obj.cold = obj.cold + (tier,)
+                return False
+            obj = Obj(key, size, [], PIN_NONE, 0.0, 0.0)
+            obj.complete, obj.flags, obj.tier, obj.cold = True, flags, tier, (tier,)
+            ix._objects[key] = obj
+            return True
 
 
 def _compile(pattern: str) -> re.Pattern:
