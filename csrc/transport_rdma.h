@@ -1,0 +1,10 @@
+/* RDMA transport (libibverbs). Compiled only when infiniband/verbs.h exists
+ * (MCS_HAVE_RDMA); used only when a device is present. */
+#ifndef MCS_TRANSPORT_RDMA_H
+#define MCS_TRANSPORT_RDMA_H
+/* Number of RDMA devices (0 = none), or a negative errno when the verbs
+ * library or kernel support is missing; msg gets a one-line reason. */
+int mcs_rdma_probe(char *msg, int msg_cap);
+/* 1 when built with libibverbs. */
+int mcs_rdma_compiled(void);
+#endif

@@ -1,0 +1,501 @@
+/* TCP transport.
+ *
+ * Server: one acceptor thread blocks in poll() on the listening sockets (tcp
+ * and the abstract unix socket of the shm transport) and a wake pipe; each
+ * accepted connection gets a thread that serves requests in order: WRITE
+ * payloads are received straight into registered memory, READ payloads are
+ * sent straight from it with one sendmsg. Every header is validated and
+ * bounds-checked before memory is touched; a bad one is answered with an error
+ * code, counted, and the connection is closed (others are unaffected).
+ *
+ * Client: a peer has `streams` connections, each driven by one thread that
+ * keeps up to `window` requests in flight (pipelining) and takes slices from a
+ * queue shared by the peer's streams, so large requests spread across streams.
+ * Idle threads sleep on a condition variable or in poll(): no busy polling. */
+#include "transport_tcp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "engine_int.h"
+
+/* ================================================================ server */
+
+static void send_error(int fd, const mcs_wire_hdr *req, int code) {
+    mcs_wire_hdr r = {.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
+                      .opcode = (uint16_t)((req->opcode & 0x7f) | MCS_WOP_RESP),
+                      .status = code, .req_id = req->req_id, .addr = req->addr};
+    mcs_write_full(fd, &r, sizeof r);  /* best effort: the connection closes next */
+}
+
+/* Serve one request; 0 to keep the connection, nonzero to close it. */
+static int serve_one(mcs_engine *e, int fd) {
+    uint8_t raw[MCS_WIRE_HDR];
+    if (mcs_read_full(fd, raw, sizeof raw)) return 1;
+    mcs_wire_hdr h;
+    mcs_wire_decode(&h, raw);
+    int rc = mcs_wire_validate(e, &h);
+    if (rc == 0 && h.opcode != MCS_WOP_PING) rc = mcs_region_acquire(e, h.addr, h.length);
+    if (rc) {
+        atomic_fetch_add(&e->bad_requests, 1);
+        send_error(fd, &h, rc);
+        return 1;
+    }
+    mcs_wire_hdr resp = {.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
+                         .opcode = (uint16_t)(h.opcode | MCS_WOP_RESP), .req_id = h.req_id,
+                         .addr = h.addr};
+    if (h.opcode == MCS_WOP_PING) return mcs_write_full(fd, &resp, sizeof resp) != 0;
+    void *mem = (void *)(uintptr_t)h.addr;
+    int io;
+    if (h.opcode == MCS_WOP_WRITE) {
+        io = mcs_read_full(fd, mem, h.length);
+        mcs_region_release(e, h.addr);
+        if (io == 0) io = mcs_write_full(fd, &resp, sizeof resp);
+    } else {
+        resp.length = h.length;
+        struct iovec iov[2] = {{&resp, sizeof resp}, {mem, h.length}};
+        io = mcs_writev_full(fd, iov, 2);
+        mcs_region_release(e, h.addr);
+    }
+    if (io) return 1;
+    atomic_fetch_add(&e->requests_served, 1);
+    atomic_fetch_add(&e->bytes_served, h.length);
+    return 0;
+}
+
+static void *conn_main(void *arg) {
+    mcs_conn *c = arg;
+    mcs_engine *e = c->e;
+    mcs_sock_tune(e, c->fd, !c->is_unix);
+    if (mcs_hs_server(e, c->fd) == 0) {
+        if (c->is_unix) {
+            mcs_shm_serve_conn(e, c->fd);
+        } else {
+            for (;;) {
+                /* Wait for the next header without a timeout (idle is fine);
+                 * the socket timeout then bounds a stalled request. */
+                struct pollfd pf = {.fd = c->fd, .events = POLLIN};
+                int pr = poll(&pf, 1, -1);
+                if (pr < 0 && errno == EINTR) continue;
+                if (pr < 0 || serve_one(e, c->fd)) break;
+            }
+        }
+    }
+    /* Hang up now so the peer sees it at once; the fd itself is closed by the
+     * joiner (closing here could let a new socket reuse the number). */
+    shutdown(c->fd, SHUT_RDWR);
+    atomic_fetch_sub(&e->conns_active, 1);
+    atomic_store(&c->done, 1);
+    return NULL;  /* the fd is closed by whoever joins us (no fd-number reuse race) */
+}
+
+static void reap(mcs_engine *e, int all) {
+    mcs_conn **pp = &e->conns;
+    while (*pp) {
+        mcs_conn *c = *pp;
+        if (all) shutdown(c->fd, SHUT_RDWR);
+        if (all || atomic_load(&c->done)) {
+            pthread_join(c->th, NULL);
+            close(c->fd);
+            *pp = c->next;
+            free(c);
+        } else {
+            pp = &c->next;
+        }
+    }
+}
+
+static void start_conn(mcs_engine *e, int lfd, int is_unix) {
+    int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd < 0) return;
+    mcs_conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->e = e;
+    c->fd = fd;
+    c->is_unix = is_unix;
+    atomic_fetch_add(&e->conns_accepted, 1);
+    atomic_fetch_add(&e->conns_active, 1);
+    if (pthread_create(&c->th, NULL, conn_main, c) != 0) {
+        atomic_fetch_sub(&e->conns_active, 1);
+        close(fd);
+        free(c);
+        return;
+    }
+    c->next = e->conns;
+    e->conns = c;
+}
+
+static void *acceptor_main(void *arg) {
+    mcs_engine *e = arg;
+    for (;;) {
+        struct pollfd pf[3] = {{.fd = e->wake[0], .events = POLLIN},
+                               {.fd = e->listen_fd, .events = POLLIN},
+                               {.fd = e->unix_fd, .events = POLLIN}};
+        int pr = poll(pf, e->unix_fd >= 0 ? 3 : 2, -1);
+        if (pr < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (pf[0].revents) break;
+        reap(e, 0);
+        if (pf[1].revents & POLLIN) start_conn(e, e->listen_fd, 0);
+        if (e->unix_fd >= 0 && (pf[2].revents & POLLIN)) start_conn(e, e->unix_fd, 1);
+    }
+    return NULL;
+}
+
+static int open_unix(mcs_engine *e, int port) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_un a;
+    memset(&a, 0, sizeof a);
+    a.sun_family = AF_UNIX;
+    uint64_t tag = mcs_now_ns() ^ (uint64_t)(uintptr_t)e;
+    int n = snprintf(e->unix_name, MCS_UNIX_NAME, "mcs.%d.%d.%llx", (int)getpid(), port,
+                     (unsigned long long)tag);
+    memcpy(a.sun_path + 1, e->unix_name, (size_t)n);
+    socklen_t alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    if (bind(fd, (struct sockaddr *)&a, alen) < 0 || listen(fd, 64) < 0) {
+        close(fd);
+        e->unix_name[0] = 0;
+        return -1;
+    }
+    return fd;
+}
+
+int mcs_tcp_listen(mcs_engine *e, const char *host, int port, int *bound_port) {
+    pthread_mutex_lock(&e->srv_mu);
+    if (e->serving) {
+        pthread_mutex_unlock(&e->srv_mu);
+        return MCS_E_INVALID_PARAMS;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    if (getaddrinfo(host, ps, &hints, &res) != 0 || !res) {
+        pthread_mutex_unlock(&e->srv_mu);
+        return MCS_E_INVALID_PARAMS;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    int rc = MCS_E_RPC_FAIL;
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, res->ai_addr, res->ai_addrlen) == 0 && listen(fd, 128) == 0) rc = 0;
+    }
+    freeaddrinfo(res);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (rc == 0 && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        int bp = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                          : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        if (bound_port) *bound_port = bp;
+        e->listen_fd = fd;
+        e->unix_fd = open_unix(e, bp);
+        if (pipe2(e->wake, O_CLOEXEC) != 0 ||
+            pthread_create(&e->acceptor, NULL, acceptor_main, e) != 0)
+            rc = MCS_E_INTERNAL;
+    } else if (rc == 0) {
+        rc = MCS_E_INTERNAL;
+    }
+    if (rc == 0) {
+        e->serving = 1;
+    } else {
+        if (fd >= 0) close(fd);
+        if (e->unix_fd >= 0) close(e->unix_fd);
+        for (int i = 0; i < 2; i++)
+            if (e->wake[i] >= 0) close(e->wake[i]);
+        e->listen_fd = e->unix_fd = e->wake[0] = e->wake[1] = -1;
+        e->unix_name[0] = 0;
+    }
+    pthread_mutex_unlock(&e->srv_mu);
+    return rc;
+}
+
+void mcs_tcp_stop(mcs_engine *e) {
+    pthread_mutex_lock(&e->srv_mu);
+    if (e->serving) {
+        char b = 1;
+        while (write(e->wake[1], &b, 1) < 0 && errno == EINTR) {}
+        pthread_join(e->acceptor, NULL);
+        reap(e, 1);
+        close(e->listen_fd);
+        if (e->unix_fd >= 0) close(e->unix_fd);
+        close(e->wake[0]);
+        close(e->wake[1]);
+        e->listen_fd = e->unix_fd = e->wake[0] = e->wake[1] = -1;
+        e->serving = 0;
+    }
+    pthread_mutex_unlock(&e->srv_mu);
+}
+
+/* ================================================================ client */
+
+int mcs_tcp_connect(mcs_engine *e, const char *host, int port, mcs_hs_hello *hello) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    if (getaddrinfo(host, ps, &hints, &res) != 0 || !res) return MCS_E_RPC_FAIL;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        freeaddrinfo(res);
+        return MCS_E_RPC_FAIL;
+    }
+    mcs_sock_tune(e, fd, 1);  /* SO_SNDTIMEO also bounds connect() on Linux */
+    int c;
+    do {
+        c = connect(fd, res->ai_addr, res->ai_addrlen);
+    } while (c < 0 && errno == EINTR);
+    freeaddrinfo(res);
+    if (c < 0) {
+        close(fd);
+        return errno == EINPROGRESS || errno == ETIMEDOUT ? MCS_E_TIMEOUT : MCS_E_RPC_FAIL;
+    }
+    int rc = mcs_hs_client(e, fd, hello);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+static int sane_code(int32_t st) {
+    switch (st) {
+    case MCS_E_BUFFER_OVERFLOW:
+    case MCS_E_INVALID_PARAMS:
+    case MCS_E_TRANSFER_FAIL:
+    case MCS_E_TIMEOUT:
+        return st;
+    default:
+        return MCS_E_TRANSFER_FAIL;
+    }
+}
+
+static void stream_close(mcs_stream *st) {
+    mcs_peer *p = st->peer;
+    pthread_mutex_lock(&p->mu);
+    if (st->fd >= 0) close(st->fd);
+    st->fd = -1;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static mcs_slice *inflight_pop(mcs_stream *st) {
+    mcs_slice *s = st->ih;
+    st->ih = s->next;
+    if (!st->ih) st->it = NULL;
+    s->next = NULL;
+    st->n_inflight--;
+    st->inflight_bytes -= s->len;
+    if (s->op == MCS_OP_READ) st->reads_inflight--;
+    return s;
+}
+
+static void fail_inflight(mcs_stream *st, int code) {
+    while (st->ih) mcs_slice_done(st->peer->e, inflight_pop(st), code, 0);
+}
+
+/* Put unexecuted in-flight slices back at the head of the peer queue. */
+static void requeue_inflight(mcs_stream *st) {
+    mcs_peer *p = st->peer;
+    if (!st->ih) return;
+    mcs_slice *h = st->ih, *t = st->it;
+    st->ih = st->it = NULL;
+    st->n_inflight = st->reads_inflight = 0;
+    st->inflight_bytes = 0;
+    pthread_mutex_lock(&p->mu);
+    t->next = p->qh;
+    p->qh = h;
+    if (!p->qt) p->qt = t;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Broken connection: fail what is in flight and close. */
+static void stream_broken(mcs_stream *st, int code) {
+    fail_inflight(st, code);
+    stream_close(st);
+}
+
+/* Receive the response to the oldest in-flight slice. */
+static void recv_one(mcs_stream *st) {
+    mcs_engine *e = st->peer->e;
+    mcs_slice *s = st->ih;
+    uint8_t raw[MCS_WIRE_HDR];
+    int rc = mcs_read_full(st->fd, raw, sizeof raw);
+    if (rc) {
+        stream_broken(st, rc);
+        return;
+    }
+    mcs_wire_hdr h;
+    mcs_wire_decode(&h, raw);
+    int want_op = (s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE) | MCS_WOP_RESP;
+    if (h.magic != MCS_WIRE_MAGIC || h.version != MCS_WIRE_VERSION || h.opcode != want_op ||
+        h.req_id != s->wire_id) {
+        stream_broken(st, MCS_E_TRANSFER_FAIL);
+        return;
+    }
+    if (h.status != 0) {
+        /* The server refused this request and closes the connection without
+         * executing anything sent after it: retry those on a new connection. */
+        mcs_slice_done(e, inflight_pop(st), sane_code(h.status), 0);
+        requeue_inflight(st);
+        stream_close(st);
+        return;
+    }
+    if (s->op == MCS_OP_READ) {
+        if (h.length != s->len) {
+            stream_broken(st, MCS_E_TRANSFER_FAIL);
+            return;
+        }
+        rc = mcs_read_full(st->fd, (void *)(uintptr_t)s->local, s->len);
+        if (rc) {
+            stream_broken(st, rc);
+            return;
+        }
+    } else if (h.length != 0) {
+        stream_broken(st, MCS_E_TRANSFER_FAIL);
+        return;
+    }
+    mcs_slice_done(e, inflight_pop(st), 0, s->len);
+}
+
+static int send_slice(mcs_stream *st, mcs_slice *s) {
+    mcs_wire_hdr h = {.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
+                      .opcode = s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE,
+                      .req_id = ++st->next_id, .addr = s->remote, .length = s->len};
+    s->wire_id = h.req_id;
+    struct iovec iov[2] = {{&h, sizeof h}, {(void *)(uintptr_t)s->local, s->len}};
+    int rc = mcs_writev_full(st->fd, iov, s->op == MCS_OP_WRITE ? 2 : 1);
+    if (rc) return rc;
+    s->next = NULL;
+    if (st->it)
+        st->it->next = s;
+    else
+        st->ih = s;
+    st->it = s;
+    st->n_inflight++;
+    st->inflight_bytes += s->len;
+    if (s->op == MCS_OP_READ) st->reads_inflight++;
+    return 0;
+}
+
+static int stream_connect(mcs_stream *st) {
+    mcs_peer *p = st->peer;
+    pthread_mutex_lock(&p->mu);
+    int down = mcs_now_ns() < p->down_until_ns;
+    pthread_mutex_unlock(&p->mu);
+    if (down) return MCS_E_RPC_FAIL;
+    int fd = mcs_tcp_connect(p->e, p->host, p->port, NULL);
+    pthread_mutex_lock(&p->mu);
+    if (fd < 0) {
+        /* Fail fast for a second so a dead peer does not cost one connect
+         * attempt per queued slice. */
+        p->down_until_ns = mcs_now_ns() + 1000000000ull;
+    } else if (p->stop) {
+        close(fd);
+        fd = MCS_E_TRANSFER_FAIL;
+    } else {
+        st->fd = fd;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return fd < 0 ? fd : 0;
+}
+
+static void *stream_main(void *arg) {
+    mcs_stream *st = arg;
+    mcs_peer *p = st->peer;
+    mcs_engine *e = p->e;
+    uint64_t max_bytes = 4 * e->opts.slice_bytes;
+    for (;;) {
+        mcs_slice *s = NULL;
+        pthread_mutex_lock(&p->mu);
+        while (!p->stop && st->n_inflight == 0 && !p->qh) pthread_cond_wait(&p->cv, &p->mu);
+        if (p->stop) {
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        if (p->qh && st->n_inflight < e->opts.window && st->inflight_bytes < max_bytes) {
+            s = p->qh;
+            p->qh = s->next;
+            if (!p->qh) p->qt = NULL;
+            s->next = NULL;
+        }
+        pthread_mutex_unlock(&p->mu);
+
+        if (!s) {
+            recv_one(st);
+            continue;
+        }
+        /* A write payload must not be pushed while read data is on its way
+         * back, or both ends could block in send() on full buffers. */
+        while (s->op == MCS_OP_WRITE && st->reads_inflight > 0 && st->fd >= 0) recv_one(st);
+        int rc = st->fd < 0 ? stream_connect(st) : 0;
+        if (rc == 0) rc = send_slice(st, s);
+        if (rc) {
+            mcs_slice_done(e, s, rc, 0);
+            if (st->fd >= 0) stream_broken(st, rc);
+        }
+    }
+    fail_inflight(st, MCS_E_TRANSFER_FAIL);
+    stream_close(st);
+    return NULL;
+}
+
+int mcs_tcp_peer_start(mcs_engine *e, mcs_peer *p) {
+    for (int i = 0; i < p->nstreams; i++) {
+        if (pthread_create(&p->streams[i].th, NULL, stream_main, &p->streams[i]) != 0)
+            return MCS_E_INTERNAL;
+        p->streams[i].started = 1;
+    }
+    return 0;
+}
+
+void mcs_tcp_peer_stop(mcs_engine *e, mcs_peer *p) {
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    for (int i = 0; i < p->nstreams; i++)
+        if (p->streams[i].fd >= 0) shutdown(p->streams[i].fd, SHUT_RDWR);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->nstreams; i++) {
+        if (p->streams[i].started) pthread_join(p->streams[i].th, NULL);
+        p->streams[i].started = 0;
+        if (p->streams[i].fd >= 0) close(p->streams[i].fd);
+        p->streams[i].fd = -1;
+    }
+    /* What was never sent fails now. */
+    mcs_slice *s = p->qh;
+    p->qh = p->qt = NULL;
+    while (s) {
+        mcs_slice *n = s->next;
+        mcs_slice_done(e, s, MCS_E_TRANSFER_FAIL, 0);
+        s = n;
+    }
+}
+
+void mcs_tcp_enqueue(mcs_peer *p, mcs_slice *head, mcs_slice *tail) {
+    pthread_mutex_lock(&p->mu);
+    tail->next = NULL;
+    if (p->qt)
+        p->qt->next = head;
+    else
+        p->qh = head;
+    p->qt = tail;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
