@@ -103,6 +103,7 @@ void mcs_engine_destroy(mcs_engine *e) {
     for (int i = 0; i < MCS_MAX_PEERS; i++)
         if (e->peers[i]) mcs_peer_close(e, i);
     mcs_tcp_stop(e);
+    mcs_rdma_close(e);
     pthread_mutex_lock(&e->mu);
     for (int i = 0; i < e->nbatch_slots; i++)
         if (e->batches[i]) batch_release(e->batches[i]);
@@ -184,6 +185,7 @@ int mcs_register_fd(mcs_engine *e, uint64_t base, uint64_t len, int fd, uint64_t
             (size_t)(e->nregions - pos) * sizeof(mcs_region));
     e->regions[pos] = (mcs_region){.base = base, .len = len, .fd = dfd, .fd_off = fd_off};
     e->nregions++;
+    mcs_rdma_reg(e, base, len);
     pthread_mutex_unlock(&e->reg_mu);
     return 0;
 }
@@ -212,6 +214,7 @@ int mcs_unregister(mcs_engine *e, uint64_t base) {
     memmove(&e->regions[at], &e->regions[at + 1],
             (size_t)(e->nregions - at - 1) * sizeof(mcs_region));
     e->nregions--;
+    mcs_rdma_dereg(e, base);
     pthread_mutex_unlock(&e->reg_mu);
     if (fd >= 0) close(fd);
     return 0;
@@ -266,6 +269,9 @@ int mcs_wire_validate(mcs_engine *e, const mcs_wire_hdr *h) {
     switch (h->opcode) {
     case MCS_WOP_PING:
         return (h->addr == 0 && h->length == 0) ? 0 : MCS_E_INVALID_PARAMS;
+    case MCS_WOP_RDMA:  /* only an engine with rdma enabled accepts it */
+        return (e && e->rdma && h->addr == 0 && h->length > 0 && h->length <= 4096)
+                   ? 0 : MCS_E_INVALID_PARAMS;
     case MCS_WOP_READ:
     case MCS_WOP_WRITE:
         if (h->length == 0 || h->length > MCS_MAX_SLICE) return MCS_E_INVALID_PARAMS;
@@ -280,7 +286,8 @@ int mcs_wire_check(mcs_engine *e, const uint8_t *hdr, int n) {
     mcs_wire_hdr h;
     mcs_wire_decode(&h, hdr);
     int rc = mcs_wire_validate(e, &h);
-    if (rc == 0 && h.opcode != MCS_WOP_PING) rc = mcs_check_range(e, h.addr, h.length);
+    if (rc == 0 && (h.opcode == MCS_WOP_READ || h.opcode == MCS_WOP_WRITE))
+        rc = mcs_check_range(e, h.addr, h.length);
     return rc;
 }
 
@@ -433,16 +440,13 @@ int mcs_peer_open(mcs_engine *e, const char *host, int port, int flags) {
     if (!(flags & MCS_PEER_NO_SHM) && e->boot_id[0] && strcmp(e->boot_id, p->boot_id) == 0 &&
         p->unix_name[0])
         mcs_shm_peer_connect(e, p);  /* best effort: tcp serves what shm cannot */
+    else if (e->rdma)
+        mcs_rdma_peer_connect(e, p);  /* best effort too */
     int rc = mcs_tcp_peer_start(e, p);
-    if (rc < 0) {
-        mcs_tcp_peer_stop(e, p);
-        mcs_shm_peer_release(e, p);
-        peer_free(p);
-        return rc;
-    }
-    int id = peer_install(e, p);
+    int id = rc < 0 ? rc : peer_install(e, p);
     if (id < 0) {
         mcs_tcp_peer_stop(e, p);
+        mcs_rdma_peer_release(e, p);
         mcs_shm_peer_release(e, p);
         peer_free(p);
     }
@@ -480,6 +484,7 @@ int mcs_peer_close(mcs_engine *e, int id) {
     e->peers[id] = NULL;
     pthread_mutex_unlock(&e->mu);
     if (!p->local) mcs_tcp_peer_stop(e, p);  /* fails what is queued or in flight */
+    mcs_rdma_peer_release(e, p);             /* flushes what was posted */
     mcs_shm_peer_release(e, p);
     peer_free(p);
     return 0;
@@ -488,7 +493,9 @@ int mcs_peer_close(mcs_engine *e, int id) {
 int mcs_peer_transport(mcs_engine *e, int id) {
     mcs_peer *p = peer_get(e, id);
     if (!p) return MCS_E_INVALID_PARAMS;
-    int t = p->local ? MCS_TP_LOCAL : (p->shm_sock >= 0 || p->nmaps > 0) ? MCS_TP_SHM : MCS_TP_TCP;
+    int t = p->local ? MCS_TP_LOCAL
+            : (p->shm_sock >= 0 || p->nmaps > 0) ? MCS_TP_SHM
+            : p->rdma_qp ? MCS_TP_RDMA : MCS_TP_TCP;
     peer_put(e, p);
     return t;
 }
@@ -645,12 +652,20 @@ int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, 
         peer_put(e, p);
         return bid;
     }
-    if (nslices > 0) {
-        if (p->local)  /* cannot happen: local requests never need tcp */
-            for (int i = 0; i < nslices; i++) mcs_slice_done(e, &b->slices[i], MCS_E_INTERNAL, 0);
+    /* Slices go over rdma when both ends are registered there, else to tcp.
+     * Relink the tcp ones first: a posted slice may complete at once. */
+    mcs_slice *head = NULL, *tail = NULL;
+    for (int k = 0; k < nslices; k++) {
+        mcs_slice *s = &b->slices[k];
+        s->next = NULL;
+        if (p->rdma_qp && mcs_rdma_try_post(e, p, s)) continue;
+        if (tail)
+            tail->next = s;
         else
-            mcs_tcp_enqueue(p, &b->slices[0], &b->slices[nslices - 1]);
+            head = s;
+        tail = s;
     }
+    if (head) mcs_tcp_enqueue(p, head, tail);
     peer_put(e, p);
     (void)flags;
     return bid;

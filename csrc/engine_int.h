@@ -8,9 +8,20 @@
 #include <sys/uio.h>
 
 #include "engine.h"
+#include "transport_rdma.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the wire format is little-endian and is written with host order"
+
+/* transport_rdma.c (no-ops when built without libibverbs) */
+void mcs_rdma_close(mcs_engine *e);
+void mcs_rdma_reg(mcs_engine *e, uint64_t base, uint64_t len);
+void mcs_rdma_dereg(mcs_engine *e, uint64_t base);
+int mcs_rdma_serve_connect(mcs_engine *e, mcs_conn *c, const mcs_wire_hdr *h);
+void mcs_rdma_conn_release(mcs_engine *e, mcs_conn *c);
+int mcs_rdma_peer_connect(mcs_engine *e, mcs_peer *p);
+void mcs_rdma_peer_release(mcs_engine *e, mcs_peer *p);
+int mcs_rdma_try_post(mcs_engine *e, mcs_peer *p, mcs_slice *s);
 #endif
 
 #define MCS_MAX_STREAMS 16
@@ -24,6 +35,7 @@
 #define MCS_WOP_READ 1
 #define MCS_WOP_WRITE 2
 #define MCS_WOP_PING 3
+#define MCS_WOP_RDMA 4               /* set up an RDMA queue pair (payload: endpoint info) */
 #define MCS_WOP_RESP 0x80            /* or'ed into the opcode of a response */
 #define MCS_WIRE_HDR 40
 
@@ -89,6 +101,7 @@ typedef struct mcs_slice {
     int op;                  /* MCS_OP_* */
     uint64_t local, remote, len;
     uint64_t wire_id;        /* request id on the stream that carries it */
+    struct mcs_rdma_qp *rdma_qp; /* when posted over rdma */
 } mcs_slice;
 
 typedef struct mcs_batch {
@@ -147,6 +160,7 @@ typedef struct mcs_peer {
     uint64_t last_refresh_ns;
     char unix_name[MCS_UNIX_NAME];
     char boot_id[40];
+    struct mcs_rdma_qp *rdma_qp;
 } mcs_peer;
 
 /* ---- server connections ---- */
@@ -155,6 +169,7 @@ typedef struct mcs_conn {
     struct mcs_engine *e;
     int fd;
     int is_unix;
+    struct mcs_rdma_qp *rdma_qp;
     pthread_t th;
     atomic_int done;
 } mcs_conn;
@@ -185,6 +200,7 @@ struct mcs_engine {
     int serving;
     char unix_name[MCS_UNIX_NAME];
     mcs_conn *conns;
+    struct mcs_rdma *rdma;   /* NULL unless rdma was enabled and a device opened */
 
     atomic_ullong conns_accepted, conns_active, bad_requests, auth_failures,
         requests_served, bytes_served, shm_mappings;
@@ -225,4 +241,14 @@ int mcs_shm_map_at(int fd, uint64_t len, uint64_t off, int writable, mcs_shm_map
 /* Copy for a shm/local request; 1 when handled (code in *code), 0 when the
  * remote range is not mapped (the caller routes it to tcp). */
 int mcs_shm_try_copy(mcs_engine *e, mcs_peer *p, const mcs_request *r, int *code);
+
+/* transport_rdma.c (no-ops when built without libibverbs) */
+void mcs_rdma_close(mcs_engine *e);
+void mcs_rdma_reg(mcs_engine *e, uint64_t base, uint64_t len);
+void mcs_rdma_dereg(mcs_engine *e, uint64_t base);
+int mcs_rdma_serve_connect(mcs_engine *e, mcs_conn *c, const mcs_wire_hdr *h);
+void mcs_rdma_conn_release(mcs_engine *e, mcs_conn *c);
+int mcs_rdma_peer_connect(mcs_engine *e, mcs_peer *p);
+void mcs_rdma_peer_release(mcs_engine *e, mcs_peer *p);
+int mcs_rdma_try_post(mcs_engine *e, mcs_peer *p, mcs_slice *s);
 #endif

@@ -7,4 +7,8 @@
 int mcs_rdma_probe(char *msg, int msg_cap);
 /* 1 when built with libibverbs. */
 int mcs_rdma_compiled(void);
+struct mcs_engine;
+/* Open the device (NULL/"" = first) for this engine: registered regions get
+ * memory regions and new peers get an RC queue pair. 0 or an MCS_E* code. */
+int mcs_rdma_enable(struct mcs_engine *e, const char *device);
 #endif

@@ -37,13 +37,15 @@ static void send_error(int fd, const mcs_wire_hdr *req, int code) {
 }
 
 /* Serve one request; 0 to keep the connection, nonzero to close it. */
-static int serve_one(mcs_engine *e, int fd) {
+static int serve_one(mcs_engine *e, mcs_conn *c) {
+    int fd = c->fd;
     uint8_t raw[MCS_WIRE_HDR];
     if (mcs_read_full(fd, raw, sizeof raw)) return 1;
     mcs_wire_hdr h;
     mcs_wire_decode(&h, raw);
     int rc = mcs_wire_validate(e, &h);
-    if (rc == 0 && h.opcode != MCS_WOP_PING) rc = mcs_region_acquire(e, h.addr, h.length);
+    if (rc == 0 && (h.opcode == MCS_WOP_READ || h.opcode == MCS_WOP_WRITE))
+        rc = mcs_region_acquire(e, h.addr, h.length);
     if (rc) {
         atomic_fetch_add(&e->bad_requests, 1);
         send_error(fd, &h, rc);
@@ -53,6 +55,7 @@ static int serve_one(mcs_engine *e, int fd) {
                          .opcode = (uint16_t)(h.opcode | MCS_WOP_RESP), .req_id = h.req_id,
                          .addr = h.addr};
     if (h.opcode == MCS_WOP_PING) return mcs_write_full(fd, &resp, sizeof resp) != 0;
+    if (h.opcode == MCS_WOP_RDMA) return mcs_rdma_serve_connect(e, c, &h) != 0;
     void *mem = (void *)(uintptr_t)h.addr;
     int io;
     if (h.opcode == MCS_WOP_WRITE) {
@@ -85,13 +88,14 @@ static void *conn_main(void *arg) {
                 struct pollfd pf = {.fd = c->fd, .events = POLLIN};
                 int pr = poll(&pf, 1, -1);
                 if (pr < 0 && errno == EINTR) continue;
-                if (pr < 0 || serve_one(e, c->fd)) break;
+                if (pr < 0 || serve_one(e, c)) break;
             }
         }
     }
     /* Hang up now so the peer sees it at once; the fd itself is closed by the
      * joiner (closing here could let a new socket reuse the number). */
     shutdown(c->fd, SHUT_RDWR);
+    mcs_rdma_conn_release(e, c);
     atomic_fetch_sub(&e->conns_active, 1);
     atomic_store(&c->done, 1);
     return NULL;  /* the fd is closed by whoever joins us (no fd-number reuse race) */

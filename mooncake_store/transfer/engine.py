@@ -48,21 +48,12 @@ def rdma_probe() -> tuple[int, str]:
     return n, ffi.string(msg).decode(errors="replace")
 
 
-def _choose_protocol(protocol: str) -> str:
-    """rdma only when a device exists; otherwise say so once per process and use tcp."""
+def _log_once(msg: str, *args: Any) -> None:
     global _rdma_logged
-    if protocol != "rdma":
-        return protocol
-    n, why = rdma_probe()
     with _rdma_lock:
         if not _rdma_logged:
             _rdma_logged = True
-            if n <= 0:
-                log.warning("no RDMA device; using tcp (%s)", why)
-            else:
-                log.warning("RDMA device present (%s) but the verbs data path is not enabled in "
-                            "this build; using tcp", why)
-    return "tcp"
+            log.warning(msg, *args)
 
 
 def split_target(target: str) -> tuple[str, int]:
@@ -155,13 +146,26 @@ class TransferEngine:
         self._check_open()
         if protocol not in ("tcp", "rdma", "shm"):
             return ErrorCode.INVALID_PARAMS
-        self.protocol = _choose_protocol(protocol)
+        self.protocol = self._enable_rdma(device_name) if protocol == "rdma" else protocol
         host, port = _split_local(local_hostname)
         bound = ffi.new("int *")
         rc = lib.mcs_listen(self._e, host.encode(), port, bound)
         if rc == 0:
             self.hostname, self.port = host, bound[0]
         return rc
+
+    def _enable_rdma(self, device_name: str) -> str:
+        """rdma when a device exists and opens; otherwise say so once per process, use tcp."""
+        n, why = rdma_probe()
+        if n <= 0:
+            _log_once("no RDMA device; using tcp (%s)", why)
+            return "tcp"
+        dev = (device_name or "").split(",")[0].strip()
+        rc = lib.mcs_rdma_enable(self._e, dev.encode())
+        if rc != 0:
+            _log_once("RDMA device present (%s) but %r could not be opened; using tcp", why, dev)
+            return "tcp"
+        return "rdma"
 
     def get_rpc_port(self) -> int:
         return self.port

@@ -54,11 +54,13 @@ def test_parser_agrees_with_the_bounds(server):
         rc = te.check_wire_header(wc.header(op, addr, length, magic=magic, version=version,
                                             status=status, reserved=reserved))
         valid_struct = (magic == wc.MAGIC and version == 1 and status == 0 and reserved == 0
-                        and op in (1, 2, 3))
+                        and op in (1, 2, 3, 4))
         if not valid_struct:
-            assert rc == ErrorCode.TRANSFER_FAIL or (op == 3 and rc == ErrorCode.INVALID_PARAMS)
+            assert rc == ErrorCode.TRANSFER_FAIL
         elif op == 3:
             assert rc == (0 if addr == 0 and length == 0 else ErrorCode.INVALID_PARAMS)
+        elif op == 4:  # rdma setup: refused by an engine without rdma
+            assert rc == ErrorCode.INVALID_PARAMS
         elif length == 0 or length > 64 << 20:
             assert rc == ErrorCode.INVALID_PARAMS
         elif not base <= addr < base + region.nbytes:
