@@ -6,6 +6,7 @@ with `make_policy(name)` (config field `eviction_policy`).
 """
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -53,7 +54,146 @@ class LRUPolicy:
         return iter(self._order)
 
 
-POLICIES: dict[str, Callable[[], EvictionPolicy]] = {"lru": LRUPolicy}
+class PrefixLFRUPolicy:
+    """Recency with a frequency credit, leaf-first, for prefix-structured KV caches.
+
+    Every key carries the logical time (request number) it was last used and
+    how many requests used it. Its eviction priority is
+
+        last_use + k * lifetime * credit(uses)
+
+    (lowest goes first), where `lifetime` is the current age of the oldest
+    once-used key (so the credit scales with the cache and needs no capacity
+    setting) and credit(1) = 0, credit(f) = log2(f). A block used by two
+    requests is more than twice as likely to be used again as one used once,
+    so it is kept proportionally longer. Ties (blocks of one request) go deepest
+    first, so a prefix loses its tail before its head and no cached block is
+    stranded behind an evicted parent. The block that ended a request's chain
+    when it was written goes first of all: in a growing conversation the last
+    block is partial and its id changes on the next turn, so it is almost
+    never read again.
+
+    Request boundaries, depths and chain tails come only from the order of keys
+    in API calls (`hint_prefix`). Keys are held in one FIFO queue per frequency
+    class (entries enter each queue in time order), so every call is O(1) and
+    `victims` merges the queue heads.
+    """
+
+    name = "prefix-lfru"
+    # How much longer (in lifetimes) a key used by twice as many requests stays.
+    # Swept on the shipped conversation trace (docs/eviction.md): larger values
+    # help small caches and start to cost at 20% of the distinct blocks.
+    credit_scale = 0.5
+    _DEAD, _ONCE = 0, 1
+    _MAX_CLASS = 24
+
+    def __init__(self, credit_scale: float | None = None) -> None:
+        if credit_scale is not None:
+            if not credit_scale >= 0:
+                from ..errors import InvalidParams
+
+                raise InvalidParams(f"credit_scale: must be >= 0, got {credit_scale!r}")
+            self.credit_scale = float(credit_scale)
+        # One FIFO per class: 0 = chain tails as written, 1 = used by one request,
+        # c >= 2 = used by 2**(c-1) .. 2**c - 1 requests (credit c - 1 = floor(log2 uses)).
+        self._queues: list[OrderedDict[str, None]] = [OrderedDict()
+                                                       for _ in range(self._MAX_CLASS + 1)]
+        self._state: dict[str, list[int]] = {}   # key -> [last_tick, uses, depth, class]
+        self._tick = 0
+        # The request in progress, as the last hinted chain: key -> depth.
+        self._chain: dict[str, int] = {}
+        self._chain_keys: list[str] = []
+        self._tail: str | None = None
+
+    # ---- structure learned from calls ---------------------------------------------------------
+    def hint_prefix(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        start = self._chain.get(keys[0])
+        if start is not None and self._chain_keys[start:start + len(keys)] == list(keys):
+            return  # a slice of the request in progress (its get or its put)
+        self._tick += 1
+        self._chain_keys = list(keys)
+        self._chain = {k: i for i, k in enumerate(self._chain_keys)}
+        self._tail = self._chain_keys[-1]
+
+    def _now(self, key: str) -> tuple[int, int]:
+        """(tick, depth) of a touch; a key outside the hinted chain is a request of its own."""
+        depth = self._chain.get(key)
+        if depth is None:
+            self._tick += 1
+            self._chain, self._chain_keys, self._tail = {}, [], None
+            return self._tick, 0
+        return self._tick, depth
+
+    @staticmethod
+    def _class_of(uses: int) -> int:
+        return min(uses.bit_length(), PrefixLFRUPolicy._MAX_CLASS) if uses > 1 else 1
+
+    # ---- protocol ------------------------------------------------------------------------------------
+    def on_insert(self, key: str, size: int) -> None:
+        if key in self._state:  # an upsert: a use like any other
+            self.on_access(key)
+            return
+        tick, depth = self._now(key)
+        cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
+        self._state[key] = [tick, 1, depth, cls]
+        self._queues[cls][key] = None
+
+    def on_access(self, key: str) -> None:
+        st = self._state.get(key)
+        if st is None:
+            return
+        tick, depth = self._now(key)
+        if st[0] != tick:  # count each request once, however many calls it makes
+            st[1] += 1
+        st[0], st[2] = tick, depth
+        del self._queues[st[3]][key]
+        st[3] = self._class_of(st[1])
+        self._queues[st[3]][key] = None
+
+    def on_remove(self, key: str) -> None:
+        st = self._state.pop(key, None)
+        if st is not None:
+            del self._queues[st[3]][key]
+
+    def victims(self) -> Iterator[str]:
+        yield from self._queues[self._DEAD]
+        lifetime = self._lifetime()
+        runs = [self._ordered(cls, self.credit_scale * lifetime * (cls - 1))
+                for cls in range(self._ONCE, self._MAX_CLASS + 1) if self._queues[cls]]
+        for _prio, _neg_depth, key in heapq.merge(*runs):
+            yield key
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def _lifetime(self) -> int:
+        """Age of the oldest once-used key (else of the oldest key), at least 1."""
+        once = self._queues[self._ONCE]
+        if once:
+            return max(1, self._tick - self._state[next(iter(once))][0])
+        heads = [self._state[next(iter(q))][0] for q in self._queues[1:] if q]
+        return max(1, self._tick - min(heads)) if heads else 1
+
+    def _ordered(self, cls: int, credit: float) -> Iterator[tuple[float, int, str]]:
+        """One queue in eviction order: by time, and within one request deepest first.
+        Lazy: only the runs the caller reaches are sorted."""
+        state = self._state
+        run: list[tuple[float, int, str]] = []
+        run_tick = None
+        for key in self._queues[cls]:
+            tick, _uses, depth, _cls = state[key]
+            if tick != run_tick and run:
+                run.sort()
+                yield from run
+                run = []
+            run_tick = tick
+            run.append((tick + credit, -depth, key))
+        run.sort()
+        yield from run
+
+
+POLICIES: dict[str, Callable[[], EvictionPolicy]] = {"lru": LRUPolicy,
+                                                     "prefix-lfru": PrefixLFRUPolicy}
 
 
 def make_policy(name: str) -> EvictionPolicy:

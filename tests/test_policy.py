@@ -1,0 +1,161 @@
+"""Eviction policies: the order in which they offer victims."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from mooncake_store import Config, InvalidParams
+from mooncake_store.master.policy import (POLICIES, LRUPolicy, PrefixLFRUPolicy,
+                                          make_policy)
+
+
+def request(policy, keys, hits):
+    """What the store's index sees for one request: longest_prefix, a batch get
+    of the leading `hits` keys, then one put per missing key."""
+    policy.hint_prefix(keys)
+    if hits:
+        policy.hint_prefix(keys[:hits])
+        for k in keys[:hits]:
+            policy.on_access(k)
+    for k in keys[hits:]:
+        policy.on_insert(k, 1)
+
+
+def order(policy):
+    return list(policy.victims())
+
+
+def test_make_policy_by_name_and_unknown_name():
+    assert isinstance(make_policy("lru"), LRUPolicy)
+    assert isinstance(make_policy("prefix-lfru"), PrefixLFRUPolicy)
+    with pytest.raises(InvalidParams, match="unknown policy 'mru'.*lru"):
+        make_policy("mru")
+
+
+def test_default_policy_is_prefix_lfru():
+    assert Config().eviction_policy == "prefix-lfru"
+    assert set(POLICIES) >= {"lru", "prefix-lfru"}
+
+
+def test_lru_evicts_least_recent_first():
+    p = LRUPolicy()
+    for k in "abc":
+        p.on_insert(k, 1)
+    p.on_access("a")
+    assert order(p) == ["b", "c", "a"]
+    p.on_remove("c")
+    assert order(p) == ["b", "a"]
+
+
+def test_victims_does_not_consume_state():
+    p = PrefixLFRUPolicy()
+    request(p, ["a", "b", "c"], 0)
+    first = order(p)
+    assert order(p) == first and sorted(first) == ["a", "b", "c"]
+
+
+def test_chain_tail_goes_first_and_prefix_loses_its_tail_before_its_head():
+    p = PrefixLFRUPolicy()
+    request(p, ["r", "a1", "a2", "a3"], 0)
+    # a3 ended the chain when written (a partial block that will not come back);
+    # then the rest of the request deepest first, so "r" (the shared head) is last.
+    assert order(p) == ["a3", "a2", "a1", "r"]
+
+
+def test_older_request_goes_before_newer_one():
+    p = PrefixLFRUPolicy()
+    request(p, ["x0", "x1", "x2"], 0)
+    request(p, ["y0", "y1", "y2"], 0)
+    got = order(p)
+    assert got[:2] == ["x2", "y2"]  # both tails first, oldest first
+    assert got[2:] == ["x1", "x0", "y1", "y0"]
+
+
+def test_a_block_used_by_several_requests_outlives_a_newer_single_use():
+    p = PrefixLFRUPolicy(credit_scale=1.0)
+    request(p, ["s", "q1", "t1"], 0)          # s: shared system prompt
+    request(p, ["s", "q2", "t2"], 1)          # s used twice
+    for i in range(3):                        # unrelated traffic ages everything
+        request(p, [f"u{i}", f"v{i}", f"w{i}"], 0)
+    got = [k for k in order(p) if not k.startswith(("t", "w"))]
+    # q1 (older, once) goes before the once-used newer blocks; s, used twice, is
+    # credited one lifetime and is the last victim of all.
+    assert got[0] == "q1"
+    assert got[-1] == "s"
+
+
+def test_credit_zero_is_recency_with_leaf_first_ties():
+    p = PrefixLFRUPolicy(credit_scale=0.0)
+    request(p, ["s", "a", "b"], 0)
+    request(p, ["s", "c", "d"], 1)
+    assert order(p) == ["b", "d", "a", "c", "s"]
+
+
+def test_access_counts_once_per_request_and_promotes():
+    p = PrefixLFRUPolicy()
+    request(p, ["s", "a", "b"], 0)
+    # three calls of one request touch "s" (exists, get, get again): one use
+    p.hint_prefix(["s", "a"])
+    for _ in range(3):
+        p.on_access("s")
+    assert p._state["s"][1] == 1
+    request(p, ["s", "a", "c"], 2)
+    assert p._state["s"][1] == 2 and p._state["a"][1] == 2
+
+
+def test_reused_tail_leaves_the_tail_class():
+    p = PrefixLFRUPolicy(credit_scale=1.0)
+    request(p, ["s", "a"], 0)                 # "a" is a tail
+    request(p, ["s", "a", "b"], 2)            # ... but it was read again
+    assert order(p)[0] == "b"
+    assert order(p).index("a") > order(p).index("b")
+
+
+def test_keys_outside_any_hint_behave_like_lru():
+    p = PrefixLFRUPolicy()
+    for k in "abcd":
+        p.on_insert(k, 1)
+    p.on_access("a")
+    got = order(p)
+    # "a" was used twice: it is credited and goes last; the others in age order
+    assert got == ["b", "c", "d", "a"]
+
+
+def test_remove_forgets_key_and_unknown_keys_are_ignored():
+    p = PrefixLFRUPolicy()
+    request(p, ["a", "b"], 0)
+    p.on_remove("a")
+    p.on_remove("zzz")
+    p.on_access("zzz")
+    assert order(p) == ["b"]
+
+
+def test_negative_credit_scale_is_rejected():
+    with pytest.raises(InvalidParams, match="credit_scale"):
+        PrefixLFRUPolicy(credit_scale=-1)
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_victims_is_a_permutation_of_live_keys(name):
+    """Random-ish traffic: victims always lists exactly the live keys, once each."""
+    p = make_policy(name)
+    live: set[str] = set()
+    counter = itertools.count()
+    for r in range(200):
+        n = 1 + r % 7
+        base = r % 5
+        keys = [f"k{base}-{i}" if i < 3 else f"k{r}-{i}" for i in range(n)]
+        hits = 0
+        for k in keys:
+            if k not in live:
+                break
+            hits += 1
+        request(p, keys, hits)
+        live.update(keys)
+        if next(counter) % 3 == 0:
+            victim = next(iter(p.victims()))
+            p.on_remove(victim)
+            live.discard(victim)
+        got = order(p)
+        assert len(got) == len(set(got)) and set(got) == live
