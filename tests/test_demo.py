@@ -36,6 +36,13 @@ def test_cached_prefix_logits_match_full_recompute(layout):
     assert set(r.timings["max_abs_diff"]) == {"sequential", "layerwise"}
 
 
+def test_bfloat16_model_and_cache():
+    r = D.run_demo(D.DemoConfig(dtype="bfloat16", **TINY))
+    assert r.tokens_cached == 96 and r.tolerance == 5e-2
+    assert r.bytes_loaded == 6 * (2 * 2 * 16 * 2 * 16 * 2)  # 2-byte elements
+    assert r.ok
+
+
 @pytest.fixture(scope="module")
 def served():
     """A tiny model, P's blocks saved in a store, and what request B needs."""
