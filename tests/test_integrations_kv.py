@@ -347,3 +347,39 @@ def test_vllm_adapter_role_checks(store):
         worker.start_load_kv()
     with pytest.raises(InvalidParams, match="geometry"):
         worker.register_kv_caches({"l0": torch.zeros(2, 4, 8, 2, 8)})
+
+
+@pytest.mark.parametrize("failure", ["evicted", "store_error"])
+def test_vllm_adapter_reports_failed_loads_for_recompute(store, failure):
+    from mooncake_store.integrations.vllm import (
+        KVConnectorRole,
+        MooncakeStoreConnector,
+        SchedulerOutput,
+    )
+
+    names = [f"layer{i}" for i in range(LAYOUT.num_layers)]
+    toks = tokens(21)
+    KVConnector(store, random_kv(PER_LAYER, 50), model="m").save(toks, random_table(51))
+    sched = MooncakeStoreConnector(store, KVConnectorRole.SCHEDULER, model="m", layout=LAYOUT)
+    worker = MooncakeStoreConnector(store, KVConnectorRole.WORKER, model="m", layout=LAYOUT)
+    worker.register_kv_caches(dict(zip(names, PagedKV.empty(LAYOUT, NUM_BLOCKS).layers)))
+    req = _request("r", toks)
+    assert sched.get_num_new_matched_tokens(req, 0) == (20, False)
+    table = random_table(52, n=6)
+    sched.update_state_after_alloc(req, table, 20)
+    worker.bind_connector_metadata(
+        sched.build_connector_meta(SchedulerOutput.for_new([(req, table, 1)])))
+    if failure == "evicted":                      # block 2 goes between lookup and load
+        store.remove(worker.conn.keys(toks)[2], force=True)
+    else:                                         # the store read itself fails
+        def broken(*a, **k):
+            raise RuntimeError("transfer failed")
+        store.batch_get_into = broken
+    worker.start_load_kv()
+    for name in names:
+        worker.wait_for_layer_load(name)          # never raises into the forward pass
+        worker.save_kv_layer(name, None, None)
+    worker.wait_for_save()
+    first_bad = 2 if failure == "evicted" else 0
+    assert worker.get_block_ids_with_load_errors() == set(table[first_bad:5])
+    assert worker.get_block_ids_with_load_errors() == set()   # reported once

@@ -20,11 +20,14 @@ Worker side (one per GPU / tp rank, owns the paged KV tensors):
 from __future__ import annotations
 
 import enum
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..errors import InvalidParams
 from .kv import BlockLayout, KVConnector, LoadHandle, PagedKV, SaveHandle
+
+log = logging.getLogger(__name__)
 
 
 class KVConnectorRole(enum.IntEnum):
@@ -130,6 +133,7 @@ class MooncakeStoreConnector:
         self._load_handles: list[tuple[ReqMeta, LoadHandle]] = []
         self._save_handles: list[SaveHandle] = []
         self._failed_blocks: set[int] = set()
+        self._warned: set[str] = set()
 
     # ------------------------------------------------------------ scheduler ---
     def get_num_new_matched_tokens(self, request: Any,
@@ -191,6 +195,7 @@ class MooncakeStoreConnector:
         if self.conn.kv is None:
             raise InvalidParams("call register_kv_caches before start_load_kv")
         self._load_handles, self._save_handles = [], []
+        self._warned: set[str] = set()
         for r in (self._meta.requests if self._meta else []):
             if r.load_tokens > r.skip_tokens:
                 h = self.conn.start_load(r.token_ids, r.block_ids, num_tokens=r.load_tokens,
@@ -202,8 +207,14 @@ class MooncakeStoreConnector:
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         i = self._index(layer_name)
-        for _, h in self._load_handles:
-            h.wait_for_layer(i)
+        for r, h in self._load_handles:
+            try:
+                h.wait_for_layer(i)
+            except Exception:  # noqa: BLE001 - reported as load errors, recomputed by the engine
+                if r.req_id not in self._warned:
+                    self._warned.add(r.req_id)
+                    log.warning("KV load for request %s failed (from layer %d); its blocks "
+                                "will be reported for recompute", r.req_id, i, exc_info=True)
 
     def save_kv_layer(self, layer_name: str, kv_layer: Any, attn_metadata: Any,
                       **kwargs: Any) -> None:
@@ -215,7 +226,10 @@ class MooncakeStoreConnector:
     def wait_for_save(self) -> None:
         """Put every gathered block (one object per block, one batch per request)."""
         for r, h in self._load_handles:
-            got = h.wait()
+            try:
+                got = h.wait()
+            except Exception:  # noqa: BLE001 - every block after the skipped ones is suspect
+                got = h.first_block * self.layout.block_size
             if got < r.load_tokens:
                 bs = self.layout.block_size
                 self._failed_blocks.update(r.block_ids[got // bs:r.load_tokens // bs])
