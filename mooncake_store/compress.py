@@ -258,13 +258,17 @@ def encode(data: Any, elem_size: int = 2, codec: str = "lz4", *, level: int | No
     codec: "lz4" (default), "zstd", "auto", or "none"/"raw". "auto" tries both
     backends (on a leading sample for large values) and keeps lz4 unless zstd
     is more than 5% smaller. The result is (RAW, the bytes) unless the payload
-    saves at least `min_saving` of the input.
+    saves at least `min_saving` of the input. `level` is zstd's (default 1);
+    lz4 ignores it.
     """
     width = _check_elem_size(elem_size)
     if codec not in CODEC_NAMES:
         raise InvalidParams(f"codec must be one of {', '.join(CODEC_NAMES)}; got {codec!r}")
     if not 0.0 <= min_saving < 1.0:
         raise InvalidParams(f"min_saving must be in [0, 1); got {min_saving!r}")
+    if level is not None and (isinstance(level, bool) or not isinstance(level, int)
+                              or not -7 <= level <= 22):
+        raise InvalidParams(f"level must be a zstd level in -7..22; got {level!r}")
     arr = _as_bytes_array(data)
     if codec in ("none", "raw") or len(arr) < MIN_INPUT:
         return RAW, arr.tobytes()

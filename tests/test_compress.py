@@ -191,6 +191,8 @@ def test_bad_output_buffers(out, match):
     (dict(elem_size=True), "elem_size"),
     (dict(codec="gzip"), "codec must be one of"),
     (dict(min_saving=1.5), "min_saving"),
+    (dict(codec="zstd", level=99), "level must be a zstd level"),
+    (dict(codec="zstd", level="fast"), "level must be a zstd level"),
 ])
 def test_bad_encode_args(kwargs, match):
     with pytest.raises(InvalidParams, match=match):
