@@ -596,17 +596,19 @@ class KVConnector:
     def _scatter_cuda(self, handle: LoadHandle, host: torch.Tensor, ids: torch.Tensor) -> None:
         # One async host->device copy of the batch, then one scatter kernel per layer on
         # the copy stream; each layer records an event the compute stream waits on.
+        # This runs on the load thread, whose current device is cuda:0 unless set here.
         kv, stream = self.kv, self._copy_stream
-        stream.wait_stream(torch.cuda.current_stream(kv.device))
-        with torch.cuda.stream(stream):
-            dev = host.to(kv.device, non_blocking=True)
-            for i in range(kv.num_layers):
-                kv.scatter_layer(i, ids, dev)
-                ev = torch.cuda.Event()
-                ev.record(stream)
-                handle._layer_done(i, ev)
-        # The staging buffer is reused after this returns: wait until the copy has read it.
-        stream.synchronize()
+        with torch.cuda.device(kv.device):
+            stream.wait_stream(torch.cuda.current_stream(kv.device))
+            with torch.cuda.stream(stream):
+                dev = host.to(kv.device, non_blocking=True)
+                for i in range(kv.num_layers):
+                    kv.scatter_layer(i, ids, dev)
+                    ev = torch.cuda.Event()
+                    ev.record(stream)
+                    handle._layer_done(i, ev)
+            # The staging buffer is reused after this returns: wait until the copy read it.
+            stream.synchronize()
 
     def _check_tokens(self, name: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0 \
