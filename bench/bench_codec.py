@@ -138,7 +138,8 @@ def markdown(res: dict) -> str:
              f"lz4 {m['lz4']}, zstandard {m['zstandard']} (level {m['zstd_level']}); "
              f"{res['bytes_per_tensor'] >> 20} MiB per tensor; memcpy ceiling "
              f"(best next to any data set) {res['memcpy_MBps']:.0f} MB/s.", "",
-             "| data | method | saved | kept (>=10%) | encode MB/s | decode MB/s | decode / memcpy (same data set) |",
+             "| data | method | saved | kept (>=10%) | encode MB/s | decode MB/s "
+             "| decode / memcpy (same data set) |",
              "|---|---|---|---|---|---|---|"]
     for row in res["rows"]:
         for label, _, _ in METHODS:

@@ -257,7 +257,8 @@ def encode(data: Any, elem_size: int = 2, codec: str = "lz4", *, level: int | No
 
     codec: "lz4" (default), "zstd", "auto", or "none"/"raw". "auto" tries both
     backends (on a leading sample for large values) and keeps lz4 unless zstd
-    is more than 5% smaller. The result is (RAW, the bytes) unless the payload
+    is more than 5% smaller; it uses only installed backends (none: raw),
+    while naming a missing one raises InvalidParams. The result is (RAW, the bytes) unless the payload
     saves at least `min_saving` of the input. `level` is zstd's (default 1);
     lz4 ignores it.
     """
@@ -274,18 +275,36 @@ def encode(data: Any, elem_size: int = 2, codec: str = "lz4", *, level: int | No
         return RAW, arr.tobytes()
     if codec == "auto":
         codec = _auto_backend(arr, width, level)
+        if codec is None:
+            return RAW, arr.tobytes()
     payload = _compress(codec, shuffle(arr, width), width, level)
     if len(payload) > (1.0 - min_saving) * len(arr):
         return RAW, arr.tobytes()
     return _ID_FOR[(width, codec)], payload
 
 
-def _auto_backend(arr: np.ndarray, width: int, level: int | None) -> str:
+def available_backends() -> tuple[str, ...]:
+    """The compressors importable here ("auto" uses only these)."""
+    out = []
+    for name, load in (("lz4", _lz4), ("zstd", _zstd)):
+        try:
+            load()
+            out.append(name)
+        except InvalidParams:
+            pass
+    return tuple(out)
+
+
+def _auto_backend(arr: np.ndarray, width: int, level: int | None) -> str | None:
     """lz4 unless zstd is clearly smaller, judged on the first AUTO_SAMPLE bytes.
 
     KV blocks are homogeneous (one tensor's values), so a leading sample
     predicts the whole; it keeps "auto" at ~1.1x the cost of one backend.
+    With one backend installed it is that one; with none, None (store raw).
     """
+    have = available_backends()
+    if len(have) < 2:
+        return have[0] if have else None
     sample = arr[: AUTO_SAMPLE // width * width] if len(arr) > 2 * AUTO_SAMPLE else arr
     stream = shuffle(sample, width)
     lz4_len = len(_compress("lz4", stream, width, level))

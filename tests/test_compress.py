@@ -132,6 +132,22 @@ def test_auto_judges_large_values_on_a_sample():
     assert c.decode(cid, payload, len(data)) == data
 
 
+def test_auto_uses_only_installed_backends(monkeypatch):
+    bf16 = sample(torch.bfloat16, 1 << 15)
+    assert c.available_backends() == ("lz4", "zstd")
+
+    def missing():
+        raise InvalidParams("codec zstd needs the 'zstandard' package")
+
+    monkeypatch.setattr(c, "_zstd", missing)
+    assert c.available_backends() == ("lz4",)
+    assert c.encode(bf16, 2, "auto")[0] == c.SHUF2_LZ4
+    with pytest.raises(InvalidParams, match="zstandard"):
+        c.encode(bf16, 2, "zstd")
+    monkeypatch.setattr(c, "_lz4", missing)
+    assert c.encode(bf16, 2, "auto") == (c.RAW, raw_bytes(bf16))
+
+
 def test_min_saving_threshold():
     bf16 = sample(torch.bfloat16, 1 << 16)
     cid, payload = c.encode(bf16, 2, "lz4")
