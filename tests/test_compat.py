@@ -121,3 +121,25 @@ def test_replicate_config_fields():
     assert rc.replica_num == 1 and rc.with_soft_pin
     with pytest.raises(ValueError):
         ReplicateConfig(replica_num=0)
+
+
+def test_setup_takes_engine_positionally_and_hostname_is_a_segment():
+    s = MooncakeDistributedStore()
+    assert s.setup("localhost", "P2PHANDSHAKE", 16 << 20, 1 << 20, "tcp", "", "", None) == 0
+    host = s.get_hostname()
+    assert host.startswith("localhost:")
+    rc = ReplicateConfig(preferred_segment=host)
+    assert s.put("k", b"v", rc) == 0
+    assert s.put("k2", b"v", ReplicateConfig(preferred_segment="elsewhere:1")) == -101
+    s.close()
+
+
+def test_batch_put_from_multi_buffers(mds):
+    a = np.arange(100, dtype=np.uint8)
+    b = np.arange(50, dtype=np.uint8)[::-1].copy()
+    codes = mds.batch_put_from_multi_buffers(
+        ["m1", "m2"], [[a.ctypes.data, b.ctypes.data], [b.ctypes.data]], [[100, 50], [50]])
+    assert codes == [0, 0]
+    assert mds.get("m1") == a.tobytes() + b.tobytes()
+    assert mds.get("m2") == b.tobytes()
+    assert mds.batch_put_from_multi_buffers(["m3"], [[a.ctypes.data]], [[1, 2]]) == [-600]

@@ -69,6 +69,9 @@ _empties = _returns(lambda code, args: [b""] * len(args[0]) if args and hasattr(
 
 _SETUP_ARGS = ("local_hostname", "metadata_server", "global_segment_size", "local_buffer_size",
                "protocol", "rdma_devices", "master_server_addr")
+# Mooncake's optional setup arguments, in positional order after the required ones.
+_SETUP_OPTIONAL = ("engine", "enable_ssd_offload", "ssd_offload_path", "tenant_id",
+                   "enable_client_http_server", "client_http_port")
 
 
 class MooncakeDistributedStore:
@@ -76,11 +79,12 @@ class MooncakeDistributedStore:
         self._store: Store | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def setup(self, *args: Any, engine: Any = None, **kwargs: Any) -> int:
+    def setup(self, *args: Any, **kwargs: Any) -> int:
         if self._store is not None and not self._store.closed:
             return int(ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS)
         try:
             values = self._setup_values(args, kwargs)
+            values.pop("engine", None)  # a shared transfer engine: ours is per store
             self._store = Store(Config.load(values=values))
             return OK
         except Exception as e:  # noqa: BLE001
@@ -90,9 +94,10 @@ class MooncakeDistributedStore:
     def _setup_values(args: tuple, kwargs: dict) -> dict:
         if len(args) == 1 and isinstance(args[0], dict) and not kwargs:
             return dict(args[0])
-        if len(args) > len(_SETUP_ARGS):
+        names = _SETUP_ARGS + _SETUP_OPTIONAL
+        if len(args) > len(names):
             raise TypeError("too many positional arguments to setup()")
-        values = dict(zip(_SETUP_ARGS, args))
+        values = dict(zip(names, args))
         values.update(kwargs)
         missing = [a for a in _SETUP_ARGS if a not in values]
         if missing:
@@ -110,11 +115,10 @@ class MooncakeDistributedStore:
         return 0
 
     def get_hostname(self) -> str:
+        """This client's segment name ("host:port"), usable as a preferred_segment."""
         if self._store is None:
             return ""
-        cfg = self._store.config
-        return f"{cfg.local_hostname}:{cfg.client_http_port}" if ":" not in cfg.local_hostname \
-            else cfg.local_hostname
+        return self._store.hostname
 
     @property
     def store(self) -> Store | None:
@@ -136,6 +140,13 @@ class MooncakeDistributedStore:
     def put_batch(self, keys: Sequence[Any], values: Sequence[Any],
                   config: ReplicateConfig | None = None) -> int:
         return _first_error(self._store.batch_put(keys, values, config))
+
+    @_codes
+    def batch_put_from_multi_buffers(self, keys: Sequence[Any], all_ptrs: Sequence[Sequence[int]],
+                                     all_sizes: Sequence[Sequence[int]],
+                                     config: ReplicateConfig | None = None) -> list[int]:
+        """Each key's value is the concatenation of its buffers."""
+        return self._store.batch_put_gather(keys, all_ptrs, all_sizes, config)
 
     @_code
     def upsert(self, key: Any, value: Any, config: ReplicateConfig | None = None) -> int:

@@ -69,8 +69,11 @@ class Store:
         self._next_reclaim = 0.0
         self._closed = False
         self._close_lock = threading.Lock()
+        # The local segment is named like a transfer peer ("host:port"); embedded stores
+        # have no port, so the process id stands in and keeps names unique per host.
+        self.hostname = f"{cfg.local_hostname.split(':')[0]}:{os.getpid()}"
         if cfg.global_segment_size > 0:
-            self.mount_segment(f"{cfg.local_hostname}:embedded", cfg.global_segment_size)
+            self.mount_segment(self.hostname, cfg.global_segment_size)
         self._tiers = self._open_cold_tiers(cfg)
 
     def _open_cold_tiers(self, cfg: Config) -> Any:
@@ -354,6 +357,29 @@ class Store:
         fn = self.upsert_from if upsert else self.put_from
         sizes = sizes if sizes is not None else [None] * len(keys)
         return self._each(lambda k, b, s: fn(k, b, s, config), keys, bufs, sizes)
+
+    def batch_put_gather(self, keys: Sequence[Any], all_bufs: Sequence[Sequence[Any]],
+                         all_sizes: Sequence[Sequence[int]] | None = None,
+                         config: ReplicateConfig | None = None) -> list[int]:
+        """Put each key's value gathered from several buffers (pointers need sizes)."""
+        self._check_open()
+        self._same_len(keys, all_bufs, all_sizes)
+        self._keys(keys)
+        all_sizes = all_sizes if all_sizes is not None else [None] * len(keys)
+
+        def one(key: Any, bufs: Sequence[Any], sizes: Sequence[int] | None) -> None:
+            sizes = sizes if sizes is not None else [None] * len(bufs)
+            if len(sizes) != len(bufs):
+                raise InvalidParams("each key needs one size per buffer")
+            parts = [self._zc_region(b, n, False) for b, n in zip(bufs, sizes)]
+            value = bytearray(sum(p.size for p in parts))
+            dst, at = ffi.from_buffer(value), 0
+            for p in parts:
+                ffi.memmove(dst + at, p.ptr, p.size)
+                at += p.size
+            self._put(key, region(value), config, upsert=False)
+
+        return self._each(one, keys, all_bufs, all_sizes)
 
     def batch_get(self, keys: Sequence[Any]) -> list[bytes | None]:
         self._check_open()
