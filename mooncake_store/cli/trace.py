@@ -155,7 +155,7 @@ def replay_cmd(
 def _table(results) -> Table:
     t = Table(title="trace replay (prefix-hit rate: replayed through the store / simulated)")
     for col in ("policy", "capacity", "blocks", "hit rate", "sim", "bound", "read", "written",
-                "get p50", "get p99", "evictions", "verified", "time"):
+                "batch get p50", "batch get p99", "evictions", "verified", "time"):
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in results:
         t.add_row(r.policy, f"{r.capacity_pct:g}%" if r.capacity_pct is not None else
