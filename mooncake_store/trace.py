@@ -224,7 +224,10 @@ def block_key(block_id: int) -> str:
 def simulate_policy(trace: Trace, capacity: int, policy_factory: Callable[[], object],
                     name: str | None = None) -> SimResult:
     """Drive a real `EvictionPolicy` with the calls the store's index makes during
-    a replay (see `replay_calls`), with capacity counted in blocks.
+    a replay (see `replay`), with capacity counted in blocks. For LRU it differs
+    from `simulate_lru` only for a cached block behind a missing one (the store's
+    put does not touch it; `simulate_lru` does); on the shipped trace both give
+    identical hit and eviction counts at 2-50% capacity.
 
     Per request: longest_prefix(keys) -> hint_prefix(keys); batch get of the
     leading hits -> hint_prefix(hits) and on_access each; batch put of the rest,
