@@ -58,8 +58,8 @@ def main() -> int:
                 r = simulate_policy(trace, capacity_blocks(trace, p),
                                     lambda: PrefixLFRUPolicy(credit_scale=k)).hit_rate
                 cells.append(f"{r:.2%} ({r / lrus[p]:.3f})")
-            print(f"| {k:g} | " + " | ".join(cells) + f" |  <!-- {time.perf_counter() - t0:.0f} s -->",
-                  flush=True)
+            took = time.perf_counter() - t0
+            print(f"| {k:g} | " + " | ".join(cells) + f" |  <!-- {took:.0f} s -->", flush=True)
     return 0
 
 

@@ -63,7 +63,8 @@ def _mem_available() -> int | None:
 
 @trace_app.command("replay")
 def replay_cmd(
-    trace_path: str = typer.Argument(..., metavar="TRACE", help="JSONL trace (see docs/eviction.md)."),
+    trace_path: str = typer.Argument(..., metavar="TRACE",
+                                     help="JSONL trace (see docs/eviction.md)."),
     block_bytes: str = typer.Option("64KiB", "--block-bytes", help="Payload of one block."),
     capacity: Optional[str] = typer.Option(None, "--capacity",
                                            help="Store capacity as a size (e.g. 2GB)."),
@@ -74,10 +75,12 @@ def replay_cmd(
     policy: Optional[str] = typer.Option(
         None, "--policy", help=f"Comma-separated policies ({', '.join(sorted(POLICIES))}); "
         "default: the configured one, plus lru in a sweep."),
-    speed: float = typer.Option(0.0, "--speed", help="Time scale of arrivals; 0 = as fast as possible."),
+    speed: float = typer.Option(0.0, "--speed",
+                                help="Time scale of arrivals; 0 = as fast as possible."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Replay only the first N requests."),
     plot: str = typer.Option("trace_sweep.png", "--plot", help="Where a sweep draws its PNG."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per (policy, capacity) point."),
+    as_json: bool = typer.Option(False, "--json",
+                                 help="One JSON object per (policy, capacity) point."),
 ) -> None:
     """Replay TRACE through an embedded Store: per request, longest_prefix, get and
     verify the cached leading blocks, put the missing ones. Reports the prefix-hit

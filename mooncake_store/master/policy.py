@@ -105,7 +105,7 @@ class PrefixLFRUPolicy:
         self._chain_keys: list[str] = []
         self._tail: str | None = None
 
-    # ---- structure learned from calls ---------------------------------------------------------
+    # ---- structure learned from calls --------------------------------------------------------
     def hint_prefix(self, keys: Sequence[str]) -> None:
         if not keys:
             return
@@ -130,7 +130,7 @@ class PrefixLFRUPolicy:
     def _class_of(uses: int) -> int:
         return min(uses.bit_length(), PrefixLFRUPolicy._MAX_CLASS) if uses > 1 else 1
 
-    # ---- protocol ------------------------------------------------------------------------------------
+    # ---- protocol ----------------------------------------------------------------------------
     def on_insert(self, key: str, size: int) -> None:
         if key in self._state:  # an upsert: a use like any other
             self.on_access(key)
@@ -165,7 +165,7 @@ class PrefixLFRUPolicy:
         for _prio, _neg_depth, key in heapq.merge(*runs):
             yield key
 
-    # ---- helpers -----------------------------------------------------------------------------------------
+    # ---- helpers -----------------------------------------------------------------------------
     def _lifetime(self) -> int:
         """Age of the oldest once-used key (else of the oldest key), at least 1."""
         once = self._queues[self._ONCE]
