@@ -28,3 +28,4 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 # Command groups register themselves below (one import per module).
 from . import demo as _demo  # noqa: E402,F401  (registers `mstore demo`)
+from . import trace as _trace  # noqa: E402,F401  (registers `mstore trace`)
