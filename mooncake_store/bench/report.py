@@ -1,0 +1,227 @@
+"""Result formatting: rich tables from result records, the issue's goals, and the side-by-side
+comparison with Mooncake (rows matched by test / op / api / value size, same path preferred)."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .stats import MiB, human_size
+
+MODE_NAMES = {"bytes": "copy", "zc": "zero-copy", "zc_batch": "batch"}
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+GET_4K_GOAL = 50_000
+ZC_4M_GOAL = 0.7
+
+
+def _by(records: Iterable[dict], test: str) -> list[dict]:
+    return [r for r in records if r.get("test") == test]
+
+
+def _bad(r: dict) -> bool:
+    return bool(r.get("fails") or r.get("verified") is False or r.get("populate_fails"))
+
+
+def _ok_mark(r: dict) -> str:
+    if _bad(r):
+        return "[red]FAIL[/]"
+    return "[green]ok[/]" if r.get("verified") else ""
+
+
+def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+# ---- goals ------------------------------------------------------------------------------------
+def goals(records: list[dict]) -> list[dict]:
+    """The performance goals of issue 2, evaluated on this run's records."""
+    out = []
+    for op in ("put", "get"):
+        row = next((r for r in _by(records, "throughput") if r["op"] == op and r["api"] == "zc"
+                    and r["value_size"] == 4 * MiB and r["path"] == "local"), None)
+        if row and row.get("x_memcpy") is not None:
+            name = "put_from" if op == "put" else "get_into"
+            out.append({"test": "goal", "name": f"{name} 4 MiB / memcpy", "value": row["x_memcpy"],
+                        "target": ZC_4M_GOAL, "met": row["x_memcpy"] >= ZC_4M_GOAL})
+    row = next((r for r in _by(records, "small_ops") if r["op"] == "get" and r["path"] == "local"),
+               None)
+    if row:
+        out.append({"test": "goal", "name": "4 KiB get ops/s, 1 thread", "value": row["ops_per_s"],
+                    "target": GET_4K_GOAL, "met": row["ops_per_s"] >= GET_4K_GOAL})
+    return out
+
+
+# ---- matching with Mooncake ----------------------------------------------------------------------
+def _match_key(r: dict) -> tuple:
+    return (r.get("test"), r.get("op"), r.get("api"), r.get("value_size"))
+
+
+def match(ours: dict, theirs: list[dict]) -> dict | None:
+    """The Mooncake row for one of ours: same test/op/api/value size, same path if it has one."""
+    same = [t for t in theirs if _match_key(t) == _match_key(ours)]
+    for t in same:
+        if t.get("path") == ours.get("path"):
+            return t
+    return same[0] if same else None
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b:
+        return "-"
+    x = a / b
+    color = "green" if x >= 1 else "yellow" if x >= 0.5 else "red"
+    return f"[{color}]{x:.2f}x[/]"
+
+
+def _path_cell(ours: dict, t: dict | None) -> str:
+    if t is None:
+        return "-"
+    return t["path"] if t.get("path") == ours.get("path") else f"[yellow]{t['path']}[/]"
+
+
+# ---- tables ------------------------------------------------------------------------------
+def print_report(records: list[dict], console: Console, mooncake: list[dict] | None = None,
+                 remote_note: str | None = None) -> None:
+    params = (_by(records, "params") or [{}])[0]
+    title = (f"{records[0]['impl'] if records else ''}: {params.get('master', 'embedded')} store, "
+             f"1 thread, {params.get('cpus')} CPUs, {params.get('seconds')} s per phase "
+             "(GB/s = 1e9 B/s)")
+    console.print(f"[bold]{title}[/]")
+    _print_ceilings(records, console, mooncake)
+    _print_throughput(records, console, mooncake)
+    _print_small(records, console, mooncake)
+    _print_batch(records, console, mooncake)
+    if remote_note:
+        console.print(f"[yellow]{remote_note}[/]")
+    _print_goals(records, console)
+    _print_checks(records, console)
+
+
+def _print_ceilings(records: list[dict], console: Console, mooncake: list[dict] | None) -> None:
+    parts = []
+    for r in _by(records, "ceiling_memcpy"):
+        parts.append(f"{human_size(r['value_size'])} {r['GBps']:.1f}")
+    if parts:
+        first = _by(records, "ceiling_memcpy")[0]
+        src, dst = first["src_mib"], first["dst_mib"]
+        console.print(f"memcpy ceiling (one call per value, {src} MiB -> {dst} MiB, GB/s): "
+                      + ", ".join(parts))
+    for r in _by(records, "ceiling_memcpy_bulk"):
+        console.print(f"memcpy ceiling (one {r['bytes'] // MiB} MiB copy, best of {r['reps']}): "
+                      f"{r['GBps_best']:.1f} GB/s")
+    for r in _by(records, "ceiling_tcp_loopback"):
+        console.print(f"TCP loopback ceiling (python socket pair): {r['GBps']:.2f} GB/s")
+    for r in _by(records, "warmup"):
+        console.print(f"warm-up (first touch of {r['bytes'] // MiB} MiB of segment, untimed by "
+                      f"the phases): {r['GBps']:.2f} GB/s")
+    if mooncake:
+        m = {r["test"]: r for r in mooncake}
+        mc = m.get("ceiling_memcpy", {}).get("GBps_best")
+        tcp = m.get("ceiling_tcp_loopback", {}).get("GBps")
+        console.print(f"Mooncake run's ceilings: memcpy {_f(mc, '{:.1f}')} GB/s, "
+                      f"TCP loopback {_f(tcp)} GB/s")
+
+
+def _print_throughput(records: list[dict], console: Console, mooncake: list[dict] | None) -> None:
+    rows = _by(records, "throughput")
+    if not rows:
+        return
+    t = _table("Throughput per value size (x memcpy = GB/s / memcpy ceiling of that size)")
+    show_path = mooncake is not None or len({r["path"] for r in rows}) > 1
+    for col in ("size", "op", "mode", "path", "GB/s", "ops/s", "p50 us", "p99 us",
+                "memcpy", "x memcpy"):
+        if col == "path" and not show_path:
+            continue
+        t.add_column(col, justify="left" if col in ("op", "mode", "path") else "right")
+    if mooncake is not None:
+        for col in ("Mooncake GB/s", "Mooncake path", "ours / Mooncake"):
+            t.add_column(col, justify="right")
+    t.add_column("read")
+    last = None
+    for r in rows:
+        if last is not None and r["value_size"] != last:
+            t.add_section()
+        last = r["value_size"]
+        cells = [human_size(r["value_size"]), r["op"], MODE_NAMES.get(r["api"], r["api"])]
+        cells += [r["path"]] if show_path else []
+        cells += [f"{r['GBps']:.2f}", f"{r['ops_per_s']:,.0f}",
+                 _f(r.get("p50_us"), "{:.1f}"), _f(r.get("p99_us"), "{:.1f}"),
+                 _f(r.get("memcpy_GBps")), _f(r.get("x_memcpy"))]
+        if mooncake is not None:
+            m = match(r, mooncake)
+            cells += [_f(m and m.get("GBps")), _path_cell(r, m),
+                      _ratio(r["GBps"], m and m.get("GBps"))]
+        cells.append(_ok_mark(r))
+        t.add_row(*cells)
+    console.print(t)
+    console.print("read: ok = first read of the phase matched the source byte for byte "
+                  "(every read also checks the CRC32C)")
+
+
+def _print_small(records: list[dict], console: Console, mooncake: list[dict] | None) -> None:
+    rows = _by(records, "small_ops")
+    if not rows:
+        return
+    t = _table("Small objects: 4 KiB, one thread")
+    for col in ("op", "path", "ops/s", "p50 us", "p99 us"):
+        t.add_column(col, justify="left" if col in ("op", "path") else "right")
+    if mooncake is not None:
+        for col in ("Mooncake ops/s", "Mooncake p50 us", "Mooncake path", "ours / Mooncake"):
+            t.add_column(col, justify="right")
+    t.add_column("read")
+    for r in rows:
+        cells = [r["op"], r["path"], f"{r['ops_per_s']:,.0f}", _f(r.get("p50_us"), "{:.1f}"),
+                 _f(r.get("p99_us"), "{:.1f}")]
+        if mooncake is not None:
+            m = match(r, mooncake)
+            cells += [_f(m and m.get("ops_per_s"), "{:,.0f}"), _f(m and m.get("p50_us"), "{:.1f}"),
+                      _path_cell(r, m), _ratio(r["ops_per_s"], m and m.get("ops_per_s"))]
+        cells.append(_ok_mark(r))
+        t.add_row(*cells)
+    console.print(t)
+
+
+def _print_batch(records: list[dict], console: Console, mooncake: list[dict] | None) -> None:
+    rows = _by(records, "batch")
+    if not rows:
+        return
+    t = _table("Batches: 64 keys x 256 KiB per call")
+    for col in ("op", "path", "GB/s", "batches/s", "p50 ms", "p99 ms", "x memcpy"):
+        t.add_column(col, justify="left" if col in ("op", "path") else "right")
+    if mooncake is not None:
+        for col in ("Mooncake GB/s", "Mooncake path", "ours / Mooncake"):
+            t.add_column(col, justify="right")
+    t.add_column("read")
+    for r in rows:
+        cells = [r["op"], r["path"], f"{r['GBps']:.2f}", f"{r['batches_per_s']:,.1f}",
+                 _f(r.get("p50_us") and r["p50_us"] / 1e3),
+                 _f(r.get("p99_us") and r["p99_us"] / 1e3),
+                 _f(r.get("x_memcpy"))]
+        if mooncake is not None:
+            m = match(r, mooncake)
+            cells += [_f(m and m.get("GBps")), _path_cell(r, m),
+                      _ratio(r["GBps"], m and m.get("GBps"))]
+        cells.append(_ok_mark(r))
+        t.add_row(*cells)
+    console.print(t)
+
+
+def _print_goals(records: list[dict], console: Console) -> None:
+    for g in goals(records):
+        mark = "[green]met[/]" if g["met"] else "[red]not met[/]"
+        value = f"{g['value']:,.0f}" if g["value"] >= 100 else f"{g['value']:.2f}"
+        console.print(f"goal {g['name']}: {value} (target >= {g['target']:,}) {mark}")
+
+
+def _print_checks(records: list[dict], console: Console) -> None:
+    timed = _by(records, "throughput") + _by(records, "small_ops") + _by(records, "batch")
+    fails = sum(r.get("fails", 0) for r in timed)
+    ver = [r["verified"] for r in timed if r.get("verified") is not None]
+    color = "green" if not fails and all(ver) else "red"
+    console.print(f"[{color}]checks: {len(timed)} timed phases, {fails} failed ops, "
+                  f"{sum(ver)}/{len(ver)} first reads verified byte for byte[/]")

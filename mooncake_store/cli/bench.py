@@ -1,0 +1,166 @@
+"""`mstore bench` (quick embedded-store benchmark) and `mstore bench store` (the Mooncake anchor's
+workload, optionally side by side with Mooncake). The workloads live in mooncake_store.bench;
+this module only parses options, shows progress and prints.
+
+`--json` prints JSON Lines on stdout: one object per result, in the record format of the
+anchor's bench_mooncake.py (see docs/PERFORMANCE.md); progress goes to stderr.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..bench import mooncake_compare, report
+from ..bench.clients import BenchSetupError
+from ..bench.runner import Plan, Runner, count_phases, quick_plan, store_plan
+from ..bench.stats import parse_sizes
+
+bench_app = typer.Typer(help="Benchmarks, each next to raw ceilings measured in the same run. "
+                             "With no subcommand: the quick embedded-store benchmark.")
+
+REMOTE_NOTE = "remote: needs a cluster (--master)"
+QUICK_ANCHOR = dict(sizes="4K,1M,16M", seconds=0.5, ws_mib=256)   # the anchor's bench.sh --quick
+
+
+def _sizes(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return parse_sizes(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--sizes") from None
+
+
+def _progress(total: int) -> Progress:
+    err = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=True,
+                    disable=not err.is_terminal)
+
+
+def _run(plan: Plan, as_json: bool) -> list[dict]:
+    """Run our phases with a progress bar; print JSON lines as they come when asked."""
+    records: list[dict] = []
+
+    def emit(rec: dict) -> None:
+        records.append(rec)
+        if as_json:
+            print(json.dumps(rec), flush=True)
+
+    try:
+        plan.validate()
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    with _progress(count_phases(plan)) as prog:
+        task = prog.add_task("mooncake_store", total=count_phases(plan))
+        started = [False]
+
+        def on_phase(name: str) -> None:
+            if started[0]:
+                prog.advance(task)
+            started[0] = True
+            prog.update(task, description=name)
+
+        try:
+            Runner(plan, emit, on_phase).run()
+        except BenchSetupError as e:
+            Console(stderr=True).print(f"[red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(1) from None
+    return records
+
+
+def _finish(records: list[dict], as_json: bool, mooncake: Optional[list[dict]] = None,
+            remote_note: Optional[str] = None) -> None:
+    if as_json:
+        for g in report.goals(records):
+            print(json.dumps({"impl": records[0]["impl"], **g}), flush=True)
+        return
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)    # piped to a file: keep every column readable
+    report.print_report(records, console, mooncake, remote_note)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(ctx: typer.Context,
+          sizes: Optional[str] = typer.Option(None, help="Value sizes, comma separated "
+                                              "(default 4K,64K,1M,4M,16M)."),
+          seconds: Optional[float] = typer.Option(None, min=0.01, help="Seconds per phase "
+                                                  "(default 0.3)."),
+          json_out: bool = typer.Option(False, "--json", help="JSON Lines on stdout, one "
+                                        "object per result (progress on stderr).")) -> None:
+    """Quick put/get benchmark of the embedded store, next to the memcpy ceiling."""
+    if ctx.invoked_subcommand is not None:
+        return
+    plan = quick_plan(sizes=_sizes(sizes), seconds=seconds,
+                      small_seconds=seconds if seconds is not None else None)
+    _finish(_run(plan, json_out), json_out)
+
+
+@bench_app.command("store")
+def bench_store(
+        sizes: Optional[str] = typer.Option(None, help="Value sizes (default 4K,64K,1M,4M,16M)."),
+        seconds: Optional[float] = typer.Option(None, min=0.01, help="Seconds per throughput "
+                                                "and batch phase (default 3)."),
+        small_seconds: Optional[float] = typer.Option(None, min=0.01, help="Seconds per "
+                                                      "small-op phase (default min(2, seconds))."),
+        ws_mib: Optional[int] = typer.Option(None, min=1, help="Working set per phase, MiB "
+                                             "(default 512)."),
+        seg_mib: Optional[int] = typer.Option(None, min=16, help="Segment capacity, MiB "
+                                              "(default 1536)."),
+        max_gib: Optional[float] = typer.Option(None, min=0.001, help="Byte cap per "
+                                                "throughput phase, GiB (default 4)."),
+        quick: bool = typer.Option(False, "--quick", help="The anchor's quick settings: "
+                                   "4K,1M,16M, 0.5 s phases, 256 MiB working set."),
+        master: Optional[str] = typer.Option(None, help="Cluster master address: adds the "
+                                             "remote (segment-less client) column."),
+        compare: Optional[str] = typer.Option(None, help="'mooncake': also run the Mooncake "
+                                              "Store anchor with the same workload."),
+        mooncake_dir: Optional[Path] = typer.Option(None, help="Anchor directory (default "
+                                                    "../shared/anchors/mooncake)."),
+        mooncake_venv: Optional[Path] = typer.Option(None, help="Anchor venv (default "
+                                                     "<anchor>/.venv)."),
+        no_warmup: bool = typer.Option(False, "--no-warmup", help="Do not touch the segment's "
+                                       "pages before timing."),
+        json_out: bool = typer.Option(False, "--json", help="JSON Lines on stdout.")) -> None:
+    """The Mooncake anchor's workload against our store; --compare mooncake runs both."""
+    if compare is not None and compare.lower() != "mooncake":
+        raise typer.BadParameter(f"unknown comparison {compare!r} (only 'mooncake')",
+                                 param_hint="--compare")
+    q = QUICK_ANCHOR if quick else {}
+    plan = store_plan(sizes=_sizes(sizes or q.get("sizes")), seconds=seconds or q.get("seconds"),
+                      small_seconds=small_seconds, ws_mib=ws_mib or q.get("ws_mib"),
+                      seg_mib=seg_mib, max_gib=max_gib, master=master,
+                      warmup=False if no_warmup else None)
+    anchor = None
+    err = Console(stderr=True)
+    if compare:
+        anchor, why = mooncake_compare.find(mooncake_dir, mooncake_venv)
+        if anchor is None:
+            err.print(f"[yellow]{why}[/]", soft_wrap=True)
+    records = _run(plan, json_out)
+    theirs = _run_anchor(anchor, plan, json_out, err) if anchor else None
+    _finish(records, json_out, theirs, None if plan.remote else REMOTE_NOTE)
+
+
+def _run_anchor(anchor: mooncake_compare.Anchor, plan: Plan, as_json: bool,
+                err: Console) -> Optional[list[dict]]:
+    """Run the anchor after ours (never both at once); None when it fails."""
+    total = count_phases(plan) * 3
+    with _progress(total) as prog:
+        task = prog.add_task("Mooncake anchor (bench.sh)", total=total)
+        try:
+            theirs = mooncake_compare.run(anchor, plan, lambda: prog.advance(task))
+        except mooncake_compare.AnchorError as e:
+            err.print(f"[red]Mooncake run failed:[/] {e}", soft_wrap=True)
+            return None
+    if as_json:
+        for rec in theirs:
+            print(json.dumps(rec), flush=True)
+    return theirs
