@@ -1,8 +1,8 @@
 """Ceilings measured in the same run as the store workloads, so ratios stay honest on a noisy box.
 
-* `memcpy_chunks`: one memcpy call per value, value-sized chunks, cycling over a source as big as
-  the store's working set and a destination as big as the workers' buffers — the same memory
-  footprint the store's put/get phases touch, larger than the last-level cache.
+* `memcpy_chunks`: one memcpy call per value, value-sized chunks, between a region as big as the
+  store's working set (larger than the last-level cache) and one as big as the workers' buffers,
+  in the direction of the phase it bounds: the same footprint the put/get phases touch.
 * `memcpy_bulk`: one big numpy copy, best of N (what the Mooncake anchor reports).
 * `tcp_loopback`: plain Python sockets between two processes over 127.0.0.1 (the bound for any
   remote read until a faster transport lands).
@@ -25,22 +25,34 @@ def _slots(base, region_bytes: int, size: int) -> list:
 
 
 class CopyArena:
-    """Source and destination buffers for `memcpy_chunks`, allocated once per run."""
+    """Buffers for `memcpy_chunks`, allocated once per run: `big` spans the store's working
+    set, `small` is as large as a worker's source / destination buffer."""
 
-    def __init__(self, src_bytes: int, dst_bytes: int) -> None:
-        self.src = np.full(src_bytes, 7, np.uint8)
-        self.dst = np.ones(dst_bytes, np.uint8)      # ones(): pages faulted in before timing
-        self.src_c = ffi.cast("char *", self.src.ctypes.data)
-        self.dst_c = ffi.cast("char *", self.dst.ctypes.data)
+    def __init__(self, big_bytes: int, small_bytes: int) -> None:
+        self.big = np.ones(big_bytes, np.uint8)      # ones(): pages faulted in before timing
+        self.small = np.full(small_bytes, 7, np.uint8)
+        self.big_c = ffi.cast("char *", self.big.ctypes.data)
+        self.small_c = ffi.cast("char *", self.small.ctypes.data)
 
 
-def memcpy_chunks(arena: CopyArena, size: int, seconds: float, max_bytes: int = 4 * GiB) -> dict:
-    """GB/s of back-to-back memcpy calls of `size` bytes over the arena's footprint."""
-    if size > min(len(arena.src), len(arena.dst)):
+TO_STORE, FROM_STORE = "to_store", "from_store"
+
+
+def memcpy_chunks(arena: CopyArena, size: int, seconds: float, direction: str,
+                  max_bytes: int = 4 * GiB) -> dict:
+    """GB/s of back-to-back memcpy calls of `size` bytes, in the direction a put
+    (worker buffer -> working set) or a get (working set -> worker buffer) moves bytes."""
+    if size > min(len(arena.big), len(arena.small)):
         raise ValueError(f"value size {size} exceeds the copy arena")
-    sp = _slots(arena.src_c, len(arena.src), size)
-    dp = _slots(arena.dst_c, len(arena.dst), size)
-    ns, nd = len(sp), len(dp)
+    big = _slots(arena.big_c, len(arena.big), size)
+    small = _slots(arena.small_c, len(arena.small), size)
+    if direction == TO_STORE:
+        src, dst = small, big
+    elif direction == FROM_STORE:
+        src, dst = big, small
+    else:
+        raise ValueError(f"unknown direction {direction!r}")
+    ns, nd = len(src), len(dst)
     copy = lib.mcs_copy
     i = done = 0
     t0 = now()
@@ -48,15 +60,15 @@ def memcpy_chunks(arena: CopyArena, size: int, seconds: float, max_bytes: int = 
     while done < max_bytes:
         # Check the clock every 16 calls: keeps the ceiling's own overhead small.
         for _ in range(16):
-            copy(dp[i % nd], sp[i % ns], size)
+            copy(dst[i % nd], src[i % ns], size)
             i += 1
         done += 16 * size
         if now() >= deadline:
             break
     secs = now() - t0
-    return {"test": "ceiling_memcpy", "value_size": size, "bytes": done, "calls": i,
-            "secs": round(secs, 4), "GBps": round(done / secs / 1e9, 3),
-            "src_mib": len(arena.src) // MiB, "dst_mib": len(arena.dst) // MiB}
+    return {"test": "ceiling_memcpy", "value_size": size, "direction": direction, "bytes": done,
+            "calls": i, "secs": round(secs, 4), "GBps": round(done / secs / 1e9, 3),
+            "big_mib": len(arena.big) // MiB, "small_mib": len(arena.small) // MiB}
 
 
 def memcpy_bulk(nbytes: int = 256 * MiB, reps: int = 5) -> dict:

@@ -103,14 +103,16 @@ def print_report(records: list[dict], console: Console, mooncake: list[dict] | N
 
 
 def _print_ceilings(records: list[dict], console: Console, mooncake: list[dict] | None) -> None:
-    parts = []
+    ceil: dict[int, dict[str, float]] = {}
     for r in _by(records, "ceiling_memcpy"):
-        parts.append(f"{human_size(r['value_size'])} {r['GBps']:.1f}")
-    if parts:
+        ceil.setdefault(r["value_size"], {})[r["direction"]] = r["GBps"]
+    if ceil:
         first = _by(records, "ceiling_memcpy")[0]
-        src, dst = first["src_mib"], first["dst_mib"]
-        console.print(f"memcpy ceiling (one call per value, {src} MiB -> {dst} MiB, GB/s): "
-                      + ", ".join(parts))
+        parts = [f"{human_size(size)} {_f(c.get('to_store'), '{:.1f}')}/"
+                 f"{_f(c.get('from_store'), '{:.1f}')}" for size, c in ceil.items()]
+        console.print(f"memcpy ceiling, one call per value between {first['small_mib']} MiB "
+                      f"and {first['big_mib']} MiB buffers, GB/s to store (puts) / from store "
+                      "(gets): " + ", ".join(parts), soft_wrap=True)
     for r in _by(records, "ceiling_memcpy_bulk"):
         console.print(f"memcpy ceiling (one {r['bytes'] // MiB} MiB copy, best of {r['reps']}): "
                       f"{r['GBps_best']:.1f} GB/s")
@@ -131,7 +133,8 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
     rows = _by(records, "throughput")
     if not rows:
         return
-    t = _table("Throughput per value size (x memcpy = GB/s / memcpy ceiling of that size)")
+    t = _table("Throughput per value size (x memcpy = GB/s / memcpy ceiling of that size "
+               "and direction)")
     show_path = mooncake is not None or len({r["path"] for r in rows}) > 1
     for col in ("size", "op", "mode", "path", "GB/s", "ops/s", "p50 us", "p99 us",
                 "memcpy", "x memcpy"):

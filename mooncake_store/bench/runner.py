@@ -96,9 +96,9 @@ def ws_keys(plan: Plan, size: int) -> int:
 
 def count_phases(plan: Plan) -> int:
     paths = 2 if plan.remote else 1
-    n = len(plan.sizes) * (1 + len(plan.put_modes) * paths + len(plan.get_modes) * paths)
+    n = len(plan.sizes) * (2 + len(plan.put_modes) * paths + len(plan.get_modes) * paths)
     n += paths if plan.small else 0
-    n += (3 * paths + (BATCH_VALUE not in plan.sizes)) if plan.batch else 0
+    n += (3 * paths + 2 * (BATCH_VALUE not in plan.sizes)) if plan.batch else 0
     return n + plan.warmup + (1 if plan.tcp_ceiling else 0) + (1 if plan.bulk_memcpy_mib else 0)
 
 
@@ -187,9 +187,10 @@ class Runner:
             self.ceil["tcp"] = rec["GBps"]
             self.emit(rec)
 
-    def _ratios(self, gbps: float, size: int, path: str) -> dict:
+    def _ratios(self, gbps: float, size: int, path: str, op: str) -> dict:
         out = {}
-        mc = self.ceil["memcpy"].get(size)
+        direction = ceilings.TO_STORE if "put" in op else ceilings.FROM_STORE
+        mc = self.ceil["memcpy"].get((size, direction))
         if mc:
             out["memcpy_GBps"] = mc
             out["x_memcpy"] = round(gbps / mc, 3)
@@ -200,7 +201,7 @@ class Runner:
     def _size_phases(self, clients: list, arena: ceilings.CopyArena, size: int) -> None:
         p = self.plan
         hs = _hs(size)
-        self._memcpy_ceiling(arena, size)
+        self._memcpy_ceiling(arena, size, ceilings.TO_STORE)
         nb, nkeys = batch_keys(size), ws_keys(p, size)
         max_bytes = int(p.max_gib * GiB)
         for client, path in clients:
@@ -213,6 +214,7 @@ class Runner:
         writer = clients[0][0]
         prefix = f"{self.run_id}/g/{size}"
         populated = writer.call("populate", prefix=prefix, size=size, n=nkeys)
+        self._memcpy_ceiling(arena, size, ceilings.FROM_STORE)
         for client, path in clients:
             for mode in p.get_modes:
                 self.on_phase(f"{hs}: get {mode} ({path})")
@@ -227,7 +229,7 @@ class Runner:
         rates = rate_fields(r["bytes"], r["ops"], r["secs"])
         self.emit({"test": "throughput", "op": op, "api": mode, "path": path, "client": role,
                    "value_size": size, "batch": nb if "batch" in mode else 1, **extra, **r,
-                   **rates, **self._ratios(rates["GBps"], size, path)})
+                   **rates, **self._ratios(rates["GBps"], size, path, op)})
 
     def _small_phases(self, clients: list) -> None:
         p = self.plan
@@ -241,17 +243,19 @@ class Runner:
                            "value_size": 4 * KiB, "threads": 1, "remove_fails": rf,
                            "verified": ver if op.startswith("get") else None, **r})
 
-    def _memcpy_ceiling(self, arena: ceilings.CopyArena, size: int) -> None:
-        self.on_phase(f"{_hs(size)}: memcpy ceiling")
-        rec = ceilings.memcpy_chunks(arena, size, self.plan.seconds, int(self.plan.max_gib * GiB))
-        self.ceil["memcpy"][size] = rec["GBps"]
+    def _memcpy_ceiling(self, arena: ceilings.CopyArena, size: int, direction: str) -> None:
+        self.on_phase(f"{_hs(size)}: memcpy ceiling ({direction.replace('_', ' ')})")
+        rec = ceilings.memcpy_chunks(arena, size, self.plan.seconds, direction,
+                                     int(self.plan.max_gib * GiB))
+        self.ceil["memcpy"][(size, direction)] = rec["GBps"]
         self.emit(rec)
 
     def _batch_phases(self, clients: list, arena: ceilings.CopyArena) -> None:
         p = self.plan
         nkeys, size, groups = BATCH_KEYS, BATCH_VALUE, BATCH_GROUPS
-        if size not in self.ceil["memcpy"]:
-            self._memcpy_ceiling(arena, size)
+        for direction in (ceilings.TO_STORE, ceilings.FROM_STORE):
+            if (size, direction) not in self.ceil["memcpy"]:
+                self._memcpy_ceiling(arena, size, direction)
         for client, path in clients:
             self.on_phase(f"batch put 64 x 256K ({path})")
             r = client.call("batch_put_bench", prefix=f"{self.run_id}/bp/{path}", nkeys=nkeys,
@@ -275,4 +279,4 @@ class Runner:
         gbps = round(r["bytes"] / max(r["secs"], 1e-9) / 1e9, 4)
         self.emit({"test": "batch", "op": op, "path": path, "client": role,
                    "keys_per_batch": nkeys, "value_size": size, **extra, **r, "GBps": gbps,
-                   **self._ratios(gbps, size, path)})
+                   **self._ratios(gbps, size, path, op)})
