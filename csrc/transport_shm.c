@@ -13,6 +13,7 @@
 #include "transport_shm.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,15 +64,18 @@ static int send_list(mcs_engine *e, int fd) {
     shm_entry ent[MCS_MAX_SHM_MAPS];
     int fds[MCS_MAX_SHM_MAPS];
     uint32_t count = 0;
+    /* Duplicate the descriptors under the lock and send outside it: a peer
+     * that stops reading must not stall registration for everyone. */
     pthread_mutex_lock(&e->reg_mu);
-    /* The dup'ed fds stay open while we hold reg_mu, and sendmsg copies them
-     * into the message, so unregistering afterwards is safe. */
     for (int i = 0; i < e->nregions && count < MCS_MAX_SHM_MAPS; i++) {
         mcs_region *r = &e->regions[i];
         if (r->fd < 0 || r->dying) continue;
+        int d = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+        if (d < 0) continue;
         ent[count] = (shm_entry){r->base, r->len, r->fd_off};
-        fds[count++] = r->fd;
+        fds[count++] = d;
     }
+    pthread_mutex_unlock(&e->reg_mu);
     uint32_t head[2] = {SHM_LIST, count};
     struct iovec iov[2] = {{head, sizeof head}, {ent, count * sizeof(shm_entry)}};
     union {
@@ -88,8 +92,11 @@ static int send_list(mcs_engine *e, int fd) {
         c->cmsg_len = CMSG_LEN(sizeof(int) * count);
         memcpy(CMSG_DATA(c), fds, sizeof(int) * count);
     }
-    ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL);
-    pthread_mutex_unlock(&e->reg_mu);
+    ssize_t r;
+    do {
+        r = sendmsg(fd, &m, MSG_NOSIGNAL);
+    } while (r < 0 && errno == EINTR);
+    for (uint32_t i = 0; i < count; i++) close(fds[i]);  /* the message holds its own copies */
     size_t want = sizeof head + count * sizeof(shm_entry);
     if (r < 0) return MCS_E_TRANSFER_FAIL;
     if ((size_t)r < want) {  /* the rest of the bytes (descriptors went with the first) */

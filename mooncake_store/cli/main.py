@@ -29,6 +29,8 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 # Command groups register themselves below (one import per module).
 from .bench import bench_app  # noqa: E402  (`mstore bench`, `mstore bench store`)
 app.add_typer(bench_app, name="bench")
+from .bench_transfer import bench_transfer  # noqa: E402
+bench_app.command("transfer")(bench_transfer)
 from . import demo as _demo  # noqa: E402,F401  (registers `mstore demo`)
 from . import trace as _trace  # noqa: E402,F401  (registers `mstore trace`)
 
