@@ -159,3 +159,32 @@ def test_victims_is_a_permutation_of_live_keys(name):
             live.discard(victim)
         got = order(p)
         assert len(got) == len(set(got)) and set(got) == live
+
+
+def test_a_block_back_after_eviction_resumes_its_use_count():
+    p = PrefixLFRUPolicy(credit_scale=1.0)
+    request(p, ["s", "a", "t1"], 0)
+    request(p, ["s", "a", "t2"], 2)           # s and a used twice
+    p.on_remove("a")                          # evicted ...
+    request(p, ["s", "a", "t3"], 1)           # ... and needed again: third use
+    assert p._state["a"][1] == 3
+    for i in range(4):                        # newer once-used traffic
+        request(p, [f"u{i}", f"u{i}x", f"u{i}t"], 0)
+    got = order(p)
+    # Without the remembered count "a" would be a once-used block older than
+    # all of u*, and the first non-tail victim; with it, it outlives u0 and u1.
+    assert got.index("u0x") < got.index("u1x") < got.index("a")
+
+
+def test_ghost_counts_stay_bounded_by_cached_keys():
+    p = PrefixLFRUPolicy()
+    for i in range(500):
+        request(p, [f"k{i}", f"k{i}x"], 0)
+        for v in list(p.victims())[:2]:
+            p.on_remove(v)
+    assert len(p._state) == 0 and len(p._ghost) <= 1
+    for i in range(50):
+        request(p, [f"j{i}"], 0)
+    for v in list(p.victims())[:10]:
+        p.on_remove(v)
+    assert len(p._ghost) <= len(p._state) == 40

@@ -71,7 +71,10 @@ class PrefixLFRUPolicy:
     stranded behind an evicted parent. The block that ended a request's chain
     when it was written goes first of all: in a growing conversation the last
     block is partial and its id changes on the next turn, so it is almost
-    never read again.
+    never read again. The use counts of recently dropped keys are remembered
+    (as many as there are cached keys), so a block that comes back after an
+    eviction resumes its count: being needed again after eviction is the
+    strongest sign that a block was worth keeping.
 
     Request boundaries, depths and chain tails come only from the order of keys
     in API calls (`hint_prefix`). Keys are held in one FIFO queue per frequency
@@ -83,7 +86,7 @@ class PrefixLFRUPolicy:
     # How much longer (in lifetimes) a key used by twice as many requests stays.
     # Swept on the shipped conversation trace (docs/eviction.md): larger values
     # help small caches and start to cost at 20% of the distinct blocks.
-    credit_scale = 0.5
+    credit_scale = 0.7
     _DEAD, _ONCE = 0, 1
     _MAX_CLASS = 24
 
@@ -104,6 +107,10 @@ class PrefixLFRUPolicy:
         self._chain: dict[str, int] = {}
         self._chain_keys: list[str] = []
         self._tail: str | None = None
+        # Use counts of recently dropped keys (at most as many as are cached): a
+        # block that comes back after eviction resumes its count instead of
+        # restarting as a once-used block.
+        self._ghost: OrderedDict[str, int] = OrderedDict()
 
     # ---- structure learned from calls --------------------------------------------------------
     def hint_prefix(self, keys: Sequence[str]) -> None:
@@ -136,8 +143,12 @@ class PrefixLFRUPolicy:
             self.on_access(key)
             return
         tick, depth = self._now(key)
-        cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
-        self._state[key] = [tick, 1, depth, cls]
+        uses = self._ghost.pop(key, 0) + 1
+        if uses > 1:
+            cls = self._class_of(uses)
+        else:
+            cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
+        self._state[key] = [tick, uses, depth, cls]
         self._queues[cls][key] = None
 
     def on_access(self, key: str) -> None:
@@ -156,6 +167,9 @@ class PrefixLFRUPolicy:
         st = self._state.pop(key, None)
         if st is not None:
             del self._queues[st[3]][key]
+            self._ghost[key] = st[1]
+            if len(self._ghost) > max(1, len(self._state)):
+                self._ghost.popitem(last=False)
 
     def victims(self) -> Iterator[str]:
         yield from self._queues[self._DEAD]
