@@ -16,7 +16,7 @@ from mooncake_store.node.ssd import BLOCK, DATA_NAME, SSDTier
 from mooncake_store._engine import ffi, lib
 
 KiB, MiB = 1 << 10, 1 << 20
-SIZES = [1, 63, 64, 100, 4000, 4032, 4096, 4097, 12345, 256 * KiB, MiB + 7, 3 * MiB]
+SIZES = [1, 63, 64, 100, 4000, 4032, 4096, 4097, 12345, 256 * KiB, MiB + 7, 3 * MiB, 17 * MiB]
 
 
 def _val(i, n):

@@ -33,6 +33,7 @@ import mmap
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
@@ -53,6 +54,7 @@ FORMAT = 1
 MAX_HEAD = (header_size(MAX_KEY_LEN) + BLOCK - 1) // BLOCK * BLOCK  # blocks a header can span
 _MAGIC_U32 = int.from_bytes(MAGIC, "little")
 SYNC_POLICIES = ("always", "never", "periodic")
+SPLIT_MIN = 2 << 20  # O_DIRECT reads this large go out as two concurrent requests
 
 
 def _round(n: int) -> int:
@@ -141,6 +143,8 @@ class SSDTier(TierBackend):
         self._index: dict[bytes, _Entry] = {}
         self._pool = _BouncePool(chunk_b)
         self._zero = None
+        self._io_pool: ThreadPoolExecutor | None = None
+        self.split_reads = True
         self._fd = -1
         self._closed = False
         self._last_sync = time.monotonic()
@@ -179,6 +183,7 @@ class SSDTier(TierBackend):
             raise InvalidParams(f"SSD tier {self.path} holds {old_cap} bytes; cannot reopen it "
                                 f"with a smaller capacity {cap}")
         self.direct = self._setup_direct(data, direct)
+        self.split_reads = self.direct
         file_size = os.fstat(self._fd).st_size
         # Nothing was written past the high-water mark (older meta -> scan the whole file).
         limit = min(file_size, meta.get("hwm", file_size))
@@ -551,12 +556,22 @@ class SSDTier(TierBackend):
     def _read_entry(self, e: _Entry, dst: Any) -> int:
         """Read and verify one record; copy the value to cdata `dst` (None = verify only)."""
         want = e.header
+        if not self.direct and dst is not None:
+            return self._read_buffered_into(e, dst)
         total = _round(want.header_len + want.value_len)
         b = self._pool.take()
+        tail = None
         try:
             with memoryview(b[0]) as mv:
                 n = min(total, self._pool.size)
-                got = self._pread_all(mv[:n], e.offset)
+                half = n // 2 // BLOCK * BLOCK
+                if self.split_reads and half >= SPLIT_MIN // 2:
+                    # Two requests in flight, and the first half is copied out while
+                    # the second is still on its way.
+                    tail = self._io().submit(self._pread_all, mv[half:n], e.offset + half)
+                    got = self._pread_all(mv[:half], e.offset)
+                else:
+                    got = self._pread_all(mv[:n], e.offset)
                 hdr = decode_header(mv[:min(got, MAX_HEAD)], limit=total)
                 if hdr != want:
                     raise ChecksumMismatch(f"SSD record at {e.offset} is not the one indexed")
@@ -573,6 +588,12 @@ class SSDTier(TierBackend):
                     done += take
                     if done == vlen:
                         break
+                    if tail is not None:
+                        more, tail = tail.result(), None
+                        if got == half:  # the tail continues the same buffer
+                            got += more
+                            pos = hlen + done
+                            continue
                     rel = hlen + done  # next unread byte, relative to the record
                     start = rel // BLOCK * BLOCK  # O_DIRECT: read from an aligned offset
                     n = min(self._pool.size, total - start)
@@ -582,7 +603,40 @@ class SSDTier(TierBackend):
                 raise ChecksumMismatch(f"value checksum mismatch in SSD record at {e.offset}")
             return vlen
         finally:
+            if tail is not None:  # never hand the buffer back while a read fills it
+                try:
+                    tail.result()
+                except OSError:
+                    pass
             self._pool.give(b)
+
+    def _read_buffered_into(self, e: _Entry, dst: Any) -> int:
+        """Buffered I/O has no alignment rules: the kernel copies the value straight into
+        dst (one copy, not two), then the CRC is taken over dst."""
+        want = e.header
+        hlen, vlen = want.header_len, want.value_len
+        head = bytearray(hlen)
+        val = ffi.buffer(dst, vlen)
+        got = os.preadv(self._fd, [head, val], e.offset)
+        with memoryview(val) as vmv:
+            while hlen <= got < hlen + vlen:
+                more = os.preadv(self._fd, [vmv[got - hlen:]], e.offset + got)
+                if more <= 0:
+                    break
+                got += more
+        if got < hlen + vlen:
+            raise ChecksumMismatch(f"SSD record at {e.offset} is truncated")
+        if decode_header(head, limit=_round(hlen + vlen)) != want:
+            raise ChecksumMismatch(f"SSD record at {e.offset} is not the one indexed")
+        if lib.mcs_crc32c(0, dst, vlen) != want.value_crc:
+            raise ChecksumMismatch(f"value checksum mismatch in SSD record at {e.offset}")
+        return vlen
+
+    def _io(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._io_pool is None:
+                self._io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ssd-io")
+            return self._io_pool
 
     # ---- pins and removal --------------------------------------------------------------------
     def _pin(self, kb: bytes) -> _Entry:
@@ -688,6 +742,8 @@ class SSDTier(TierBackend):
                 pass
             os.close(self._fd)  # also drops the flock
             self._fd = -1
+        if self._io_pool is not None:
+            self._io_pool.shutdown(wait=True)
         if self._zero is not None:
             self._pool.give(self._zero)
             self._zero = None
