@@ -201,3 +201,12 @@ def test_wrong_credentials_fail_fast_without_retries(seaweedfs, s3_bucket):
         assert not getattr(ei.value, "transient", True)
         assert t.stats()["retries"] == 0
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") != "wrong"
+
+
+def test_missing_bucket_reads_as_empty_and_first_put_creates_it(seaweedfs, s3_bucket):
+    with _tier(seaweedfs, s3_bucket) as t:
+        assert list(t.scan()) == [] and not t.contains("k")
+        with pytest.raises(ObjectNotFound):
+            t.read("k")
+        t.put("k", b"v")
+        assert t.read("k") == b"v" and [k for k, _, _ in t.scan()] == [b"k"]

@@ -180,7 +180,9 @@ class S3Tier(TierBackend):
         return None if "/" in rest else unquote_to_bytes(rest)
 
     # ---- bounded retries --------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _call(self, what: str, fn: Callable[[], Any], create_bucket: bool = False) -> Any:
+        """fn() with bounded retries. create_bucket: a write may create a missing bucket;
+        for anything else a missing bucket is a missing object."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         c = self.cfg
@@ -196,7 +198,7 @@ class S3Tier(TierBackend):
             except ClientError as e:
                 code = str(e.response.get("Error", {}).get("Code", ""))
                 status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if code in _MISSING:
+                if code in _MISSING or (code == "NoSuchBucket" and not create_bucket):
                     raise ObjectNotFound(f"{what}: not in the S3 tier") from None
                 if code == "NoSuchBucket" and c.create_bucket and not self._bucket_ready:
                     self._ensure_bucket()
@@ -228,7 +230,7 @@ class S3Tier(TierBackend):
             self._stats["available"] = False
 
     def _ensure_bucket(self) -> None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         kw: dict = {"Bucket": self.cfg.bucket}
         if self.cfg.region and self.cfg.region != "us-east-1":
@@ -236,9 +238,18 @@ class S3Tier(TierBackend):
         try:
             self._client.create_bucket(**kw)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou",
-                                                               "BucketAlreadyExists"):
-                raise
+            code = e.response.get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                self._failed(f"create bucket {self.cfg.bucket}: {code}")
+                err = TransferFailed(f"S3 bucket {self.cfg.bucket} is missing and could not "
+                                     f"be created: {code}: {e}")
+                err.transient = False
+                raise err from None
+        except BotoCoreError as e:
+            self._failed(f"create bucket {self.cfg.bucket}: {e}")
+            err = TransferFailed(f"S3 bucket {self.cfg.bucket} could not be created: {e}")
+            err.transient = True
+            raise err from None
         self._bucket_ready = True
 
     # ---- write-through ------------------------------------------------------------------------
@@ -261,7 +272,7 @@ class S3Tier(TierBackend):
             body[:h.header_len] = finish_header(spec, crc)
             del dst
             self._call(f"put {name}", lambda: self._client.put_object(
-                Bucket=self.cfg.bucket, Key=name, Body=bytes(body)))
+                Bucket=self.cfg.bucket, Key=name, Body=body), create_bucket=True)
         else:
             self._put_multipart(spec, name)
         with self._lock:
@@ -277,7 +288,8 @@ class S3Tier(TierBackend):
             spec = RecordSpec(spec.key, hb, decode_header(hb), spec.parts, True)
         c, b = self.cfg, self.cfg.bucket
         up = self._call(f"create-multipart {name}",
-                        lambda: self._client.create_multipart_upload(Bucket=b, Key=name))
+                        lambda: self._client.create_multipart_upload(Bucket=b, Key=name),
+                        create_bucket=True)
         uid = up["UploadId"]
         try:
             cursor = PartCursor(spec.parts)
@@ -294,7 +306,7 @@ class S3Tier(TierBackend):
                 crc = cursor.copy_into(dst + head, n - head, crc)
                 del dst
                 num = len(etags) + 1
-                body = bytes(part)
+                body = part
                 r = self._call(f"upload-part {num} of {name}", lambda: self._client.upload_part(
                     Bucket=b, Key=name, UploadId=uid, PartNumber=num, Body=body))
                 etags.append({"PartNumber": num, "ETag": r["ETag"]})
@@ -593,10 +605,8 @@ class S3Tier(TierBackend):
                 kw["ContinuationToken"] = token
             try:
                 page = self._call("list", lambda: self._client.list_objects_v2(**kw))
-            except TransferFailed as e:
-                if "NoSuchBucket" in str(e):
-                    return out
-                raise
+            except ObjectNotFound:  # no bucket yet: nothing stored
+                return out
             out.extend((o["Key"], o["Size"]) for o in page.get("Contents", []))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:

@@ -666,14 +666,21 @@ class SSDTier(TierBackend):
         return True
 
     def _retire(self, kb: bytes, e: _Entry) -> None:
-        """Zero the head on disk, then free the space (after the last reader)."""
+        """Zero the head on disk, then free the space (after the last reader).
+        If the zeroing fails the space stays allocated: reusing it could leave the old
+        header valid on disk and bring the object back at the next restart."""
+        zapped = False
         try:
             self._zap(e.offset)
+            zapped = True
             if self.sync == "always":
                 self._sync()
         finally:
             with self._lock:
                 e.removed = True
+                if not zapped:
+                    self._stats["leaked_on_error"] = self._stats.get("leaked_on_error", 0) + 1
+                    e.readers += 1 << 30  # never reaches zero: never freed
                 if e.readers == 0:
                     self._alloc.free(e.offset, e.length)
 
