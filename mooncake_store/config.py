@@ -72,6 +72,12 @@ class Config:
     promotion: str = "on-hit"             # off | on-hit | on-second-hit
     cold_codec: str = "auto"              # none | lz4 | zstd | auto (compress only when it saves >= 10%)
     tenant_id: str = "default"
+    # cluster mode: control-plane call timeout, node heartbeat period and the silence after
+    # which the master declares a node dead; cluster_id namespaces the etcd keys
+    rpc_timeout_ms: int = 5000
+    heartbeat_ms: int = 1000
+    node_ttl_ms: int = 5000
+    cluster_id: str = "default"
     enable_client_http_server: bool = False
     client_http_port: int = 9300
 

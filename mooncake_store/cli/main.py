@@ -33,6 +33,7 @@ from .bench_transfer import bench_transfer  # noqa: E402
 bench_app.command("transfer")(bench_transfer)
 from . import demo as _demo  # noqa: E402,F401  (registers `mstore demo`)
 from . import trace as _trace  # noqa: E402,F401  (registers `mstore trace`)
+from . import cluster as _cluster  # noqa: E402,F401  (master, node, status, ls, get, put, rm, stat)
 
 
 if __name__ == "__main__":

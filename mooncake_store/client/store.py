@@ -23,6 +23,7 @@ from ..errors import (
     ObjectNotFound,
     StoreClosed,
     StoreError,
+    TransferFailed,
 )
 from ..master.index import Lookup, ObjectIndex
 from ..node.segment import DramSegment
@@ -57,13 +58,14 @@ class Store:
             cfg = config.replace(**kwargs) if kwargs else config
         else:
             cfg = Config.load(values=config, **kwargs)
-        if not cfg.embedded:
-            raise StoreError(f"cluster mode (master {cfg.master_server_addr!r}) is not available "
-                             "in this build yet; use the embedded store (no master address)",
-                             ErrorCode.UNAVAILABLE_IN_CURRENT_STATUS)
         self.config = cfg
-        self._index = ObjectIndex(cfg)
         self._segments: dict[str, DramSegment] = {}
+        self._remote = None      # cluster mode: the data plane to other nodes' segments
+        self._cluster = None
+        if not cfg.embedded:
+            self._init_cluster(cfg)
+            return
+        self._index = ObjectIndex(cfg)
         self._registered: dict[int, int] = {}
         self._epoch = time.time_ns() & 0x7FFF_FFFF_FFFF_FFFF
         self._next_reclaim = 0.0
@@ -75,6 +77,29 @@ class Store:
         if cfg.global_segment_size > 0:
             self.mount_segment(self.hostname, cfg.global_segment_size)
         self._tiers = self._open_cold_tiers(cfg)
+
+    def _init_cluster(self, cfg: Config) -> None:
+        """Cluster mode: index calls go to the master, bytes to the nodes (client/cluster.py)."""
+        from .cluster import ClusterSession
+
+        self._registered = {}
+        self._epoch = time.time_ns() & 0x7FFF_FFFF_FFFF_FFFF
+        self._next_reclaim = float("inf")
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._tiers = None
+        self._cluster = ClusterSession(cfg)
+        self._index, self._remote = self._cluster.index, self._cluster.data
+        self.hostname = self._cluster.hostname
+        try:
+            if cfg.global_segment_size > 0:
+                self._segments[self.hostname] = DramSegment(cfg.global_segment_size, self.hostname)
+                self._cluster.contribute(self._segments, cfg)
+            else:
+                self._cluster.master.call("ping")   # fail at construction, not at first put
+        except BaseException:
+            self.close()
+            raise
 
     def _open_cold_tiers(self, cfg: Config) -> Any:
         backends = []
@@ -106,6 +131,8 @@ class Store:
             self._closed = True
             if self._tiers is not None:
                 self._tiers.close()
+            if self._cluster is not None:
+                self._cluster.close()
             for seg in self._segments.values():
                 seg.close()
             self._segments.clear()
@@ -156,7 +183,10 @@ class Store:
                         flags: int) -> None:
         for replica in replicas:
             sl = replica[0]
-            seg = self._segments[sl.segment]
+            seg = self._segments.get(sl.segment)
+            if seg is None:
+                self._remote.write(sl, kb, src, n, self._epoch, flags)
+                continue
             rc = lib.mcs_rec_write(seg.ptr + sl.offset, sl.length, kb, len(kb), src, n,
                                    self._epoch, 0, flags, 0)
             if rc < 0:
@@ -168,18 +198,25 @@ class Store:
                 raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the "
                                     f"{look.size}-byte value")
             return self._tiers.read_into(look.tier, key, kb, dst, dst_len, look.size)
+        unreachable = 0
         for replica in look.replicas:
             sl = replica[0]
             seg = self._segments.get(sl.segment)
-            if seg is None:
+            if seg is not None:
+                n = lib.mcs_rec_read(seg.ptr + sl.offset, sl.length, kb, len(kb), dst, dst_len,
+                                     ffi.NULL)
+            elif self._remote is not None:
+                n = self._remote.read(sl, kb, dst, dst_len)
+            else:
                 continue
-            n = lib.mcs_rec_read(seg.ptr + sl.offset, sl.length, kb, len(kb), dst, dst_len,
-                                 ffi.NULL)
             if n >= 0:
                 return n
             if n == ErrorCode.INVALID_PARAMS:
                 raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the "
                                     f"{look.size}-byte value")
+            unreachable += n == ErrorCode.TRANSFER_FAIL
+        if unreachable:   # an unreachable replica may be intact: do not drop the object
+            raise TransferFailed(f"key {key!r}: no replica could be reached")
         # Every replica failed verification: never serve it again.
         self._index.remove_many([key], force=True)
         raise ChecksumMismatch(f"key {key!r}: stored bytes failed verification; object dropped")
@@ -484,7 +521,7 @@ class Store:
                           for name, s in self._index.segments.items()}
         if self._tiers is not None:
             st.update(self._tiers.stats())
-        st["mode"] = "embedded"
+        st["mode"] = "embedded" if self._cluster is None else "cluster"
         st["pid"] = os.getpid()
         return st
 

@@ -1,0 +1,250 @@
+"""`mstore master`, `mstore node` and the admin commands against a running cluster."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Optional
+
+import typer
+
+from ..config import Config, parse_size
+from ..errors import StoreError
+from .main import app
+
+MASTER_OPT = typer.Option("127.0.0.1:50051", "--master", "-m", envvar="MOONCAKE_MASTER",
+                          help="Master address(es) host:port[,host:port], or 'etcd' with --etcd.")
+ETCD_OPT = typer.Option("", "--etcd", help="etcd endpoint(s) etcd://host:port[,host:port].")
+TIMEOUT_OPT = typer.Option(5000, "--timeout-ms", help="Control-plane call timeout.")
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _cfg(master: str, etcd: str, timeout_ms: int, **kw) -> Config:
+    try:
+        return Config.load(master_server_addr=master or "etcd",
+                           metadata_server=etcd or "P2PHANDSHAKE", rpc_timeout_ms=timeout_ms, **kw)
+    except StoreError as e:
+        _fail(str(e))
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@app.command("master")
+def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
+               port: int = typer.Option(50051, help="RPC port (0: any free port)."),
+               etcd: str = ETCD_OPT,
+               cluster_id: str = typer.Option("default", "--cluster-id"),
+               lease_ttl_ms: int = typer.Option(5000, "--default-kv-lease-ttl", "--lease-ttl-ms",
+                                                help="Read lease (ms)."),
+               put_timeout_ms: int = typer.Option(30_000, "--put-timeout-ms",
+                                                  help="Reclaim a put never completed after this."),
+               heartbeat_ms: int = typer.Option(1000, "--heartbeat-ms"),
+               node_ttl_ms: int = typer.Option(5000, "--node-ttl-ms",
+                                               help="A node silent this long is dead."),
+               auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
+               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run a master (the object index and placement). With --etcd, masters elect a leader."""
+    from ..master.service import MasterService
+    from ..node.server import run_until_signal
+
+    _logging(verbose)
+    try:
+        cfg = Config.load(lease_ttl_ms=lease_ttl_ms, put_timeout_ms=put_timeout_ms,
+                          heartbeat_ms=heartbeat_ms, node_ttl_ms=node_ttl_ms, auth_token=auth_token,
+                          cluster_id=cluster_id, metadata_server=etcd or "P2PHANDSHAKE",
+                          global_segment_size=0)
+        svc = MasterService(cfg, host, port)
+        if etcd:
+            from ..meta.election import Elector
+
+            svc.elector = Elector(svc, etcd, cluster_id, node_ttl_ms).start()
+        svc.start()
+    except StoreError as e:
+        _fail(str(e))
+    run_until_signal(svc, f"master listening on {svc.address}")
+
+
+@app.command("node")
+def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
+             dram: str = typer.Option("1GB", help="DRAM segment size (e.g. 4GB)."),
+             host: str = typer.Option("127.0.0.1", help="Transfer server address."),
+             port: int = typer.Option(0, help="Transfer server port (0: any free port)."),
+             heartbeat_ms: int = typer.Option(1000, "--heartbeat-ms"),
+             cluster_id: str = typer.Option("default", "--cluster-id"),
+             timeout_ms: int = TIMEOUT_OPT,
+             auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
+             verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run a storage node contributing a DRAM segment to the cluster."""
+    from ..node.server import StorageNode, run_until_signal
+
+    _logging(verbose)
+    try:
+        size = parse_size(dram, "--dram")
+        cfg = _cfg(master, etcd, timeout_ms, heartbeat_ms=heartbeat_ms, auth_token=auth_token,
+                   cluster_id=cluster_id, global_segment_size=size)
+        node = StorageNode(cfg, size, host, port).start()
+    except StoreError as e:
+        _fail(str(e))
+    run_until_signal(node, f"node {node.agent.node_id} serving {node.endpoint}")
+
+
+def _store(master: str, etcd: str, timeout_ms: int):
+    from ..client.store import Store
+
+    try:
+        return Store(_cfg(master, etcd, timeout_ms, global_segment_size=0))
+    except StoreError as e:
+        _fail(f"cannot reach the cluster: {e}")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _status_table(st: dict):
+    from rich.table import Table
+
+    t = Table(title=f"master {st.get('address', '?')} ({st.get('role', '?')}): "
+                    f"{st['objects']} objects, {_human(st['used'])} / {_human(st['capacity'])}")
+    for col in ("segment", "node", "tier", "used", "capacity", "fill"):
+        t.add_column(col)
+    for name, seg in sorted(st.get("segments", {}).items()):
+        fill = seg["used"] / seg["capacity"] if seg["capacity"] else 0.0
+        t.add_row(name, seg["node"], seg["tier"], _human(seg["used"]), _human(seg["capacity"]),
+                  f"{fill:.0%}")
+    hits, misses = st.get("hits", 0), st.get("misses", 0)
+    t.caption = (f"nodes {len(st.get('nodes', {}))}  hits {hits}  misses {misses}  "
+                 f"evictions {st.get('evictions', 0)}  pending puts {st.get('pending', 0)}  "
+                 f"repairs pending {st.get('repairs_pending', 0)}")
+    return t
+
+
+@app.command("status")
+def status_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT, timeout_ms: int = TIMEOUT_OPT,
+               as_json: bool = typer.Option(False, "--json"),
+               watch: float = typer.Option(0.0, "--watch", help="Refresh every N seconds."),
+               count: int = typer.Option(0, "--count", help="With --watch: stop after N refreshes.")) -> None:
+    """Leader, nodes, segments, fill, object count, hit/miss, evictions."""
+    from rich.console import Console
+
+    store = _store(master, etcd, timeout_ms)
+    console = Console()
+    try:
+        n = 0
+        while True:
+            st = store._index.stats()
+            if as_json:
+                typer.echo(json.dumps(st, sort_keys=True))
+            else:
+                console.print(_status_table(st))
+            n += 1
+            if watch <= 0 or (count and n >= count):
+                break
+            time.sleep(watch)
+    except StoreError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+
+
+@app.command("ls")
+def ls_cmd(prefix: str = typer.Argument("", help="Key prefix."), master: str = MASTER_OPT,
+           etcd: str = ETCD_OPT, timeout_ms: int = TIMEOUT_OPT,
+           limit: int = typer.Option(1000, help="Print at most this many keys.")) -> None:
+    """List keys (optionally by prefix)."""
+    import re
+
+    store = _store(master, etcd, timeout_ms)
+    try:
+        keys = sorted(store.keys("^" + re.escape(prefix) if prefix else None))
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        store.close()
+    for k in keys[:limit]:
+        typer.echo(k)
+    if len(keys) > limit:
+        typer.echo(f"... {len(keys) - limit} more", err=True)
+
+
+@app.command("get")
+def get_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT, timeout_ms: int = TIMEOUT_OPT,
+            out: Optional[str] = typer.Option(None, "-o", "--output", help="Write to FILE.")) -> None:
+    """Read a value (to stdout, or -o FILE)."""
+    store = _store(master, etcd, timeout_ms)
+    try:
+        value = store.get(key)
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        store.close()
+    if out:
+        with open(out, "wb") as f:
+            f.write(value)
+    else:
+        sys.stdout.buffer.write(value)
+        sys.stdout.buffer.flush()
+
+
+@app.command("put")
+def put_cmd(key: str, file: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
+            timeout_ms: int = TIMEOUT_OPT,
+            replicas: int = typer.Option(1, "--replicas", "-r", help="replica_num.")) -> None:
+    """Store FILE's bytes under KEY."""
+    from ..replica import ReplicateConfig
+
+    try:
+        with open(file, "rb") as f:
+            value = f.read()
+    except OSError as e:
+        _fail(f"{file}: {e.strerror}")
+    store = _store(master, etcd, timeout_ms)
+    try:
+        store.put(key, value, ReplicateConfig(replica_num=replicas))
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        store.close()
+    typer.echo(f"put {key}: {len(value)} bytes")
+
+
+@app.command("rm")
+def rm_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT, timeout_ms: int = TIMEOUT_OPT,
+           force: bool = typer.Option(False, "--force", help="Remove even under a read lease.")) -> None:
+    """Remove a key."""
+    store = _store(master, etcd, timeout_ms)
+    try:
+        store.remove(key, force=force)
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        store.close()
+    typer.echo(f"removed {key}")
+
+
+@app.command("stat")
+def stat_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
+             timeout_ms: int = TIMEOUT_OPT) -> None:
+    """Size, replicas (segments, nodes) and remaining lease of one key, as JSON."""
+    store = _store(master, etcd, timeout_ms)
+    try:
+        st = store._index.stat(key)
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        store.close()
+    typer.echo(json.dumps(st, indent=2, sort_keys=True))

@@ -1,0 +1,303 @@
+"""The client side of cluster mode.
+
+- MasterClient: RPC to the master, following the leader across several
+  addresses (or the one etcd names) when the current one fails or says it is
+  not the leader.
+- RemoteIndex: the ObjectIndex methods Store calls, as RPCs; same return values
+  and the same typed exceptions.
+- RemoteData: moves records between the caller's memory and node segments with
+  the transfer engine (shm mapping on the same host, tcp otherwise). Records are
+  assembled and verified in C (mcs_rec_write / mcs_rec_read), never proxied
+  through the master.
+- ClusterSession: what a Store in cluster mode owns (engine, master client and,
+  when the client contributes memory, its segment and NodeAgent).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+from .._engine import ffi, lib
+from ..config import Config
+from ..errors import (ErrorCode, InvalidParams, RpcFailed, RpcTimeout, StoreError,
+                      TransferFailed, Unavailable)
+from ..master.index import Lookup
+from ..master.wire import lookup_from_wire, rc_to_wire, replicas_from_wire
+from ..replica import Replica, ReplicateConfig, Slice
+from ..rpc import RpcClient
+
+log = logging.getLogger("mooncake_store.client")
+
+FAILOVER_WINDOW_MS = 10_000
+
+
+class MasterClient:
+    """Calls the leader master. `addresses`: 'h:p' or 'h1:p1,h2:p2'; `resolve` (optional)
+    returns the current leader's address (etcd)."""
+
+    def __init__(self, addresses: str | Sequence[str], timeout_ms: int = 5000, token: str = "",
+                 resolve: Callable[[], str | None] | None = None) -> None:
+        if isinstance(addresses, str):
+            addresses = [a.strip() for a in addresses.split(",") if a.strip()]
+        addresses = list(addresses)
+        if not addresses and resolve is None:
+            raise InvalidParams("cluster mode needs a master address (host:port) or an etcd server")
+        self.timeout_ms = timeout_ms
+        self.token = token
+        self.resolve = resolve
+        self._clients: dict[str, RpcClient] = {}
+        self._addrs = addresses
+        self._current = addresses[0] if addresses else ""
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> str:
+        return self._current
+
+    def _client(self, addr: str) -> RpcClient:
+        with self._lock:
+            c = self._clients.get(addr)
+            if c is None:
+                c = self._clients[addr] = RpcClient(addr, self.timeout_ms, token=self.token)
+            return c
+
+    def _candidates(self) -> list[str]:
+        out = []
+        if self.resolve is not None:
+            try:
+                leader = self.resolve()
+            except StoreError:
+                leader = None
+            if leader:
+                out.append(leader)
+        if self._current and self._current not in out:
+            out.append(self._current)
+        out += [a for a in self._addrs if a not in out]
+        return out
+
+    def call(self, method: str, *args: Any, timeout_ms: int | None = None) -> Any:
+        timeout = self.timeout_ms if timeout_ms is None else timeout_ms
+        single = len(self._addrs) <= 1 and self.resolve is None
+        window = timeout if single else max(timeout, FAILOVER_WINDOW_MS)
+        deadline = time.monotonic() + window / 1000.0
+        last: StoreError | None = None
+        for _ in range(1000):  # bounded; the deadline ends it long before
+            for addr in self._candidates():
+                left = int((deadline - time.monotonic()) * 1000)
+                if left <= 0:
+                    raise last or RpcTimeout(f"{method}: no master answered within {window} ms")
+                try:
+                    result = self._client(addr).call(method, *args, timeout_ms=min(timeout, left))
+                    self._current = addr
+                    return result
+                except (RpcFailed, RpcTimeout) as e:
+                    last = e
+                except Unavailable as e:
+                    if "not the leader" not in str(e):
+                        raise
+                    last = e
+                if single:
+                    raise last
+            time.sleep(0.05)
+        raise last or RpcFailed(f"{method}: no master reachable")
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._clients.values():
+                c.close()
+            self._clients.clear()
+
+
+class RemoteIndex:
+    """ObjectIndex's client-facing methods over RPC."""
+
+    def __init__(self, master: MasterClient) -> None:
+        self.m = master
+
+    def put_start(self, key: str, size: int, rc: ReplicateConfig | None = None,
+                  upsert: bool = False) -> list[Replica] | None:
+        return replicas_from_wire(self.m.call("put_start", key, size, rc_to_wire(rc), upsert))
+
+    def put_end(self, key: str, flags: int = 0) -> None:
+        self.m.call("put_end", key, flags)
+
+    def put_revoke(self, key: str) -> None:
+        self.m.call("put_revoke", key)
+
+    def batch_put_start(self, keys: list[str], sizes: list[int], rc: ReplicateConfig | None = None,
+                        upsert: bool = False) -> list[tuple[int, Any]]:
+        out = self.m.call("batch_put_start", keys, sizes, rc_to_wire(rc), upsert)
+        return [(code, replicas_from_wire(r) if code == 0 else r) for code, r in out]
+
+    def batch_put_end(self, keys: list[str], flags: int = 0) -> list[int]:
+        return self.m.call("batch_put_end", keys, flags)
+
+    def get_replicas(self, key: str) -> Lookup:
+        return lookup_from_wire(self.m.call("get_replicas", key))
+
+    def batch_get_replicas(self, keys: Sequence[str]) -> list[Lookup | None]:
+        return [lookup_from_wire(w) for w in self.m.call("batch_get_replicas", list(keys))]
+
+    def exists(self, key: str) -> bool:
+        return self.m.call("exists", key)
+
+    def batch_exists(self, keys: Sequence[str]) -> list[bool]:
+        return self.m.call("batch_exists", list(keys))
+
+    def longest_prefix(self, keys: Sequence[str]) -> int:
+        return self.m.call("longest_prefix", list(keys))
+
+    def size(self, key: str) -> int:
+        return self.m.call("size", key)
+
+    def lease_remaining_ms(self, key: str) -> float:
+        return self.m.call("lease_remaining_ms", key)
+
+    def keys(self, pattern: str | None = None) -> list[str]:
+        return self.m.call("keys", pattern)
+
+    def remove(self, key: str, force: bool = False) -> None:
+        self.m.call("remove", key, force)
+
+    def remove_many(self, keys: Sequence[str], force: bool = False) -> int:
+        return self.m.call("remove_many", list(keys), force)
+
+    def remove_by_regex(self, pattern: str, force: bool = False) -> int:
+        return self.m.call("remove_by_regex", pattern, force)
+
+    def remove_all(self, force: bool = False) -> int:
+        return self.m.call("remove_all", force)
+
+    def reclaim_expired(self) -> int:
+        return 0   # the master reclaims on its own clock
+
+    def stats(self) -> dict:
+        return self.m.call("stats")
+
+    def stat(self, key: str) -> dict:
+        return self.m.call("stat", key)
+
+    @property
+    def segments(self) -> dict[str, SimpleNamespace]:
+        return {name: SimpleNamespace(capacity=d["capacity"], used=d["used"], tier=d["tier"],
+                                      endpoint=d["endpoint"])
+                for name, d in self.m.call("segments").items()}
+
+    def __len__(self) -> int:
+        return self.stats()["objects"]
+
+
+class RemoteData:
+    """Reads and writes whole records in node segments through the transfer engine."""
+
+    def __init__(self, master: MasterClient, engine: Any) -> None:
+        self.m = master
+        self.engine = engine
+        self._table: dict[str, tuple[str, int, int]] = {}   # name -> (endpoint, base, size)
+        self._tls = threading.local()
+        self._lock = threading.Lock()
+
+    def _where(self, name: str, refresh: bool = False) -> tuple[str, int, int]:
+        d = None if refresh else self._table.get(name)
+        if d is None:
+            table = {n: (v["endpoint"], v["base"], v["size"])
+                     for n, v in self.m.call("segments").items()}
+            with self._lock:
+                self._table = table
+            d = table.get(name)
+            if d is None:
+                raise TransferFailed(f"segment {name!r} is not in the cluster")
+        return d
+
+    def _staging(self, n: int) -> Any:
+        buf = getattr(self._tls, "buf", None)
+        if buf is None or len(buf) < n:
+            buf = bytearray(max(n, 1 << 16))
+            self._tls.buf = buf
+        return buf
+
+    def _move(self, sl: Slice, op: str, local: int) -> None:
+        """One transfer; a stale segment table (a node restarted) gets one refresh and retry."""
+        for attempt in (0, 1):
+            endpoint, base, size = self._where(sl.segment, refresh=attempt == 1)
+            if sl.offset + sl.length > size:
+                continue
+            try:
+                getattr(self.engine, op)(endpoint, local, base + sl.offset, sl.length)
+                return
+            except StoreError as e:
+                if attempt == 1:
+                    raise TransferFailed(f"{op} of segment {sl.segment}: {e}") from None
+        raise TransferFailed(f"slice {sl} lies outside segment {sl.segment}")
+
+    def write(self, sl: Slice, kb: bytes, src: Any, n: int, epoch: int, flags: int) -> None:
+        buf = self._staging(sl.length)
+        cbuf = ffi.from_buffer(buf)
+        rc = lib.mcs_rec_write(cbuf, sl.length, kb, len(kb), src, n, epoch, 0, flags, 0)
+        if rc < 0:
+            raise StoreError(f"record write failed ({rc})", ErrorCode.INVALID_WRITE)
+        self._move(sl, "write", int(ffi.cast("uintptr_t", cbuf)))
+
+    def read(self, sl: Slice, kb: bytes, dst: Any, dst_len: int) -> int:
+        """Value length, or a negative code (CHECKSUM_MISMATCH, INVALID_PARAMS, TRANSFER_FAIL)."""
+        buf = self._staging(sl.length)
+        cbuf = ffi.from_buffer(buf)
+        try:
+            self._move(sl, "read", int(ffi.cast("uintptr_t", cbuf)))
+        except StoreError:
+            return int(ErrorCode.TRANSFER_FAIL)
+        return lib.mcs_rec_read(cbuf, sl.length, kb, len(kb), dst, dst_len, ffi.NULL)
+
+
+def master_addresses(cfg: Config) -> list[str]:
+    """Explicit master address(es); "etcd" (or none with an etcd metadata server) means: ask etcd."""
+    addr = cfg.master_server_addr
+    if addr in ("", "etcd"):
+        return []
+    return [a.strip() for a in addr.split(",") if a.strip()]
+
+
+def leader_resolve_for(cfg: Config) -> Callable[[], str | None] | None:
+    """With metadata_server="etcd://h:p[,h:p]", a function naming the current leader."""
+    if not cfg.metadata_server.startswith("etcd://"):
+        return None
+    from ..meta.etcd import leader_resolver
+
+    return leader_resolver(cfg.metadata_server, cfg.cluster_id)
+
+
+class ClusterSession:
+    """Everything a cluster-mode Store holds besides its local segments."""
+
+    def __init__(self, cfg: Config) -> None:
+        from ..transfer import TransferEngine
+
+        self.master = MasterClient(master_addresses(cfg), cfg.rpc_timeout_ms, cfg.auth_token,
+                                   leader_resolve_for(cfg))
+        host = cfg.local_hostname.split(":")[0] or "127.0.0.1"
+        self.engine = TransferEngine(host if cfg.global_segment_size > 0 else None,
+                                     auth_token=cfg.auth_token or None,
+                                     timeout_ms=max(1000, cfg.rpc_timeout_ms))
+        self.index = RemoteIndex(self.master)
+        self.data = RemoteData(self.master, self.engine)
+        self.agent = None
+        self.hostname = self.engine.get_local_hostname() if cfg.global_segment_size > 0 else \
+            f"{host}:0"
+
+    def contribute(self, segments: dict, cfg: Config) -> None:
+        """Offer this client's segment(s) to the cluster, like a node."""
+        from ..node.agent import Mounted, NodeAgent
+
+        mounted = [Mounted(name, seg) for name, seg in segments.items()]
+        self.agent = NodeAgent(self.master, self.engine, mounted, cfg.heartbeat_ms)
+        self.agent.register()   # fail now, loudly, if the master is not there
+        self.agent.start()
+
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.close()
+        self.master.close()
+        self.engine.close()

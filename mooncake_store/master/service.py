@@ -1,0 +1,382 @@
+"""The master service: the ObjectIndex behind an RPC server, plus node membership and repair.
+
+Clients call the index operations (put_start/put_end/get_replicas/...). Nodes
+register their segments (with an inventory of the records already in them, so a
+restarted or newly elected master rebuilds its index from the nodes), heartbeat,
+and receive repair tasks in the heartbeat answers: the master never calls a node
+and never carries object bytes; a node copies a replica from a peer node itself.
+
+A node silent for node_ttl_ms is declared dead: its replicas are dropped and every
+object that fell below its replica count gets a new replica on another node.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..config import Config
+from ..errors import InvalidParams, Unavailable
+from ..replica import Slice
+from ..rpc import RpcServer
+from .cluster_index import ClusterIndex
+from .index import ObjectIndex
+from .wire import lookup_to_wire, rc_from_wire, replicas_to_wire
+
+log = logging.getLogger("mooncake_store.master")
+
+REPAIRS_PER_TICK = 256
+TASKS_PER_HEARTBEAT = 64
+
+
+@dataclass
+class SegmentDesc:
+    name: str
+    endpoint: str     # the owning node's transfer engine, "host:port"
+    base: int         # address of byte 0 of the segment in the node's process
+    size: int
+    tier: str
+    node_id: str
+
+
+@dataclass
+class NodeRec:
+    node_id: str
+    endpoint: str
+    segments: list[str]
+    last_seen: float
+    tasks: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Task:
+    key: str
+    slice: Slice
+    node_id: str
+    deadline: float
+
+
+class MasterService:
+    def __init__(self, config: Config | None = None, host: str = "127.0.0.1", port: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config or Config()
+        self.clock = clock
+        self.index = ObjectIndex(self.config)
+        self.cluster = ClusterIndex(self.index)
+        self.role = "leader"
+        self.leader_hint = ""
+        self._lock = threading.RLock()
+        self.nodes: dict[str, NodeRec] = {}
+        self.segdesc: dict[str, SegmentDesc] = {}
+        self.want: dict[str, int] = {}           # keys asked for more than one replica
+        self._repair: dict[str, None] = {}       # keys that may be under-replicated
+        self._tasks: dict[int, Task] = {}
+        self._task_ids = itertools.count(1)
+        self.counters = {"nodes_joined": 0, "nodes_lost": 0, "repairs_started": 0,
+                         "repairs_done": 0, "repairs_failed": 0, "adopted": 0}
+        self._stop = threading.Event()
+        self.rpc = RpcServer(self._handlers(), host, port, self.config.auth_token)
+        self._ticker: threading.Thread | None = None
+
+    # ---- lifecycle --------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return self.rpc.address
+
+    def start(self) -> "MasterService":
+        self.rpc.start()
+        self._ticker = threading.Thread(target=self._tick_loop, name="mcs-master-tick", daemon=True)
+        self._ticker.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+        self.rpc.close()
+
+    def _handlers(self) -> dict[str, Callable[..., Any]]:
+        names = ("ping", "put_start", "put_end", "put_revoke", "get_replicas", "batch_get_replicas",
+                 "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
+                 "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
+                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat",
+                 "register_node", "heartbeat", "task_done", "leave")
+        return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
+
+    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            if self.role != "leader" and fn.__name__ != "rpc_ping":
+                raise Unavailable(f"not the leader (leader: {self.leader_hint or 'unknown'})")
+            return fn(*args)
+        return call
+
+    # ---- client calls -------------------------------------------------------------------
+    def rpc_ping(self) -> dict:
+        return {"role": self.role, "leader": self.leader_hint or self.address}
+
+    def rpc_put_start(self, key: str, size: int, rc: Any = None, upsert: bool = False) -> Any:
+        cfg = rc_from_wire(rc)
+        replicas = self.index.put_start(_str(key), size, cfg, upsert=bool(upsert))
+        if replicas is not None and cfg is not None and cfg.replica_num > 1:
+            with self._lock:
+                self.want[key] = cfg.replica_num
+        return replicas_to_wire(replicas)
+
+    def rpc_batch_put_start(self, keys: list, sizes: list, rc: Any = None,
+                            upsert: bool = False) -> list:
+        """Per key: [0, replicas|None] or [code, message]."""
+        out = []
+        for key, size in zip(keys, sizes):
+            try:
+                out.append([0, self.rpc_put_start(key, size, rc, upsert)])
+            except Exception as e:  # noqa: BLE001 - per-key result
+                out.append([int(getattr(e, "code", -1)), str(e)])
+        return out
+
+    def rpc_put_end(self, key: str, flags: int = 0) -> None:
+        self.index.put_end(_str(key), flags)
+
+    def rpc_batch_put_end(self, keys: list, flags: int = 0) -> list:
+        out = []
+        for key in keys:
+            try:
+                self.index.put_end(_str(key), flags)
+                out.append(0)
+            except Exception as e:  # noqa: BLE001
+                out.append(int(getattr(e, "code", -1)))
+        return out
+
+    def rpc_put_revoke(self, key: str) -> None:
+        self.index.put_revoke(_str(key))
+
+    def rpc_batch_put_revoke(self, keys: list) -> None:
+        for key in keys:
+            try:
+                self.index.put_revoke(_str(key))
+            except Exception:  # noqa: BLE001 - revoking what is gone is fine
+                pass
+
+    def rpc_get_replicas(self, key: str) -> list:
+        return lookup_to_wire(self.index.get_replicas(_str(key)))
+
+    def rpc_batch_get_replicas(self, keys: list) -> list:
+        return [lookup_to_wire(x) for x in self.index.batch_get_replicas(keys)]
+
+    def rpc_exists(self, key: str) -> bool:
+        return self.index.exists(_str(key))
+
+    def rpc_batch_exists(self, keys: list) -> list:
+        return self.index.batch_exists(keys)
+
+    def rpc_longest_prefix(self, keys: list) -> int:
+        return self.index.longest_prefix(keys)
+
+    def rpc_size(self, key: str) -> int:
+        return self.index.size(_str(key))
+
+    def rpc_lease_remaining_ms(self, key: str) -> float:
+        return self.index.lease_remaining_ms(_str(key))
+
+    def rpc_keys(self, pattern: str | None = None) -> list:
+        return self.index.keys(pattern)
+
+    def rpc_remove(self, key: str, force: bool = False) -> None:
+        self.index.remove(_str(key), bool(force))
+
+    def rpc_remove_many(self, keys: list, force: bool = False) -> int:
+        return self.index.remove_many(keys, bool(force))
+
+    def rpc_remove_by_regex(self, pattern: str, force: bool = False) -> int:
+        return self.index.remove_by_regex(_str(pattern), bool(force))
+
+    def rpc_remove_all(self, force: bool = False) -> int:
+        return self.index.remove_all(bool(force))
+
+    def rpc_stat(self, key: str) -> dict:
+        """One object's size, replicas (with their nodes) and remaining lease."""
+        key = _str(key)
+        size = self.index.size(key)
+        replicas = self.cluster.replicas(key) or []
+        with self._lock:
+            reps = [[{"segment": s.segment, "offset": s.offset, "length": s.length,
+                      "endpoint": self.segdesc[s.segment].endpoint if s.segment in self.segdesc else ""}
+                     for s in r] for r in replicas]
+            want = self.want.get(key, 1)
+        return {"key": key, "size": size, "replicas": reps, "replica_num": want,
+                "lease_ms": self.index.lease_remaining_ms(key)}
+
+    def rpc_stats(self) -> dict:
+        st = self.index.stats()
+        with self._lock:
+            st["nodes"] = {n.node_id: {"endpoint": n.endpoint, "segments": n.segments,
+                                       "last_seen_ms": int((self.clock() - n.last_seen) * 1000)}
+                           for n in self.nodes.values()}
+            st["repairs_pending"] = len(self._repair)
+            st["repairs_in_flight"] = len(self._tasks)
+            st.update(self.counters)
+        st["segments"] = self.rpc_segments()
+        st["role"] = self.role
+        st["address"] = self.address
+        return st
+
+    def rpc_segments(self) -> dict:
+        with self._lock:
+            descs = list(self.segdesc.values())
+        out = {}
+        for d in descs:
+            info = self.index.segments.get(d.name)
+            out[d.name] = {"endpoint": d.endpoint, "base": d.base, "size": d.size, "tier": d.tier,
+                           "node": d.node_id, "used": info.used if info else 0,
+                           "capacity": info.capacity if info else 0}
+        return out
+
+    # ---- node calls ------------------------------------------------------------------------
+    def rpc_register_node(self, node_id: str, endpoint: str, segments: list,
+                          inventory: dict | None = None) -> dict:
+        """A node joins (or rejoins after a master change) with its segments and their records."""
+        node_id, endpoint = _str(node_id), _str(endpoint)
+        inventory = inventory or {}
+        with self._lock:
+            if node_id in self.nodes:
+                self._drop_node(node_id, "re-registered")
+            for seg in segments:
+                old = self.segdesc.get(seg["name"])
+                if old is not None:  # a restarted node reusing its name: the old one is gone
+                    self._drop_node(old.node_id, "replaced by a new registration")
+            names = []
+            for seg in segments:
+                name = _str(seg["name"])
+                self.index.add_segment(name, int(seg["size"]), seg.get("tier", "dram"), node_id)
+                self.segdesc[name] = SegmentDesc(name, endpoint, int(seg["base"]), int(seg["size"]),
+                                                 seg.get("tier", "dram"), node_id)
+                names.append(name)
+                adopted = self.cluster.adopt(name, inventory.get(name, ()))
+                self.counters["adopted"] += adopted
+                for entry in inventory.get(name, ()):
+                    self._repair[entry[0]] = None
+            self.nodes[node_id] = NodeRec(node_id, endpoint, names, self.clock())
+            for key in self.want:  # a new node may be the room an under-replicated key waits for
+                self._repair[key] = None
+            self.counters["nodes_joined"] += 1
+        log.info("node %s joined at %s with %d segment(s)", node_id, endpoint, len(names))
+        return {"heartbeat_ms": self.config.heartbeat_ms, "node_ttl_ms": self.config.node_ttl_ms}
+
+    def rpc_heartbeat(self, node_id: str) -> dict:
+        with self._lock:
+            node = self.nodes.get(node_id)
+            if node is None:
+                return {"known": False, "tasks": []}
+            node.last_seen = self.clock()
+            tasks, node.tasks = node.tasks[:TASKS_PER_HEARTBEAT], node.tasks[TASKS_PER_HEARTBEAT:]
+            return {"known": True, "tasks": tasks}
+
+    def rpc_task_done(self, node_id: str, task_id: int, ok: bool) -> bool:
+        with self._lock:
+            task = self._tasks.pop(task_id, None)
+        if task is None:
+            return False
+        attached = self.cluster.add_replica_end(task.key, task.slice, bool(ok))
+        with self._lock:
+            self.counters["repairs_done" if attached else "repairs_failed"] += 1
+            if not attached:
+                self._repair[task.key] = None
+        return attached
+
+    def rpc_leave(self, node_id: str) -> None:
+        with self._lock:
+            if node_id in self.nodes:
+                self._drop_node(node_id, "left")
+
+    # ---- membership and repair -----------------------------------------------------------------
+    def _drop_node(self, node_id: str, why: str) -> None:
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return
+        self.counters["nodes_lost"] += 1
+        for name in node.segments:
+            self.segdesc.pop(name, None)
+            for key in self.cluster.unmount(name):
+                self._repair[key] = None
+        for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
+            del self._tasks[tid]   # its reserved room went with the segment
+        log.warning("node %s (%s) dropped: %s", node_id, node.endpoint, why)
+
+    def _tick_loop(self) -> None:
+        period = max(0.02, min(0.2, self.config.heartbeat_ms / 2000.0))
+        next_reclaim = 0.0
+        while not self._stop.wait(period):
+            try:
+                now = self.clock()
+                if now >= next_reclaim:
+                    next_reclaim = now + 0.5
+                    self.index.reclaim_expired()
+                if self.role == "leader":
+                    self._expire_nodes(now)
+                    self._plan_repairs(now)
+            except Exception:  # noqa: BLE001 - the ticker must survive anything
+                log.exception("master tick failed")
+
+    def _expire_nodes(self, now: float) -> None:
+        ttl = self.config.node_ttl_ms / 1000.0
+        with self._lock:
+            for node in [n for n in self.nodes.values() if now - n.last_seen > ttl]:
+                self._drop_node(node.node_id, f"no heartbeat for {ttl:.1f} s")
+            for tid in [t for t, task in self._tasks.items() if task.deadline <= now]:
+                task = self._tasks.pop(tid)
+                self.cluster.add_replica_end(task.key, task.slice, False)
+                self._repair[task.key] = None
+
+    def _plan_repairs(self, now: float) -> None:
+        with self._lock:
+            if not self._repair:
+                return
+            busy = {t.key for t in self._tasks.values()}
+            keys = [k for k in itertools.islice(self._repair, REPAIRS_PER_TICK) if k not in busy]
+            for key in keys:
+                del self._repair[key]
+                self._repair_one(key, now)
+
+    def _repair_one(self, key: str, now: float) -> None:
+        replicas = self.cluster.replicas(key)
+        if replicas is None:
+            self.want.pop(key, None)
+            return
+        want = self.want.get(key, 1)
+        if len(replicas) >= want or not replicas:
+            return
+        held = {s.segment for r in replicas for s in r}
+        src = next((self.segdesc.get(r[0].segment) for r in replicas
+                    if r[0].segment in self.segdesc), None)
+        if src is None:
+            return
+        # The target: an alive node without a replica, most free space first.
+        cands = sorted((d for d in self.segdesc.values() if d.name not in held and d.tier == "dram"),
+                       key=lambda d: self.index.segments[d.name].used - d.size
+                       if d.name in self.index.segments else 0)
+        for d in cands:
+            sl = self.cluster.add_replica_start(key, d.name)
+            if sl is None:
+                continue
+            tid = next(self._task_ids)
+            ttl = self.config.node_ttl_ms / 1000.0
+            self._tasks[tid] = Task(key, sl, d.node_id, now + 2 * ttl + 10.0)
+            src_slice = replicas[0][0]
+            self.nodes[d.node_id].tasks.append({
+                "id": tid, "key": key, "src": src.endpoint, "src_addr": src.base + src_slice.offset,
+                "segment": d.name, "offset": sl.offset, "length": sl.length})
+            self.counters["repairs_started"] += 1
+            if len(replicas) + 1 < want:
+                self._repair[key] = None   # still short: another round later
+            return
+        if cands:
+            self._repair[key] = None  # no room on any candidate now: retried next tick
+        # No other node: nothing to do until one joins (register_node re-queues).
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise InvalidParams(f"expected a string, got {type(v).__name__}")
+    return v

@@ -1,0 +1,121 @@
+"""NodeAgent: keeps a node's segments known to the master.
+
+It registers the segments (with an inventory of the records already in them),
+heartbeats, re-registers when the master no longer knows it (master restart or
+a new leader), and runs the repair tasks the master hands out in heartbeat
+answers: copy one replica from a peer node into our segment with the transfer
+engine, verify the record, report. Used by `mstore node` and by cluster clients
+that contribute a segment (global_segment_size > 0).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .._engine import ffi, lib
+from ..errors import StoreError
+from . import inventory
+
+log = logging.getLogger("mooncake_store.node")
+
+
+@dataclass
+class Mounted:
+    name: str
+    segment: Any      # DramSegment
+    tier: str = "dram"
+
+
+class NodeAgent:
+    def __init__(self, master: Any, engine: Any, mounted: list[Mounted], heartbeat_ms: int = 1000,
+                 node_id: str | None = None) -> None:
+        self.master = master          # anything with .call(method, *args) (MasterClient)
+        self.engine = engine          # TransferEngine serving the segments
+        self.mounted = {m.name: m for m in mounted}
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.endpoint = engine.get_local_hostname()
+        self.heartbeat_s = heartbeat_ms / 1000.0
+        self.registered = False
+        self.counters = {"registrations": 0, "heartbeats": 0, "tasks_ok": 0, "tasks_failed": 0,
+                         "master_errors": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        for m in mounted:
+            rc = engine.register_memory(m.segment.base, m.segment.size, fd=m.segment.fd)
+            if rc != 0:
+                raise StoreError(f"cannot register segment {m.name} with the transfer engine", rc)
+
+    def start(self) -> "NodeAgent":
+        try:
+            if not self.registered:
+                self.register()
+        except StoreError as e:   # the master may come up later; the loop keeps trying
+            log.warning("node %s: first registration failed: %s", self.node_id, e)
+        self._thread = threading.Thread(target=self._loop, name="mcs-node-agent", daemon=True)
+        self._thread.start()
+        return self
+
+    def register(self) -> None:
+        segs = [{"name": m.name, "base": m.segment.base, "size": m.segment.size, "tier": m.tier}
+                for m in self.mounted.values()]
+        inv = {m.name: inventory.scan(m.segment.ptr, m.segment.size) for m in self.mounted.values()}
+        reply = self.master.call("register_node", self.node_id, self.endpoint, segs, inv)
+        self.heartbeat_s = reply.get("heartbeat_ms", self.heartbeat_s * 1000) / 1000.0
+        self.registered = True
+        self.counters["registrations"] += 1
+
+    def close(self, leave: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if leave and self.registered:
+            try:
+                self.master.call("leave", self.node_id, timeout_ms=1000)
+            except StoreError:
+                pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if not self.registered:
+                    self.register()
+                    continue
+                reply = self.master.call("heartbeat", self.node_id)
+                self.counters["heartbeats"] += 1
+                if not reply.get("known"):
+                    self.registered = False
+                    self.register()
+                    continue
+                for task in reply.get("tasks", ()):
+                    self._run_task(task)
+            except StoreError as e:
+                self.counters["master_errors"] += 1
+                log.debug("node %s: master call failed: %s", self.node_id, e)
+            except Exception:  # noqa: BLE001 - the agent must keep heartbeating
+                log.exception("node agent iteration failed")
+
+    def _run_task(self, task: dict) -> None:
+        """Copy one record from a peer node into our segment, verify it, report."""
+        m = self.mounted.get(task["segment"])
+        ok = False
+        if m is not None and 0 <= task["offset"] and task["offset"] + task["length"] <= m.segment.size:
+            dst = m.segment.base + task["offset"]
+            try:
+                self.engine.read(task["src"], dst, task["src_addr"], task["length"])
+                ok = _verify(m.segment.ptr + task["offset"], task["length"], task["key"])
+            except StoreError as e:
+                log.info("repair of %r from %s failed: %s", task["key"], task["src"], e)
+        self.counters["tasks_ok" if ok else "tasks_failed"] += 1
+        self.master.call("task_done", self.node_id, task["id"], ok)
+
+
+def _verify(ptr: Any, length: int, key: str) -> bool:
+    kb = key.encode("utf-8", "surrogatepass")
+    info = ffi.new("mcs_rec_info *")
+    if lib.mcs_rec_check_header(ptr, length, kb, len(kb), info) != 0:
+        return False
+    return lib.mcs_crc32c(0, ptr + info.header_len, info.value_len) == info.value_crc

@@ -1,0 +1,50 @@
+"""A storage node process: DRAM segment(s) served by a transfer engine, kept known to the master."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from ..config import Config
+from .agent import Mounted, NodeAgent
+from .segment import DramSegment
+
+log = logging.getLogger("mooncake_store.node")
+
+
+class StorageNode:
+    def __init__(self, cfg: Config, dram: int, host: str = "127.0.0.1", port: int = 0,
+                 node_id: str | None = None) -> None:
+        from ..client.cluster import MasterClient, leader_resolve_for, master_addresses
+        from ..transfer import TransferEngine
+
+        self.engine = TransferEngine(f"{host}:{port}", auth_token=cfg.auth_token or None,
+                                     timeout_ms=max(1000, cfg.rpc_timeout_ms))
+        self.endpoint = self.engine.get_local_hostname()
+        self.segment = DramSegment(dram, f"mcs-node-{self.endpoint}")
+        self.master = MasterClient(master_addresses(cfg), cfg.rpc_timeout_ms, cfg.auth_token,
+                                   leader_resolve_for(cfg))
+        self.agent = NodeAgent(self.master, self.engine, [Mounted(self.endpoint, self.segment)],
+                               cfg.heartbeat_ms, node_id)
+
+    def start(self) -> "StorageNode":
+        self.agent.start()
+        return self
+
+    def close(self) -> None:
+        self.agent.close()
+        self.master.close()
+        self.engine.close()
+        self.segment.close()
+
+
+def run_until_signal(closeable: Any, ready_line: str) -> None:
+    """Print the ready line (fixtures and scripts wait for it), then serve until SIGINT/SIGTERM."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    print(ready_line, flush=True)
+    while not done.wait(1.0):
+        pass
+    closeable.close()
