@@ -36,6 +36,9 @@ class CopyArena:
 
 
 TO_STORE, FROM_STORE = "to_store", "from_store"
+# The ceiling is the best of this many equal time windows: other jobs on a shared machine
+# only ever slow a copy down, so the best window is the closest to what the hardware does.
+WINDOWS = 5
 
 
 def memcpy_chunks(arena: CopyArena, size: int, seconds: float, direction: str,
@@ -55,19 +58,24 @@ def memcpy_chunks(arena: CopyArena, size: int, seconds: float, direction: str,
     ns, nd = len(src), len(dst)
     copy = lib.mcs_copy
     i = done = 0
+    best = 0.0
     t0 = now()
     deadline = t0 + seconds
-    while done < max_bytes:
-        # Check the clock every 16 calls: keeps the ceiling's own overhead small.
-        for _ in range(16):
-            copy(dst[i % nd], src[i % ns], size)
-            i += 1
-        done += 16 * size
-        if now() >= deadline:
-            break
+    window = max(seconds / WINDOWS, 1e-3)
+    while done < max_bytes and now() < deadline:
+        w0, wbytes = now(), 0
+        while now() - w0 < window and done + wbytes < max_bytes:
+            # Check the clock every 16 calls: keeps the ceiling's own overhead small.
+            for _ in range(16):
+                copy(dst[i % nd], src[i % ns], size)
+                i += 1
+            wbytes += 16 * size
+        done += wbytes
+        best = max(best, wbytes / (now() - w0))
     secs = now() - t0
     return {"test": "ceiling_memcpy", "value_size": size, "direction": direction, "bytes": done,
-            "calls": i, "secs": round(secs, 4), "GBps": round(done / secs / 1e9, 3),
+            "calls": i, "secs": round(secs, 4), "GBps": round(best / 1e9, 3),
+            "GBps_mean": round(done / secs / 1e9, 3), "windows": WINDOWS,
             "big_mib": len(arena.big) // MiB, "small_mib": len(arena.small) // MiB}
 
 
