@@ -6,6 +6,12 @@ import pytest
 from targets import Target
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_secret(monkeypatch):
+    """Tests choose their secrets; one set in the environment must not leak in."""
+    monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
+
+
 @pytest.fixture
 def make_target():
     made: list[Target] = []
