@@ -13,7 +13,8 @@ from ..config import Config, parse_size
 from ..errors import StoreError
 from .main import app
 
-MASTER_OPT = typer.Option("127.0.0.1:50051", "--master", "-m", envvar="MOONCAKE_MASTER",
+DEFAULT_MASTER = "127.0.0.1:50051"
+MASTER_OPT = typer.Option(DEFAULT_MASTER, "--master", "-m", envvar="MOONCAKE_MASTER",
                           help="Master address(es) host:port[,host:port], or 'etcd' with --etcd.")
 ETCD_OPT = typer.Option("", "--etcd", help="etcd endpoint(s) etcd://host:port[,host:port].")
 TIMEOUT_OPT = typer.Option(5000, "--timeout-ms", help="Control-plane call timeout.")
@@ -25,6 +26,8 @@ def _fail(msg: str, code: int = 1) -> None:
 
 
 def _cfg(master: str, etcd: str, timeout_ms: int, **kw) -> Config:
+    if etcd and master == DEFAULT_MASTER:
+        master = "etcd"   # the leader comes from etcd
     try:
         return Config.load(master_server_addr=master or "etcd",
                            metadata_server=etcd or "P2PHANDSHAKE", rpc_timeout_ms=timeout_ms, **kw)
@@ -65,8 +68,10 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
         if etcd:
             from ..meta.election import Elector
 
-            svc.elector = Elector(svc, etcd, cluster_id, node_ttl_ms).start()
+            svc.elector = Elector(svc, etcd, cluster_id, node_ttl_ms)
         svc.start()
+        if svc.elector is not None:
+            svc.elector.start()
     except StoreError as e:
         _fail(str(e))
     run_until_signal(svc, f"master listening on {svc.address}")
@@ -78,6 +83,8 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
              host: str = typer.Option("127.0.0.1", help="Transfer server address."),
              port: int = typer.Option(0, help="Transfer server port (0: any free port)."),
              heartbeat_ms: int = typer.Option(1000, "--heartbeat-ms"),
+             node_ttl_ms: int = typer.Option(5000, "--node-ttl-ms",
+                                             help="etcd membership lease (ms, at least 2 s)."),
              cluster_id: str = typer.Option("default", "--cluster-id"),
              timeout_ms: int = TIMEOUT_OPT,
              auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
@@ -89,7 +96,7 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
     try:
         size = parse_size(dram, "--dram")
         cfg = _cfg(master, etcd, timeout_ms, heartbeat_ms=heartbeat_ms, auth_token=auth_token,
-                   cluster_id=cluster_id, global_segment_size=size)
+                   cluster_id=cluster_id, global_segment_size=size, node_ttl_ms=node_ttl_ms)
         node = StorageNode(cfg, size, host, port).start()
     except StoreError as e:
         _fail(str(e))

@@ -96,7 +96,7 @@ class MasterClient:
                 except (RpcFailed, RpcTimeout) as e:
                     last = e
                 except Unavailable as e:
-                    if "not the leader" not in str(e):
+                    if not str(e).startswith("not ready"):
                         raise
                     last = e
                 if single:
@@ -284,6 +284,7 @@ class ClusterSession:
         self.index = RemoteIndex(self.master)
         self.data = RemoteData(self.master, self.engine)
         self.agent = None
+        self.membership = None
         self.hostname = self.engine.get_local_hostname() if cfg.global_segment_size > 0 else \
             f"{host}:0"
 
@@ -292,11 +293,16 @@ class ClusterSession:
         from ..node.agent import Mounted, NodeAgent
 
         mounted = [Mounted(name, seg) for name, seg in segments.items()]
+        from ..node.server import join_etcd
+
         self.agent = NodeAgent(self.master, self.engine, mounted, cfg.heartbeat_ms)
+        self.membership = join_etcd(cfg, self.agent)
         self.agent.register()   # fail now, loudly, if the master is not there
         self.agent.start()
 
     def close(self) -> None:
+        if self.membership is not None:
+            self.membership.close()
         if self.agent is not None:
             self.agent.close()
         self.master.close()

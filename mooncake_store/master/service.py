@@ -29,6 +29,7 @@ from .wire import lookup_to_wire, rc_from_wire, replicas_to_wire
 log = logging.getLogger("mooncake_store.master")
 
 REPAIRS_PER_TICK = 256
+NODE_CALLS = {"register_node", "heartbeat", "task_done", "leave"}
 TASKS_PER_HEARTBEAT = 64
 
 
@@ -66,8 +67,12 @@ class MasterService:
         self.clock = clock
         self.index = ObjectIndex(self.config)
         self.cluster = ClusterIndex(self.index)
-        self.role = "leader"
+        self.role = "leader"          # leader | recovering | standby (election: meta/election.py)
         self.leader_hint = ""
+        self.membership = None        # the Elector when etcd is used
+        self.elector = None
+        self._expected: set[str] = set()
+        self._recover_until = 0.0
         self._lock = threading.RLock()
         self.nodes: dict[str, NodeRec] = {}
         self.segdesc: dict[str, SegmentDesc] = {}
@@ -93,6 +98,8 @@ class MasterService:
         return self
 
     def close(self) -> None:
+        if self.elector is not None:
+            self.elector.close()
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=5)
@@ -107,11 +114,61 @@ class MasterService:
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
 
     def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = fn.__name__[len("rpc_"):]
+        node_call = name in NODE_CALLS
+
         def call(*args: Any) -> Any:
-            if self.role != "leader" and fn.__name__ != "rpc_ping":
-                raise Unavailable(f"not the leader (leader: {self.leader_hint or 'unknown'})")
+            role = self.role
+            if role != "leader" and name != "ping" and not (role == "recovering" and node_call):
+                # MasterClient retries "not ready" answers on the leader etcd names.
+                raise Unavailable(f"not ready: this master is {role} "
+                                  f"(leader: {self.leader_hint or 'unknown'})")
             return fn(*args)
         return call
+
+    # ---- leadership (called by the Elector) -------------------------------------------------------
+    def become_leader(self, expected_nodes: set[str]) -> None:
+        """Lead with a fresh index; client calls wait until the nodes etcd lists have
+        re-registered with their inventories (or node_ttl passes), so nothing reads as missing."""
+        with self._lock:
+            self._reset_state()
+            self._expected = set(expected_nodes)
+            self._recover_until = self.clock() + self.config.node_ttl_ms / 1000.0 + 1.0
+            self.leader_hint = self.address
+            self.role = "recovering" if self._expected else "leader"
+
+    def step_down(self) -> None:
+        with self._lock:
+            self.role = "standby"
+            self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.index = ObjectIndex(self.config)
+        self.cluster = ClusterIndex(self.index)
+        self.nodes.clear()
+        self.segdesc.clear()
+        self.want.clear()
+        self._repair.clear()
+        self._tasks.clear()
+
+    def _check_recovered(self, now: float) -> None:
+        with self._lock:
+            if self.role == "recovering" and (self._expected <= set(self.nodes)
+                                              or now >= self._recover_until):
+                missing = self._expected - set(self.nodes)
+                if missing:
+                    log.warning("recovery: %d node(s) did not re-register: %s", len(missing),
+                                ", ".join(sorted(missing)))
+                self.role = "leader"
+
+    def _check_membership(self) -> None:
+        """With etcd: a node whose lease expired is gone now, not after node_ttl of silence."""
+        if self.membership is None:
+            return
+        alive = self.membership.alive_nodes()
+        with self._lock:
+            for node_id in [n for n in self.nodes if n not in alive]:
+                self._drop_node(node_id, "its etcd lease expired")
 
     # ---- client calls -------------------------------------------------------------------
     def rpc_ping(self) -> dict:
@@ -306,15 +363,20 @@ class MasterService:
 
     def _tick_loop(self) -> None:
         period = max(0.02, min(0.2, self.config.heartbeat_ms / 2000.0))
-        next_reclaim = 0.0
+        next_reclaim = next_membership = 0.0
         while not self._stop.wait(period):
             try:
                 now = self.clock()
                 if now >= next_reclaim:
                     next_reclaim = now + 0.5
                     self.index.reclaim_expired()
+                if self.role == "recovering":
+                    self._check_recovered(now)
                 if self.role == "leader":
                     self._expire_nodes(now)
+                    if now >= next_membership:
+                        next_membership = now + 0.5
+                        self._check_membership()
                     self._plan_repairs(now)
             except Exception:  # noqa: BLE001 - the ticker must survive anything
                 log.exception("master tick failed")

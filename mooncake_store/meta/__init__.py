@@ -1,1 +1,1 @@
-
+"""Metadata backends: etcd (membership leases, leader election, segment descriptors)."""

@@ -27,16 +27,31 @@ class StorageNode:
                                    leader_resolve_for(cfg))
         self.agent = NodeAgent(self.master, self.engine, [Mounted(self.endpoint, self.segment)],
                                cfg.heartbeat_ms, node_id)
+        self.membership = join_etcd(cfg, self.agent)
 
     def start(self) -> "StorageNode":
         self.agent.start()
         return self
 
     def close(self) -> None:
+        if self.membership is not None:
+            self.membership.close()
         self.agent.close()
         self.master.close()
         self.engine.close()
         self.segment.close()
+
+
+def join_etcd(cfg: Config, agent: NodeAgent) -> Any:
+    """With an etcd metadata server: hold this node's membership lease (None otherwise)."""
+    if not cfg.metadata_server.startswith("etcd://"):
+        return None
+    from ..meta.election import NodeMembership
+
+    segs = [{"name": m.name, "base": m.segment.base, "size": m.segment.size, "tier": m.tier}
+            for m in agent.mounted.values()]
+    return NodeMembership(cfg.metadata_server, cfg.cluster_id, agent.node_id, agent.endpoint, segs,
+                          cfg.node_ttl_ms)
 
 
 def run_until_signal(closeable: Any, ready_line: str) -> None:

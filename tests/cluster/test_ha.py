@@ -1,0 +1,93 @@
+"""etcd: leader election, failover without loss, membership leases (real etcd on 127.0.0.1)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from conftest import wait_until
+from mooncake_store import ReplicateConfig, Store
+from mooncake_store.meta.etcd import EtcdClient, leader_key
+from mooncake_store.rpc import RpcClient
+
+TTL = ["--node-ttl-ms", "2000"]
+
+
+def _role(addr: str) -> str:
+    try:
+        with RpcClient(addr, timeout_ms=500) as c:
+            return c.call("ping")["role"]
+    except Exception:  # noqa: BLE001 - a dead master has no role
+        return "dead"
+
+
+def _etcd_store(etcd, **kw) -> Store:
+    return Store(master="etcd", metadata_server=etcd.endpoint, global_segment_size=0,
+                 rpc_timeout_ms=2000, **kw)
+
+
+def test_etcd_client_basics(etcd):
+    c = EtcdClient(etcd.endpoint)
+    assert c.healthy()
+    c.put("/t/a", "1")
+    c.put("/t/b", "2")
+    assert c.get("/t/a") == "1" and c.get("/t/zz") is None
+    assert c.get_prefix("/t/") == {"/t/a": "1", "/t/b": "2"}
+    lease = c.lease_grant(5)
+    assert c.create("/t/lock", "me", lease) is True
+    assert c.create("/t/lock", "you") is False
+    assert c.lease_keepalive(lease) > 0
+    c.lease_revoke(lease)
+    assert c.get("/t/lock") is None          # went with its lease
+    c.delete("/t/a")
+    assert c.get("/t/a") is None
+
+
+def test_leader_failover_keeps_every_object(cluster, etcd):
+    masters = [cluster.master("--etcd", etcd.endpoint, *TTL) for _ in range(2)]
+    leader = wait_until(lambda: next((m for m in masters if _role(m.addr) == "leader"), None),
+                        what="a leader elected")
+    standby = next(m for m in masters if m is not leader)
+    assert _role(standby.addr) == "standby"
+    assert EtcdClient(etcd.endpoint).get(leader_key("default")) == leader.addr
+    for _ in range(2):
+        cluster.node("etcd", "--etcd", etcd.endpoint, *TTL)
+    values = {f"ha/{i}": np.random.default_rng(i).bytes(30_000 + i) for i in range(40)}
+    s = _etcd_store(etcd)
+    try:
+        wait_until(lambda: len(s.stats()["nodes"]) == 2, what="nodes registered with the leader")
+        for i, (k, v) in enumerate(values.items()):
+            s.put(k, v, ReplicateConfig(replica_num=2 if i % 4 == 0 else 1))
+        leader.kill()                                     # kill -9 the leader
+        t0 = time.monotonic()
+        wait_until(lambda: _role(standby.addr) in ("leader", "recovering"), timeout=15,
+                   what="standby takes over")
+        takeover_s = time.monotonic() - t0
+        # The same client follows the new leader by itself; nothing reads as missing.
+        for k, v in values.items():
+            assert s.get(k) == v
+        assert sorted(s.keys()) == sorted(values)
+        print(f"takeover in {takeover_s:.2f} s")
+        assert takeover_s < 10.0, f"takeover took {takeover_s:.1f} s"
+        s.put("ha/after", b"written through the new leader")
+        assert s.get("ha/after") == b"written through the new leader"
+    finally:
+        s.close()
+
+
+def test_node_lease_expiry_drops_the_node(cluster, etcd):
+    m = cluster.master("--etcd", etcd.endpoint, "--node-ttl-ms", "60000")   # heartbeats alone: slow
+    wait_until(lambda: _role(m.addr) == "leader", what="leader")
+    nodes = [cluster.node("etcd", "--etcd", etcd.endpoint, *TTL) for _ in range(2)]
+    s = _etcd_store(etcd)
+    try:
+        wait_until(lambda: len(s.stats()["nodes"]) == 2, what="nodes registered")
+        s.put("x", b"y" * 1000, ReplicateConfig(replica_num=2))
+        nodes[0].kill()
+        # The node's etcd lease (2 s) expires long before the master's 60 s heartbeat timeout.
+        wait_until(lambda: len(s.stats()["nodes"]) == 1, timeout=15, what="lease expiry noticed")
+        assert s.get("x") == b"y" * 1000
+        segs = EtcdClient(etcd.endpoint).get_prefix("/mooncake_store/default/segments/")
+        assert len(segs) == 1 and nodes[1].endpoint in next(iter(segs))
+    finally:
+        s.close()
