@@ -36,11 +36,55 @@ static void send_error(int fd, const mcs_wire_hdr *req, int code) {
     mcs_write_full(fd, &r, sizeof r);  /* best effort: the connection closes next */
 }
 
+/* Per-connection server state. Responses to WRITE and PING are held back
+ * while more requests are already waiting to be read, and go out together
+ * (with the next READ's data, or when the input runs dry): one send instead of
+ * one per request. The client's window bounds how many can pile up. */
+#define MCS_RESP_BATCH 64
+typedef struct {
+    mcs_conn *c;
+    mcs_wire_hdr pend[MCS_RESP_BATCH];
+    int npend;
+} serve_state;
+
+static int flush_responses(serve_state *st) {
+    if (st->npend == 0) return 0;
+    int rc = mcs_write_full(st->c->fd, st->pend, (size_t)st->npend * sizeof(mcs_wire_hdr));
+    st->npend = 0;
+    return rc;
+}
+
+/* Next request header: taken at once when it is there, else after flushing
+ * the held responses and sleeping in poll() (idle costs nothing; the socket
+ * timeout then bounds a request that stalls half way). 0 or nonzero = close. */
+static int next_header(serve_state *st, uint8_t raw[MCS_WIRE_HDR]) {
+    int fd = st->c->fd;
+    ssize_t r = recv(fd, raw, MCS_WIRE_HDR, MSG_DONTWAIT);
+    if (r == MCS_WIRE_HDR) return 0;
+    if (r == 0) return 1;
+    if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return 1;
+    size_t got = r > 0 ? (size_t)r : 0;
+    if (flush_responses(st)) return 1;
+    while (got == 0) {
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        int pr = poll(&pf, 1, -1);
+        if (pr > 0) break;
+        if (pr < 0 && errno != EINTR) return 1;
+    }
+    return mcs_read_full(fd, raw + got, MCS_WIRE_HDR - got) != 0;
+}
+
+static int hold_response(serve_state *st, const mcs_wire_hdr *resp) {
+    st->pend[st->npend++] = *resp;
+    return st->npend == MCS_RESP_BATCH ? flush_responses(st) : 0;
+}
+
 /* Serve one request; 0 to keep the connection, nonzero to close it. */
-static int serve_one(mcs_engine *e, mcs_conn *c) {
+static int serve_one(mcs_engine *e, serve_state *st) {
+    mcs_conn *c = st->c;
     int fd = c->fd;
     uint8_t raw[MCS_WIRE_HDR];
-    if (mcs_read_full(fd, raw, sizeof raw)) return 1;
+    if (next_header(st, raw)) return 1;
     mcs_wire_hdr h;
     mcs_wire_decode(&h, raw);
     int rc = mcs_wire_validate(e, &h);
@@ -48,24 +92,26 @@ static int serve_one(mcs_engine *e, mcs_conn *c) {
         rc = mcs_region_acquire(e, h.addr, h.length);
     if (rc) {
         atomic_fetch_add(&e->bad_requests, 1);
-        send_error(fd, &h, rc);
+        if (flush_responses(st) == 0) send_error(fd, &h, rc);  /* after the earlier answers */
         return 1;
     }
     mcs_wire_hdr resp = {.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
                          .opcode = (uint16_t)(h.opcode | MCS_WOP_RESP), .req_id = h.req_id,
                          .addr = h.addr};
-    if (h.opcode == MCS_WOP_PING) return mcs_write_full(fd, &resp, sizeof resp) != 0;
-    if (h.opcode == MCS_WOP_RDMA) return mcs_rdma_serve_connect(e, c, &h) != 0;
+    if (h.opcode == MCS_WOP_PING) return hold_response(st, &resp) != 0;
+    if (h.opcode == MCS_WOP_RDMA) return flush_responses(st) || mcs_rdma_serve_connect(e, c, &h) != 0;
     void *mem = (void *)(uintptr_t)h.addr;
     int io;
     if (h.opcode == MCS_WOP_WRITE) {
         io = mcs_read_full(fd, mem, h.length);
         mcs_region_release(e, h.addr);
-        if (io == 0) io = mcs_write_full(fd, &resp, sizeof resp);
+        if (io == 0) io = hold_response(st, &resp);
     } else {
         resp.length = h.length;
-        struct iovec iov[2] = {{&resp, sizeof resp}, {mem, h.length}};
-        io = mcs_writev_full(fd, iov, 2);
+        struct iovec iov[3] = {{st->pend, (size_t)st->npend * sizeof(mcs_wire_hdr)},
+                               {&resp, sizeof resp}, {mem, h.length}};
+        io = st->npend ? mcs_writev_full(fd, iov, 3) : mcs_writev_full(fd, iov + 1, 2);
+        st->npend = 0;
         mcs_region_release(e, h.addr);
     }
     if (io) return 1;
@@ -82,13 +128,11 @@ static void *conn_main(void *arg) {
         if (c->is_unix) {
             mcs_shm_serve_conn(e, c->fd);
         } else {
-            for (;;) {
-                /* Wait for the next header without a timeout (idle is fine);
-                 * the socket timeout then bounds a stalled request. */
-                struct pollfd pf = {.fd = c->fd, .events = POLLIN};
-                int pr = poll(&pf, 1, -1);
-                if (pr < 0 && errno == EINTR) continue;
-                if (pr < 0 || serve_one(e, c)) break;
+            serve_state *st = calloc(1, sizeof *st);
+            if (st) {
+                st->c = c;
+                while (serve_one(e, st) == 0) {}
+                free(st);
             }
         }
     }
@@ -378,23 +422,37 @@ static void recv_one(mcs_stream *st) {
     mcs_slice_done(e, inflight_pop(st), 0, s->len);
 }
 
-static int send_slice(mcs_stream *st, mcs_slice *s) {
-    mcs_wire_hdr h = {.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
-                      .opcode = s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE,
-                      .req_id = ++st->next_id, .addr = s->remote, .length = s->len};
-    s->wire_id = h.req_id;
-    struct iovec iov[2] = {{&h, sizeof h}, {(void *)(uintptr_t)s->local, s->len}};
-    int rc = mcs_writev_full(st->fd, iov, s->op == MCS_OP_WRITE ? 2 : 1);
+#define MCS_RUN_MAX 32
+
+/* Send a run of same-op slices with one sendmsg (headers, and payloads for
+ * writes); on success they are in flight, in order. */
+static int send_run(mcs_stream *st, mcs_slice **run, int n) {
+    mcs_wire_hdr h[MCS_RUN_MAX];
+    struct iovec iov[2 * MCS_RUN_MAX];
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        mcs_slice *s = run[i];
+        h[i] = (mcs_wire_hdr){.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
+                              .opcode = s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE,
+                              .req_id = ++st->next_id, .addr = s->remote, .length = s->len};
+        s->wire_id = h[i].req_id;
+        iov[k++] = (struct iovec){&h[i], sizeof h[i]};
+        if (s->op == MCS_OP_WRITE) iov[k++] = (struct iovec){(void *)(uintptr_t)s->local, s->len};
+    }
+    int rc = mcs_writev_full(st->fd, iov, k);
     if (rc) return rc;
-    s->next = NULL;
-    if (st->it)
-        st->it->next = s;
-    else
-        st->ih = s;
-    st->it = s;
-    st->n_inflight++;
-    st->inflight_bytes += s->len;
-    if (s->op == MCS_OP_READ) st->reads_inflight++;
+    for (int i = 0; i < n; i++) {
+        mcs_slice *s = run[i];
+        s->next = NULL;
+        if (st->it)
+            st->it->next = s;
+        else
+            st->ih = s;
+        st->it = s;
+        st->n_inflight++;
+        st->inflight_bytes += s->len;
+        if (s->op == MCS_OP_READ) st->reads_inflight++;
+    }
     return 0;
 }
 
@@ -425,33 +483,39 @@ static void *stream_main(void *arg) {
     mcs_peer *p = st->peer;
     mcs_engine *e = p->e;
     uint64_t max_bytes = 4 * e->opts.slice_bytes;
+    mcs_slice *run[MCS_RUN_MAX];
     for (;;) {
-        mcs_slice *s = NULL;
+        int n = 0;
+        uint64_t bytes = 0;
         pthread_mutex_lock(&p->mu);
         while (!p->stop && st->n_inflight == 0 && !p->qh) pthread_cond_wait(&p->cv, &p->mu);
         if (p->stop) {
             pthread_mutex_unlock(&p->mu);
             break;
         }
-        if (p->qh && st->n_inflight < e->opts.window && st->inflight_bytes < max_bytes) {
-            s = p->qh;
+        /* Take a run of queued slices with the same opcode, within the window. */
+        while (p->qh && n < MCS_RUN_MAX && st->n_inflight + n < e->opts.window &&
+               st->inflight_bytes + bytes < max_bytes && (n == 0 || p->qh->op == run[0]->op)) {
+            mcs_slice *s = p->qh;
             p->qh = s->next;
             if (!p->qh) p->qt = NULL;
             s->next = NULL;
+            run[n++] = s;
+            bytes += s->len;
         }
         pthread_mutex_unlock(&p->mu);
 
-        if (!s) {
+        if (n == 0) {
             recv_one(st);
             continue;
         }
         /* A write payload must not be pushed while read data is on its way
          * back, or both ends could block in send() on full buffers. */
-        while (s->op == MCS_OP_WRITE && st->reads_inflight > 0 && st->fd >= 0) recv_one(st);
+        while (run[0]->op == MCS_OP_WRITE && st->reads_inflight > 0 && st->fd >= 0) recv_one(st);
         int rc = st->fd < 0 ? stream_connect(st) : 0;
-        if (rc == 0) rc = send_slice(st, s);
+        if (rc == 0) rc = send_run(st, run, n);
         if (rc) {
-            mcs_slice_done(e, s, rc, 0);
+            for (int i = 0; i < n; i++) mcs_slice_done(e, run[i], rc, 0);
             if (st->fd >= 0) stream_broken(st, rc);
         }
     }
