@@ -188,3 +188,19 @@ def test_ghost_counts_stay_bounded_by_cached_keys():
     for v in list(p.victims())[:10]:
         p.on_remove(v)
     assert len(p._ghost) <= len(p._state) == 40
+
+
+def test_one_huge_batch_does_not_make_each_eviction_scan_it():
+    p = PrefixLFRUPolicy()
+    keys = [f"k{i}" for i in range(20000)]
+    p.hint_prefix(keys)
+    for k in keys:
+        p.on_insert(k, 1)
+    it = p.victims()
+    assert next(it) == keys[-1]  # the tail
+    # The rest of the run streams: the first victims come without a full sort,
+    # and every key still comes out exactly once.
+    rest = list(it)
+    assert len(rest) == len(keys) - 1 and set(rest) == set(keys[:-1])
+    assert rest[:PrefixLFRUPolicy._RUN_CAP] == sorted(
+        keys[:PrefixLFRUPolicy._RUN_CAP], key=lambda k: -int(k[1:]))

@@ -89,6 +89,7 @@ class PrefixLFRUPolicy:
     credit_scale = 0.7
     _DEAD, _ONCE = 0, 1
     _MAX_CLASS = 24
+    _RUN_CAP = 512  # longer than any request of the shipped trace (247 blocks)
 
     def __init__(self, credit_scale: float | None = None) -> None:
         if credit_scale is not None:
@@ -190,18 +191,28 @@ class PrefixLFRUPolicy:
 
     def _ordered(self, cls: int, credit: float) -> Iterator[tuple[float, int, str]]:
         """One queue in eviction order: by time, and within one request deepest first.
-        Lazy: only the runs the caller reaches are sorted."""
+        Lazy: only the runs the caller reaches are sorted, and a run longer than
+        _RUN_CAP keys (a huge batch) streams in queue order, so a call costs at
+        most _RUN_CAP steps before its first victim."""
         state = self._state
         run: list[tuple[float, int, str]] = []
         run_tick = None
+        streaming = False
         for key in self._queues[cls]:
             tick, _uses, depth, _cls = state[key]
-            if tick != run_tick and run:
+            if tick != run_tick:
                 run.sort()
                 yield from run
-                run = []
-            run_tick = tick
-            run.append((tick + credit, -depth, key))
+                run, run_tick, streaming = [], tick, False
+            item = (tick + credit, -depth, key)
+            if streaming:
+                yield item
+                continue
+            run.append(item)
+            if len(run) >= self._RUN_CAP:
+                run.sort()
+                yield from run
+                run, streaming = [], True
         run.sort()
         yield from run
 
