@@ -53,6 +53,8 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
                node_ttl_ms: int = typer.Option(5000, "--node-ttl-ms",
                                                help="A node silent this long is dead."),
                auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
+               metrics_port: int = typer.Option(0, "--metrics-port",
+                                                help="Serve /metrics and /health here (0: off)."),
                verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a master (the object index and placement). With --etcd, masters elect a leader."""
     from ..master.service import MasterService
@@ -72,6 +74,11 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
         svc.start()
         if svc.elector is not None:
             svc.elector.start()
+        if metrics_port:
+            from ..master.metrics import MetricsServer, master_values
+
+            svc.metrics = MetricsServer("mstore_master", lambda: master_values(svc),
+                                        lambda: svc.role in ("leader", "standby"), metrics_port, host)
     except StoreError as e:
         _fail(str(e))
     run_until_signal(svc, f"master listening on {svc.address}")
@@ -88,6 +95,8 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
              cluster_id: str = typer.Option("default", "--cluster-id"),
              timeout_ms: int = TIMEOUT_OPT,
              auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
+             metrics_port: int = typer.Option(0, "--metrics-port",
+                                              help="Serve /metrics and /health here (0: off)."),
              verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a storage node contributing a DRAM segment to the cluster."""
     from ..node.server import StorageNode, run_until_signal
@@ -98,6 +107,11 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
         cfg = _cfg(master, etcd, timeout_ms, heartbeat_ms=heartbeat_ms, auth_token=auth_token,
                    cluster_id=cluster_id, global_segment_size=size, node_ttl_ms=node_ttl_ms)
         node = StorageNode(cfg, size, host, port).start()
+        if metrics_port:
+            from ..master.metrics import MetricsServer, node_values
+
+            node.metrics = MetricsServer("mstore_node", lambda: node_values(node),
+                                         lambda: node.agent.registered, metrics_port, host)
     except StoreError as e:
         _fail(str(e))
     run_until_signal(node, f"node {node.agent.node_id} serving {node.endpoint}")

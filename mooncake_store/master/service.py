@@ -71,6 +71,7 @@ class MasterService:
         self.leader_hint = ""
         self.membership = None        # the Elector when etcd is used
         self.elector = None
+        self.metrics = None           # MetricsServer when --metrics-port is given
         self._expected: set[str] = set()
         self._recover_until = 0.0
         self._lock = threading.RLock()
@@ -98,6 +99,8 @@ class MasterService:
         return self
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self.elector is not None:
             self.elector.close()
         self._stop.set()

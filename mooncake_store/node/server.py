@@ -28,12 +28,15 @@ class StorageNode:
         self.agent = NodeAgent(self.master, self.engine, [Mounted(self.endpoint, self.segment)],
                                cfg.heartbeat_ms, node_id)
         self.membership = join_etcd(cfg, self.agent)
+        self.metrics = None
 
     def start(self) -> "StorageNode":
         self.agent.start()
         return self
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self.membership is not None:
             self.membership.close()
         self.agent.close()

@@ -1,0 +1,68 @@
+"""Admin CLI (`mstore status/ls/get/put/rm/stat`) and the /metrics and /health endpoints."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+from conftest import CLI, free_port, wait_nodes
+
+
+def mstore(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, timeout=60)
+    if ok:
+        assert out.returncode == 0, out.stderr.decode()
+    return out
+
+
+def _http(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_admin_commands(cluster, tmp_path):
+    m = cluster.master()
+    cluster.node(m.addr)
+    wait_nodes(m.addr, 1)
+    src = tmp_path / "in.bin"
+    src.write_bytes(bytes(range(256)) * 1000)
+    mm = ["--master", m.addr]
+    assert b"256000 bytes" in mstore("put", "docs/a", str(src), *mm).stdout
+    mstore("put", "docs/b", str(src), *mm)
+    mstore("put", "other", str(src), *mm)
+    assert mstore("ls", "docs/", *mm).stdout.decode().split() == ["docs/a", "docs/b"]
+    dst = tmp_path / "out.bin"
+    mstore("get", "docs/a", "-o", str(dst), *mm)
+    assert dst.read_bytes() == src.read_bytes()
+    assert mstore("get", "docs/b", *mm).stdout == src.read_bytes()
+    st = json.loads(mstore("stat", "docs/a", *mm).stdout)
+    assert st["size"] == 256000 and len(st["replicas"]) == 1
+    status = json.loads(mstore("status", "--json", *mm).stdout)
+    assert status["objects"] == 3 and len(status["nodes"]) == 1 and status["role"] == "leader"
+    assert "docs/a" not in mstore("status", *mm).stdout.decode()   # the table: segments, not keys
+    mstore("rm", "docs/a", "--force", *mm)
+    miss = mstore("get", "docs/a", *mm, ok=False)
+    assert miss.returncode != 0 and b"not found" in miss.stderr
+    dead = mstore("status", "--master", f"127.0.0.1:{free_port()}", "--timeout-ms", "300", ok=False)
+    assert dead.returncode != 0 and b"cannot reach" in dead.stderr and b"Traceback" not in dead.stderr
+
+
+def test_metrics_and_health(cluster):
+    mport, nport = free_port(), free_port()
+    m = cluster.master("--metrics-port", str(mport))
+    cluster.node(m.addr, "--metrics-port", str(nport))
+    wait_nodes(m.addr, 1)
+    code, text = _http(f"http://127.0.0.1:{mport}/metrics")
+    assert code == 200
+    assert "mstore_master_is_leader 1.0" in text and "mstore_master_nodes 1.0" in text
+    assert _http(f"http://127.0.0.1:{mport}/health") == (200, "ok\n")
+    code, text = _http(f"http://127.0.0.1:{nport}/metrics")
+    assert code == 200 and "mstore_node_registered 1.0" in text
+    assert "mstore_node_segment_bytes 3.3554432e+07" in text
+    assert _http(f"http://127.0.0.1:{nport}/health")[0] == 200
+    assert _http(f"http://127.0.0.1:{nport}/nope")[0] == 404
