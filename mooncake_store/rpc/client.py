@@ -72,15 +72,19 @@ class RpcClient:
             req_id = next(self._ids)
             frame = pack_request(req_id, method, list(args), self.token)
             start = time.monotonic()
-            if not sock.poll(min(timeout, self.connect_timeout_ms), zmq.POLLOUT):
-                self._reset()
-                raise RpcFailed(f"{method}: cannot reach {self.addr} "
-                                f"(no connection within {min(timeout, self.connect_timeout_ms)} ms)")
             try:
-                sock.send(frame, zmq.NOBLOCK)
+                sock.send(frame, zmq.NOBLOCK)   # connected already: the common, cheap case
             except zmq.Again:
-                self._reset()
-                raise RpcFailed(f"{method}: connection to {self.addr} went away") from None
+                wait = min(timeout, self.connect_timeout_ms)
+                if not sock.poll(wait, zmq.POLLOUT):
+                    self._reset()
+                    raise RpcFailed(f"{method}: cannot reach {self.addr} "
+                                    f"(no connection within {wait} ms)") from None
+                try:
+                    sock.send(frame, zmq.NOBLOCK)
+                except zmq.Again:
+                    self._reset()
+                    raise RpcFailed(f"{method}: connection to {self.addr} went away") from None
             deadline = start + timeout / 1000.0
             while True:
                 left = int((deadline - time.monotonic()) * 1000)
