@@ -102,8 +102,25 @@ class SeaweedFS:
         except OSError:
             return ""
 
-    def pause(self) -> None:
+    def pause(self, timeout: float = 5.0) -> None:
         os.kill(self.proc.pid, signal.SIGSTOP)
+        # SIGSTOP lands asynchronously; on a loaded VM a thread may still answer one more
+        # request. Wait until every thread reports the stopped state.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._all_stopped():
+            time.sleep(0.01)
+
+    def _all_stopped(self) -> bool:
+        task_dir = f"/proc/{self.proc.pid}/task"
+        try:
+            for tid in os.listdir(task_dir):
+                with open(f"{task_dir}/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                if state not in ("T", "t"):
+                    return False
+        except OSError:
+            return True  # no procfs (or the thread went away): nothing more to wait for
+        return True
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
