@@ -209,3 +209,46 @@ def test_verify_on_open_drops_bad_values(tmp_path):
         assert t.keys() == [b"good"]
     with SSDTier(tmp_path, "4MB") as t:
         assert t.keys() == [b"good"]
+
+
+def test_concurrent_put_get_remove_never_returns_wrong_bytes(tmp_path):
+    import threading
+
+    errors = []
+    with SSDTier(tmp_path, "16MB", sync="periodic", sync_interval_s=0.01) as t:
+        def worker(w):
+            rng = np.random.default_rng(w)
+            try:
+                for n in range(150):
+                    i = int(rng.integers(0, 24))
+                    size = 1000 + 37 * i * i * 10
+                    op = rng.integers(0, 3)
+                    if op == 0:
+                        t.put(f"k{i}", _val(i, size))
+                    elif op == 1:
+                        try:
+                            got = t.read(f"k{i}")
+                        except ObjectNotFound:
+                            continue
+                        if got != _val(i, size):
+                            errors.append(f"wrong bytes for k{i}")
+                    else:
+                        t.remove(f"k{i}")
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(60)
+        assert not errors, errors[:5]
+        st = t.stats()
+        assert st["syncs"] > 0 and st["checksum_errors"] == 0
+        live = set(t.keys())
+        used = t.used
+    with SSDTier(tmp_path, "16MB") as t:
+        assert set(t.keys()) == live and t.used == used
+        for k in live:
+            i = int(k[1:])
+            assert t.read(k) == _val(i, 1000 + 37 * i * i * 10)
