@@ -8,7 +8,8 @@ data. Page caches are dropped before every pass when /proc/sys/vm/drop_caches is
 writable (root); otherwise the O_DIRECT passes are still cold and the buffered
 ones are reported as warm.
 
-    python bench/bench_ssd.py [--dir DIR] [--objects 256] [--size 4MiB] [--rounds 6] [--group 4] [--json]
+    python bench/bench_ssd.py [--dir DIR] [--objects 256] [--size 4MiB] [--rounds 6]
+                              [--group 4] [--json]
 """
 from __future__ import annotations
 

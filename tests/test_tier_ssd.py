@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from mooncake_store.codec import decode_header, encode_header
+from mooncake_store.codec import encode_header
 from mooncake_store.errors import ChecksumMismatch, InvalidParams, NoSpace, ObjectNotFound, \
     Unavailable
 from mooncake_store.node.ssd import BLOCK, DATA_NAME, SSDTier
-from mooncake_store._engine import ffi, lib
+from mooncake_store._engine import lib
 
 KiB, MiB = 1 << 10, 1 << 20
 SIZES = [1, 63, 64, 100, 4000, 4032, 4096, 4097, 12345, 256 * KiB, MiB + 7, 3 * MiB, 17 * MiB]
