@@ -38,6 +38,12 @@ def test_module_entry_point_runs():
                          cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 0, res.stderr
     assert __version__ in res.stdout
+    res = subprocess.run([sys.executable, "-m", "mooncake_store.cli.main", "--help"],
+                         capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 0, res.stderr
+    # Commands that register from their own modules are there too under `python -m`.
+    assert "bench" in res.stdout and "trace" in res.stdout
 
 
 def test_help_lists_bench():
@@ -183,6 +189,8 @@ def test_goals_from_records():
     goals = {g["name"]: g["met"] for g in report.goals(rows)}
     assert goals == {"put_from 4 MiB / memcpy": True, "get_into 4 MiB / memcpy": False,
                      "4 KiB get ops/s, 1 thread": True}
+    # The goals are for the embedded store: a cluster run does not claim them.
+    assert report.goals([{"test": "params", "master": "127.0.0.1:50051"}, *rows]) == []
 
 
 def test_plan_validation():
@@ -193,3 +201,60 @@ def test_plan_validation():
     with pytest.raises(ValueError):
         quick_plan(ws_mib=8, seg_mib=64).validate()  # the batch phases need 128 MiB
     assert quick_plan().buf_mib >= 16                # holds a 64 x 256 KiB batch
+
+
+# ---- the remote column against a real master ---------------------------------------------------
+@pytest.fixture
+def master_addr():
+    """A real `mstore master` on a free 127.0.0.1 port, stopped by PID afterwards."""
+    import os
+    import select
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "mooncake_store.cli.main", "master",
+                             "--port", "0", "--lease-ttl-ms", "500"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        addr = None
+        while addr is None and time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            line = proc.stdout.readline() if ready else ""
+            if "listening on" in line:
+                addr = line.rsplit(" ", 1)[-1].strip()
+        if addr is None:
+            pytest.fail(f"master did not start (rc={proc.poll()})")
+        yield addr
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_bench_store_with_master_adds_the_remote_column(master_addr):
+    res = runner.invoke(app, ["bench", "store", "--master", master_addr, "--sizes", "64K",
+                              "--seconds", "0.05", "--ws-mib", "8", "--seg-mib", "256",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    recs = _lines(res.stdout)
+    tp = [r for r in recs if r["test"] == "throughput"]
+    assert {r["path"] for r in tp} == {"local", "remote_tcp"}
+    for r in tp:
+        assert r["ops"] > 0 and r["fails"] == 0, r
+        if r["op"] == "get":
+            assert r["verified"] is True
+    remote = [r for r in tp if r["path"] == "remote_tcp"]
+    assert all(r["client"] == "reader" and "x_tcp_ceiling" in r for r in remote)
+    assert not [r for r in recs if r["test"] == "goal"]      # goals are for the embedded store
+
+
+def test_bench_store_unreachable_master_is_a_clean_error():
+    res = runner.invoke(app, ["bench", "store", "--master", "127.0.0.1:1", "--sizes", "4K",
+                              "--seconds", "0.05", "--ws-mib", "8", "--seg-mib", "256"])
+    assert res.exit_code == 1
+    assert "cannot open the store" in res.output and "Traceback" not in res.output

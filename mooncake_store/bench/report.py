@@ -39,8 +39,11 @@ def _f(x: Any, fmt: str = "{:.2f}") -> str:
 
 # ---- goals ------------------------------------------------------------------------------------
 def goals(records: list[dict]) -> list[dict]:
-    """The performance goals of issue 2, evaluated on this run's records."""
-    out = []
+    """The performance goals of issue 2 (embedded store), evaluated on this run's records."""
+    out: list[dict] = []
+    params = (_by(records, "params") or [{}])[0]
+    if params.get("master", "embedded") != "embedded":
+        return out
     for op in ("put", "get"):
         row = next((r for r in _by(records, "throughput") if r["op"] == op and r["api"] == "zc"
                     and r["value_size"] == 4 * MiB and r["path"] == "local"), None)
@@ -136,9 +139,10 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
     t = _table("Throughput per value size (x memcpy = GB/s / memcpy ceiling of that size "
                "and direction)")
     show_path = mooncake is not None or len({r["path"] for r in rows}) > 1
+    show_tcp = any("x_tcp_ceiling" in r for r in rows)
     for col in ("size", "op", "mode", "path", "GB/s", "ops/s", "p50 us", "p99 us",
-                "memcpy", "x memcpy"):
-        if col == "path" and not show_path:
+                "memcpy", "x memcpy", "x tcp"):
+        if (col == "path" and not show_path) or (col == "x tcp" and not show_tcp):
             continue
         t.add_column(col, justify="left" if col in ("op", "mode", "path") else "right")
     if mooncake is not None:
@@ -155,6 +159,7 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
         cells += [f"{r['GBps']:.2f}", f"{r['ops_per_s']:,.0f}",
                  _f(r.get("p50_us"), "{:.1f}"), _f(r.get("p99_us"), "{:.1f}"),
                  _f(r.get("memcpy_GBps")), _f(r.get("x_memcpy"))]
+        cells += [_f(r.get("x_tcp_ceiling"))] if show_tcp else []
         if mooncake is not None:
             m = match(r, mooncake)
             cells += [_f(m and m.get("GBps")), _path_cell(r, m),

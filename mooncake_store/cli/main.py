@@ -37,4 +37,8 @@ from . import cluster as _cluster  # noqa: E402,F401  (master, node, status, ls,
 
 
 if __name__ == "__main__":
-    app()
+    # Under `python -m` this file runs as __main__, while the command modules register on
+    # `mooncake_store.cli.main.app`: run that one, so every command is there.
+    from mooncake_store.cli.main import app as _registered_app
+
+    _registered_app()
