@@ -59,6 +59,10 @@ def test_parts_header_passthrough_and_replace(tmp_path):
         t.put("h", v, header=hdr)
         h, got = t.read_record("h")
         assert got == v and (h.codec, h.raw_len, h.epoch) == (2, 9000, 7)
+        t.put_record(hdr + v + b"trailing bytes are not part of the record")
+        assert t.read("h") == v
+        with pytest.raises(ChecksumMismatch):
+            t.put_record(hdr + v[:-1] + b"!")
         # a value that no longer matches the header it came with is refused, not stored
         with pytest.raises(ChecksumMismatch):
             t.put("h2", v[:-1] + b"x", header=encode_header(b"h2", len(v), h.value_crc))

@@ -35,7 +35,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -71,7 +71,8 @@ class _Entry:
     offset: int
     header: Header
     readers: int = 0
-    removed: bool = False
+    removed: bool = False    # gone from the index (a failing concurrent read means "removed")
+    freeable: bool = False   # its head is zeroed on disk: the space may go back once unread
 
     @property
     def length(self) -> int:
@@ -404,10 +405,25 @@ class SSDTier(TierBackend):
                            epoch=epoch)
         h = spec.parsed
         length = h.header_len + h.value_len
-        self.remove(spec.key)  # replace = remove first: never two records for one key
-        off = self._allocate(length, spec.key)
+        kb = spec.key
         try:
-            h = decode_header(self._write_record(off, spec))
+            off = self._allocate(length, kb)
+        except NoSpace:
+            if not self.remove(kb):  # a replace may reuse the old record's space
+                raise
+            off = self._allocate(length, kb)
+
+        def retire_old() -> None:
+            # Replacing: the old record dies after the new value is on disk and verified,
+            # and before the new header lands, so a crash never leaves two records for
+            # one key, and a put that fails keeps the old value.
+            with self._lock:
+                old = self._index.pop(kb, None)
+            if old is not None:
+                self._retire(kb, old)
+
+        try:
+            h = decode_header(self._write_record(off, spec, retire_old))
         except BaseException:
             with self._lock:
                 self._alloc.free(off, length)
@@ -437,8 +453,9 @@ class SSDTier(TierBackend):
                     raise
             return off
 
-    def _write_record(self, off: int, spec) -> bytes:
-        """Value blocks first, then the head block(s): a visible header implies its value."""
+    def _write_record(self, off: int, spec, before_head: Callable[[], None]) -> bytes:
+        """Value blocks first, then the head block(s): a visible header implies its value.
+        before_head runs once the value is written and its CRC checked."""
         h = spec.parsed
         hlen, vlen = h.header_len, h.value_len
         total = _round(hlen + vlen)
@@ -446,7 +463,7 @@ class SSDTier(TierBackend):
         cursor = PartCursor(spec.parts)
         bufsz = self._pool.size
         if total <= bufsz:
-            return self._write_small(off, spec, cursor, total, head)
+            return self._write_small(off, spec, cursor, total, head, before_head)
         hb = self._pool.take()
         db = self._pool.take()
         try:
@@ -464,6 +481,7 @@ class SSDTier(TierBackend):
             hdr = finish_header(spec, crc)
             if self.sync == "always":
                 self._sync()
+            before_head()
             ffi.memmove(hb[1], hdr, hlen)
             with memoryview(hb[0]) as hmv:
                 self._pwrite_all(hmv[:head], off)
@@ -473,7 +491,8 @@ class SSDTier(TierBackend):
             self._pool.give(db)
             self._pool.give(hb)
 
-    def _write_small(self, off: int, spec, cursor: PartCursor, total: int, head: int) -> bytes:
+    def _write_small(self, off: int, spec, cursor: PartCursor, total: int, head: int,
+                     before_head: Callable[[], None]) -> bytes:
         h = spec.parsed
         hlen, vlen = h.header_len, h.value_len
         b = self._pool.take()
@@ -489,6 +508,7 @@ class SSDTier(TierBackend):
                     self._pwrite_all(mv[head:total], off + head)
                     if self.sync == "always":
                         self._sync()
+                before_head()
                 self._pwrite_all(mv[:head], off)
             self._after_write()
             return hdr
@@ -651,7 +671,7 @@ class SSDTier(TierBackend):
     def _unpin(self, kb: bytes, e: _Entry) -> None:
         with self._lock:
             e.readers -= 1
-            if e.removed and e.readers == 0:
+            if e.freeable and e.readers == 0:
                 self._alloc.free(e.offset, e.length)
 
     def remove(self, key: bytes | str) -> bool:
@@ -669,6 +689,8 @@ class SSDTier(TierBackend):
         """Zero the head on disk, then free the space (after the last reader).
         If the zeroing fails the space stays allocated: reusing it could leave the old
         header valid on disk and bring the object back at the next restart."""
+        with self._lock:
+            e.removed = True
         zapped = False
         try:
             self._zap(e.offset)
@@ -677,12 +699,12 @@ class SSDTier(TierBackend):
                 self._sync()
         finally:
             with self._lock:
-                e.removed = True
                 if not zapped:
                     self._stats["leaked_on_error"] = self._stats.get("leaked_on_error", 0) + 1
-                    e.readers += 1 << 30  # never reaches zero: never freed
-                if e.readers == 0:
-                    self._alloc.free(e.offset, e.length)
+                else:
+                    e.freeable = True
+                    if e.readers == 0:
+                        self._alloc.free(e.offset, e.length)
 
     def _drop(self, kb: bytes, e: _Entry) -> None:
         with self._lock:

@@ -190,6 +190,14 @@ class TierBackend(abc.ABC):
     def close(self) -> None:
         ...
 
+    def put_record(self, record: Any) -> Any:
+        """Store a contiguous `header + value` buffer (e.g. a DRAM replica) verbatim;
+        the value is checked against the header's CRC on the way."""
+        mv = memoryview(record).cast("B")
+        hdr = decode_header(mv, limit=len(mv))
+        end = hdr.header_len + hdr.value_len
+        return self.put(hdr.key, mv[hdr.header_len:end], header=mv[:hdr.header_len])
+
     def __len__(self) -> int:
         return sum(1 for _ in self.scan())
 
