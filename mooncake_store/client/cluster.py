@@ -344,6 +344,11 @@ class ClusterSession:
         self.agent.register()   # fail now, loudly, if the master is not there
         self.agent.start()
 
+    @staticmethod
+    def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any],
+                  config: ReplicateConfig | None, upsert: bool, flags: int = 0) -> list[int]:
+        return batch_put(store, keys, make_region, config, upsert, flags)
+
     def close(self) -> None:
         if self.membership is not None:
             self.membership.close()
@@ -351,3 +356,46 @@ class ClusterSession:
             self.agent.close()
         self.master.close()
         self.engine.close()
+
+
+def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any],
+              config: ReplicateConfig | None, upsert: bool, flags: int = 0) -> list[int]:
+    """A batch put in three steps whatever the batch size: one batch_put_start RPC, the
+    writes, one batch_put_end RPC (and one batch_put_revoke for writes that failed)."""
+    pairs = store._keys(keys)
+    out = [0] * len(pairs)
+    regions: list[Any] = [None] * len(pairs)
+    todo = []
+    for i in range(len(pairs)):
+        try:
+            r = make_region(i)
+            if r.size == 0:
+                raise InvalidParams("value must not be empty")
+            regions[i] = r
+            todo.append(i)
+        except StoreError as e:
+            out[i] = int(e.code)
+    if not todo:
+        return out
+    starts = store._index.batch_put_start([pairs[i][0] for i in todo],
+                                          [regions[i].size for i in todo], config, upsert)
+    written, failed = [], []
+    for i, (code, replicas) in zip(todo, starts):
+        if code != 0:
+            out[i] = code
+            continue
+        if replicas is None:
+            continue   # the key exists: a put is a no-op
+        try:
+            store._write_replicas(pairs[i][1], replicas, regions[i].ptr, regions[i].size, flags)
+            written.append(i)
+        except StoreError as e:
+            out[i] = int(e.code)
+            failed.append(pairs[i][0])
+    if failed:
+        store._index.m.call("batch_put_revoke", failed)
+    if written:
+        for i, code in zip(written, store._index.batch_put_end([pairs[i][0] for i in written],
+                                                               flags)):
+            out[i] = code
+    return out

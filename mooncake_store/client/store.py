@@ -375,6 +375,8 @@ class Store:
                   config: ReplicateConfig | None = None) -> list[int]:
         self._check_open()
         self._same_len(keys, values)
+        if self._cluster is not None:   # one RPC per step instead of two per key
+            return self._cluster.batch_put(self, keys, lambda i: region(values[i]), config, False)
         self._keys(keys)
         return self._each(lambda k, v: self.put(k, v, config), keys, values)
 
@@ -382,6 +384,8 @@ class Store:
                      config: ReplicateConfig | None = None) -> list[int]:
         self._check_open()
         self._same_len(keys, values)
+        if self._cluster is not None:
+            return self._cluster.batch_put(self, keys, lambda i: region(values[i]), config, True)
         self._keys(keys)
         return self._each(lambda k, v: self.upsert(k, v, config), keys, values)
 
@@ -390,6 +394,10 @@ class Store:
                        config: ReplicateConfig | None = None, upsert: bool = False) -> list[int]:
         self._check_open()
         self._same_len(keys, bufs, sizes)
+        if self._cluster is not None:
+            return self._cluster.batch_put(
+                self, keys, lambda i: self._zc_region(bufs[i], sizes[i] if sizes else None, False),
+                config, upsert)
         self._keys(keys)
         fn = self.upsert_from if upsert else self.put_from
         sizes = sizes if sizes is not None else [None] * len(keys)

@@ -63,6 +63,11 @@ def test_batch_apis_across_three_nodes(cluster):
     values = [_value(i, 64 << 10) for i in range(48)]
     with store(m.addr) as s:
         assert s.batch_put(keys, values) == [0] * 48
+        assert s.batch_put([keys[0], "b/empty"], [b"not stored", b""]) == [0, -600]
+        arr = np.frombuffer(values[0], dtype=np.uint8).copy()
+        assert s.batch_put_from(["b/zc"], [arr]) == [0]
+        assert s.get("b/zc") == values[0] and s.get(keys[0]) == values[0]
+        s.remove("b/zc", force=True)
         assert s.batch_get(keys + ["b/missing"]) == values + [None]
         assert s.batch_exists(keys[:3] + ["nope"]) == [True, True, True, False]
         assert s.longest_prefix(keys[:5] + ["nope"] + keys[5:7]) == 5
