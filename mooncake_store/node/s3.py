@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote
 
 from .._engine import ffi, lib
 from ..codec import MAX_KEY_LEN, Header, decode_header, header_size
@@ -175,16 +175,14 @@ class S3Tier(TierBackend):
             return self.cfg.prefix + enc
         return f"{self.cfg.prefix}_h/{hashlib.sha256(kb).hexdigest()}"
 
-    def _key_of_name(self, name: str) -> bytes | None:
-        rest = name[len(self.cfg.prefix):]
-        return None if "/" in rest else unquote_to_bytes(rest)
-
     # ---- bounded retries --------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[], Any], create_bucket: bool = False) -> Any:
         """fn() with bounded retries. create_bucket: a write may create a missing bucket;
         for anything else a missing bucket is a missing object."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore import exceptions as bex
 
+        transient = (bex.ConnectionError, bex.HTTPClientError, bex.ResponseStreamingError,
+                     bex.IncompleteReadError, OSError)
         c = self.cfg
         start = time.monotonic()
         attempt = 0
@@ -195,7 +193,7 @@ class S3Tier(TierBackend):
                 with self._lock:
                     self._stats["available"] = True
                 return out
-            except ClientError as e:
+            except bex.ClientError as e:
                 code = str(e.response.get("Error", {}).get("Code", ""))
                 status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if code in _MISSING or (code == "NoSuchBucket" and not create_bucket):
@@ -209,8 +207,13 @@ class S3Tier(TierBackend):
                     err.transient = False
                     raise err from None
                 last = f"{code} (HTTP {status})"
-            except (BotoCoreError, OSError) as e:  # connection refused/reset, timeouts
+            except transient as e:  # connection refused/reset, timeouts, cut-off bodies
                 last = f"{type(e).__name__}: {e}"
+            except bex.BotoCoreError as e:  # no credentials, bad parameters: retrying won't help
+                self._failed(f"{what}: {e}")
+                err = TransferFailed(f"S3 {what} failed: {type(e).__name__}: {e}")
+                err.transient = False
+                raise err from None
             elapsed = time.monotonic() - start
             delay = random.uniform(0, min(c.backoff_cap_s, c.backoff_base_s * 2 ** attempt))
             if attempt >= c.max_attempts or elapsed + delay > c.retry_deadline_s:
