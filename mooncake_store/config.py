@@ -78,10 +78,12 @@ class Config:
     heartbeat_ms: int = 1000
     node_ttl_ms: int = 5000
     cluster_id: str = "default"
+    stripe_size: int = 4 << 20   # cluster: values larger than this are split over several nodes
     enable_client_http_server: bool = False
     client_http_port: int = 9300
 
-    _SIZES = ("global_segment_size", "local_buffer_size", "max_value_size", "ssd_capacity")
+    _SIZES = ("global_segment_size", "local_buffer_size", "max_value_size", "ssd_capacity",
+              "stripe_size")
     _ALIASES = {"master": "master_server_addr", "capacity": "global_segment_size",
                 "device_name": "rdma_devices", "default_kv_lease_ttl": "lease_ttl_ms"}
 

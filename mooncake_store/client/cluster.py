@@ -27,7 +27,8 @@ from ..errors import (ErrorCode, InvalidParams, RpcFailed, RpcTimeout, StoreErro
 from ..master.index import Lookup
 from ..master.wire import lookup_from_wire, rc_to_wire, replicas_from_wire
 from ..replica import Replica, ReplicateConfig, Slice
-from ..codec import encode_header, header_size
+from ..codec import FIXED_SIZE, encode_header, header_size
+from ..master.cluster_index import parse_stripe_key, stripe_key
 from ..rpc import RpcClient
 from ..transfer import READ, WRITE
 
@@ -290,6 +291,80 @@ class RemoteData:
                 or lib.mcs_crc32c(0, dst, vlen) != info.value_crc:
             return int(ErrorCode.CHECKSUM_MISMATCH)
         return vlen
+
+
+    # ---- striped replicas: one record per slice, moved in parallel across nodes ----------------
+    def write_striped(self, kb: bytes, replicas: list[Replica], src: Any, n: int, epoch: int,
+                      flags: int) -> None:
+        key = kb.decode("utf-8", "surrogatepass")
+        keep = []
+        for r, replica in enumerate(replicas):
+            jobs, at = [], 0
+            for i, sl in enumerate(replica):
+                skb = stripe_key(key, r, i, len(replica), n).encode("utf-8", "surrogatepass")
+                part = sl.length - header_size(len(skb))
+                hdr = encode_header(skb, part, lib.mcs_crc32c(0, src + at, part), epoch, flags=flags)
+                h = ffi.from_buffer(hdr)
+                keep.append(h)
+                jobs.append((sl, [(_addr(h), 0, len(hdr)), (_addr(src) + at, len(hdr), part)]))
+                at += part
+            if at != n:
+                raise StoreError(f"stripes hold {at} bytes, value has {n}", ErrorCode.INVALID_WRITE)
+            self._parallel(WRITE, jobs)
+
+    def read_striped(self, key: str, look: Lookup, dst: Any, dst_len: int) -> int:
+        """Value length, or a negative code; tries each replica until one verifies."""
+        if dst_len < look.size:
+            return int(ErrorCode.INVALID_PARAMS)
+        code = int(ErrorCode.CHECKSUM_MISMATCH)
+        for replica in look.replicas:
+            hdrs, jobs, at = [], [], 0
+            for i, sl in enumerate(replica):
+                hlen = header_size(len(stripe_key(key, 0, i, len(replica), look.size).encode(
+                    "utf-8", "surrogatepass")))
+                hb = ffi.from_buffer(bytearray(hlen))
+                part = sl.length - hlen
+                hdrs.append((hb, hlen, part, at, i))
+                jobs.append((sl, [(_addr(hb), 0, hlen), (_addr(dst) + at, hlen, part)]))
+                at += part
+            try:
+                self._parallel(READ, jobs)
+            except StoreError:
+                code = int(ErrorCode.TRANSFER_FAIL)
+                continue
+            if at == look.size and all(self._stripe_ok(key, look, len(replica), dst, *h)
+                                       for h in hdrs):
+                return look.size
+        return code
+
+    @staticmethod
+    def _stripe_ok(key: str, look: Lookup, k: int, dst: Any, hb: Any, hlen: int, part: int,
+                   at: int, i: int) -> bool:
+        info = ffi.new("mcs_rec_info *")
+        if lib.mcs_rec_check_header(hb, hlen + part, ffi.NULL, 0, info) != 0 \
+                or info.header_len != hlen or info.value_len != part:
+            return False
+        parsed = parse_stripe_key(bytes(ffi.buffer(hb, hlen)[FIXED_SIZE:]).rstrip(b"\0")
+                                  .decode("utf-8", "surrogatepass"))
+        if parsed is None or parsed[0] != key or parsed[2:] != (i, k, look.size):
+            return False
+        return lib.mcs_crc32c(0, dst + at, part) == info.value_crc
+
+    def _parallel(self, op: int, jobs: list[tuple[Slice, list]]) -> None:
+        """Submit every slice's batch first (to different nodes), then wait for all."""
+        pending = []
+        try:
+            for sl, parts in jobs:
+                endpoint, base, size = self._where(sl.segment)
+                if sl.offset + sl.length > size:
+                    raise TransferFailed(f"slice {sl} lies outside segment {sl.segment}")
+                pending.append(self.engine.submit(
+                    endpoint, op, [p[0] for p in parts], [base + sl.offset + p[1] for p in parts],
+                    [p[2] for p in parts]))
+        finally:
+            statuses = [self.engine.wait(bid) for bid in pending]
+        if len(pending) < len(jobs) or any(x.state != "completed" for st in statuses for x in st):
+            raise TransferFailed("a stripe transfer failed")
 
 
 def _addr(p: Any) -> int:

@@ -181,6 +181,9 @@ class Store:
     # ---- data path -----------------------------------------------------------------------------
     def _write_replicas(self, kb: bytes, replicas: list[Replica], src: Any, n: int,
                         flags: int) -> None:
+        if len(replicas[0]) > 1:   # striped over several nodes (cluster mode only)
+            self._remote.write_striped(kb, replicas, src, n, self._epoch, flags)
+            return
         for replica in replicas:
             sl = replica[0]
             seg = self._segments.get(sl.segment)
@@ -198,6 +201,8 @@ class Store:
                 raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the "
                                     f"{look.size}-byte value")
             return self._tiers.read_into(look.tier, key, kb, dst, dst_len, look.size)
+        if look.replicas and len(look.replicas[0]) > 1:   # striped (cluster mode only)
+            return self._read_striped(key, look, dst, dst_len)
         unreachable = 0
         for replica in look.replicas:
             sl = replica[0]
@@ -218,6 +223,18 @@ class Store:
         if unreachable:   # an unreachable replica may be intact: do not drop the object
             raise TransferFailed(f"key {key!r}: no replica could be reached")
         # Every replica failed verification: never serve it again.
+        self._index.remove_many([key], force=True)
+        raise ChecksumMismatch(f"key {key!r}: stored bytes failed verification; object dropped")
+
+    def _read_striped(self, key: str, look: Lookup, dst: Any, dst_len: int) -> int:
+        n = self._remote.read_striped(key, look, dst, dst_len)
+        if n >= 0:
+            return n
+        if n == ErrorCode.INVALID_PARAMS:
+            raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the "
+                                f"{look.size}-byte value")
+        if n == ErrorCode.TRANSFER_FAIL:
+            raise TransferFailed(f"key {key!r}: no replica could be reached")
         self._index.remove_many([key], force=True)
         raise ChecksumMismatch(f"key {key!r}: stored bytes failed verification; object dropped")
 

@@ -22,6 +22,7 @@ from .index import PIN_NONE, Obj, ObjectIndex
 class ClusterIndex:
     def __init__(self, index: ObjectIndex) -> None:
         self.ix = index
+        self.striped = StripedPuts(self)
 
     def unmount(self, segment: str) -> list[str]:
         """Forget a segment and every replica on it; returns keys that still have a replica."""
@@ -55,11 +56,15 @@ class ClusterIndex:
         size disagrees with a known object of the same key is skipped)."""
         ix = self.ix
         n = 0
+        stripes: list[tuple] = []
         with ix.lock:
             seg = ix.segments.get(segment)
             if seg is None:
                 return 0
             for key, offset, length, size, flags in inventory:
+                if STRIPE_SEP in key:
+                    stripes.append((key, offset, length, flags))
+                    continue
                 obj = ix._objects.get(key)
                 if obj is not None and (obj.size != size or _touches(obj.replicas, segment)):
                     continue
@@ -74,6 +79,8 @@ class ClusterIndex:
                 else:
                     obj.replicas.append(replica)
                 n += 1
+        for skey, offset, length, flags in stripes:   # outside the lock: it takes it itself
+            n += self.striped.adopt_stripe(segment, skey, offset, length, flags)
         return n
 
     def replicas(self, key: str) -> list[Replica] | None:
@@ -89,7 +96,8 @@ class ClusterIndex:
         with ix.lock:
             obj = ix._objects.get(key)
             seg = ix.segments.get(segment)
-            if obj is None or seg is None or not obj.replicas or _touches(obj.replicas, segment):
+            if obj is None or seg is None or not obj.replicas or _touches(obj.replicas, segment) \
+                    or len(obj.replicas[0]) != 1:   # striped replicas are not repaired (yet)
                 return None
             length = sum(s.length for s in obj.replicas[0])
             off = seg.allocator.alloc(length)
@@ -117,3 +125,113 @@ def _on(replica: Replica, segment: str) -> bool:
 
 def _touches(replicas: Iterable[Replica], segment: str) -> bool:
     return any(_on(r, segment) for r in replicas)
+
+
+# ---- striping -----------------------------------------------------------------------------------
+STRIPE_SEP = "\x00"
+
+
+def stripe_key(key: str, replica: int, part: int, parts: int, total: int) -> str:
+    """The key written in the header of one stripe: findable by an inventory scan, and
+    carrying what is needed to reassemble the object from its stripes."""
+    return f"{key}{STRIPE_SEP}{replica}/{part}/{parts}/{total}"
+
+
+def parse_stripe_key(skey: str) -> tuple[str, int, int, int, int] | None:
+    base, sep, rest = skey.rpartition(STRIPE_SEP)
+    if not sep:
+        return None
+    try:
+        r, i, k, total = (int(x) for x in rest.split("/"))
+    except ValueError:
+        return None
+    return base, r, i, k, total
+
+
+def stripe_parts(size: int, stripe: int) -> list[int]:
+    k = -(-size // stripe)
+    base, extra = divmod(size, k)
+    return [base + (1 if i < extra else 0) for i in range(k)]
+
+
+class StripedPuts:
+    """put_start for values above the stripe size: each replica is several slices on
+    different segments, each slice one self-contained record (header + part)."""
+
+    def __init__(self, cluster: ClusterIndex) -> None:
+        self.c = cluster
+        self.partial: dict[tuple[str, int], dict] = {}   # inventory stripes waiting for siblings
+
+    def put_start(self, key: str, size: int, rc, stripe: int, upsert: bool) -> list[Replica] | None:
+        from ..codec import header_size
+        from ..errors import NoSpace
+        from .index import PIN_HARD, PIN_SOFT
+
+        ix = self.c.ix
+        parts = stripe_parts(size, stripe)
+        now = ix.clock()
+        with ix.lock:
+            if key in ix._pending or (not upsert and key in ix._objects):
+                return None
+            segs = sorted((s for s in ix.segments.values() if s.tier == "dram"),
+                          key=lambda s: s.used - s.capacity)
+            if not segs:
+                raise NoSpace("no segment is mounted")
+            replicas: list[Replica] = []
+            try:
+                for r in range(rc.replica_num if len(segs) > 1 else 1):
+                    slices = []
+                    for i, n in enumerate(parts):
+                        length = header_size(len(stripe_key(key, r, i, len(parts), size).encode())) + n
+                        # Part i of replica r on segment (i + r) mod S: neighbours differ.
+                        for j in range(len(segs)):
+                            seg = segs[(i + r + j) % len(segs)]
+                            off = seg.allocator.alloc(length)
+                            if off is not None:
+                                slices.append(Slice(seg.name, off, length))
+                                break
+                        else:
+                            raise NoSpace(f"no room for stripe {i} of {key!r}")
+                    replicas.append(tuple(slices))
+            except NoSpace:
+                ix._free_replicas(replicas + ([tuple(slices)] if slices else []))
+                raise
+            pin, pin_until = 0, 0.0
+            if rc.with_hard_pin:
+                pin = PIN_HARD
+            elif rc.with_soft_pin:
+                pin, pin_until = PIN_SOFT, now + (rc.soft_pin_ttl_ms or ix.config.soft_pin_ttl_ms) / 1000
+            obj = Obj(key, size, replicas, pin, pin_until, now + ix.config.put_timeout_ms / 1000.0)
+            ix._pending[key] = obj
+            return replicas
+
+    def adopt_stripe(self, segment: str, skey: str, offset: int, length: int, flags: int) -> bool:
+        """An inventory entry that is one stripe: reserve it; attach the replica when all its
+        stripes have been seen (they may come from several nodes, in any order)."""
+        parsed = parse_stripe_key(skey)
+        if parsed is None:
+            return False
+        key, r, i, k, total = parsed
+        ix = self.c.ix
+        with ix.lock:
+            seg = ix.segments.get(segment)
+            if seg is None or not seg.allocator.reserve(offset, length):
+                return False
+            group = self.partial.setdefault((key, r), {"k": k, "total": total, "flags": flags,
+                                                       "parts": {}})
+            group["parts"][i] = Slice(segment, offset, length)
+            if len(group["parts"]) < k:
+                return True
+            del self.partial[(key, r)]
+            replica = tuple(group["parts"][j] for j in range(k))
+            obj = ix._objects.get(key)
+            if obj is None:
+                obj = Obj(key, total, [replica], 0, 0.0, 0.0)
+                obj.complete, obj.flags = True, flags
+                ix._objects[key] = obj
+                ix.policy.on_insert(key, total)
+            elif obj.size == total:
+                obj.replicas.append(replica)
+            else:
+                ix._free_replicas([replica])
+            return True

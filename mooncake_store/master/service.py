@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ..config import Config
 from ..errors import InvalidParams, Unavailable
-from ..replica import Slice
+from ..replica import ReplicateConfig, Slice
 from ..rpc import RpcServer
 from .cluster_index import ClusterIndex
 from .index import ObjectIndex
@@ -179,7 +179,15 @@ class MasterService:
 
     def rpc_put_start(self, key: str, size: int, rc: Any = None, upsert: bool = False) -> Any:
         cfg = rc_from_wire(rc)
-        replicas = self.index.put_start(_str(key), size, cfg, upsert=bool(upsert))
+        stripe = self.config.stripe_size
+        if stripe and isinstance(size, int) and size > stripe and len(self.segdesc) > 1 \
+                and not (cfg and (cfg.preferred_segment or cfg.preferred_segments)):
+            if size > self.config.max_value_size:
+                raise InvalidParams(f"value of {size} bytes exceeds max_value_size")
+            replicas = self.cluster.striped.put_start(_str(key), size, cfg or ReplicateConfig(), stripe,
+                                                      bool(upsert))
+        else:
+            replicas = self.index.put_start(_str(key), size, cfg, upsert=bool(upsert))
         if replicas is not None and cfg is not None and cfg.replica_num > 1:
             with self._lock:
                 self.want[key] = cfg.replica_num

@@ -225,3 +225,30 @@ def test_compat_api_against_a_cluster(cluster):
     finally:
         a.close()
         b.close()
+
+
+def test_striped_64mib_value_across_nodes(cluster):
+    port = free_port()
+    m = cluster.master(port=port)
+    for _ in range(3):
+        cluster.node(m.addr, dram="64MB")
+    wait_nodes(m.addr, 3)
+    big = np.random.default_rng(7).bytes(64 << 20)
+    with store(m.addr) as s:
+        s.put("striped", big, ReplicateConfig(replica_num=2))
+        st = s._index.stat("striped")
+        assert len(st["replicas"]) == 2
+        for rep in st["replicas"]:
+            assert len(rep) == 16                                  # 4 MiB stripes
+            assert len({sl["segment"] for sl in rep}) == 3         # spread over every node
+        assert s.get("striped") == big
+        out = np.empty(64 << 20, dtype=np.uint8)
+        assert s.get_into("striped", out) == 64 << 20 and out.tobytes() == big
+        s.put("small", b"not striped")
+    # A new master finds the stripes in the nodes' inventories and reassembles the object.
+    m.kill()
+    m2 = cluster.master(port=port)
+    with store(m2.addr) as s:
+        wait_until(lambda: len(s.stats()["nodes"]) == 3, what="nodes re-registered")
+        assert sorted(s.keys()) == ["small", "striped"]
+        assert s.get("striped") == big
