@@ -179,7 +179,7 @@ def test_single_request_length_is_capped(server):
     try:
         s = _connect(te.port)
         with s:
-            s.sendall(HDR.pack(MAGIC, 1, 2, 0, 0, 1, base, (64 << 20) + 1))
+            s.sendall(HDR.pack(MAGIC, 1, 1, 0, 0, 1, base, (64 << 20) + 1))  # READ
             resp = HDR.unpack(_recv_exact(s, HDR.size))
             assert resp[3] == ErrorCode.INVALID_PARAMS and resp[7] == 0
     finally:
@@ -212,7 +212,7 @@ def test_pipelined_reads_without_reading_answers_stay_bounded(server):
     s = _connect(te.port)
     s.setblocking(False)
     sent = 0
-    req = HDR.pack(MAGIC, 1, 2, 0, 0, 1, base, 1 << 20)
+    req = HDR.pack(MAGIC, 1, 1, 0, 0, 1, base, 1 << 20)  # READ
     try:
         for _ in range(2000):
             try:
