@@ -55,6 +55,12 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
                auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
                metrics_port: int = typer.Option(0, "--metrics-port",
                                                 help="Serve /metrics and /health here (0: off)."),
+               stripe_size: str = typer.Option("4MB", "--stripe-size",
+                                               help="Split larger values over several nodes."),
+               hot_reads_per_s: float = typer.Option(0.0, "--hot-reads-per-s",
+                                                     help="Add replicas to objects read faster "
+                                                          "than this (0: off)."),
+               hot_max_replicas: int = typer.Option(3, "--hot-max-replicas"),
                verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a master (the object index and placement). With --etcd, masters elect a leader."""
     from ..master.service import MasterService
@@ -65,8 +71,9 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
         cfg = Config.load(lease_ttl_ms=lease_ttl_ms, put_timeout_ms=put_timeout_ms,
                           heartbeat_ms=heartbeat_ms, node_ttl_ms=node_ttl_ms, auth_token=auth_token,
                           cluster_id=cluster_id, metadata_server=etcd or "P2PHANDSHAKE",
-                          global_segment_size=0)
-        svc = MasterService(cfg, host, port)
+                          global_segment_size=0, stripe_size=stripe_size)
+        svc = MasterService(cfg, host, port, hot_reads_per_s=hot_reads_per_s,
+                            hot_max_replicas=hot_max_replicas)
         if etcd:
             from ..meta.election import Elector
 

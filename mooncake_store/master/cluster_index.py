@@ -115,6 +115,18 @@ class ClusterIndex:
             ix._free_replicas([(sl,)])
             return False
 
+    def drop_replica(self, key: str, keep: int) -> int:
+        """Free replicas beyond the first `keep` (newest first); space of a leased object is
+        parked until its lease ends. Returns how many were dropped."""
+        ix = self.ix
+        with ix.lock:
+            obj = ix._objects.get(key)
+            if obj is None or len(obj.replicas) <= keep:
+                return 0
+            extra, obj.replicas = obj.replicas[keep:], obj.replicas[:keep]
+            ix._graveyard_or_free(extra, obj.lease_until)
+            return len(extra)
+
     def object_count(self) -> int:
         return len(self.ix._objects)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .wire import lookup_to_wire, rc_from_wire, replicas_to_wire
 log = logging.getLogger("mooncake_store.master")
 
 REPAIRS_PER_TICK = 256
+HEAT_TAU_S = 2.0          # decay time constant of the per-object read rate
 NODE_CALLS = {"register_node", "heartbeat", "task_done", "leave"}
 TASKS_PER_HEARTBEAT = 64
 
@@ -62,8 +64,16 @@ class Task:
 
 class MasterService:
     def __init__(self, config: Config | None = None, host: str = "127.0.0.1", port: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hot_reads_per_s: float = 0.0,
+                 hot_max_replicas: int = 3) -> None:
         self.config = config or Config()
+        # Hot objects: a decayed read rate per key read lately; above the threshold the
+        # object gets extra replicas (up to the cap), dropped again once it cools down.
+        self.hot_threshold = hot_reads_per_s
+        self.hot_cap = hot_max_replicas
+        self._heat: dict[str, list[float]] = {}   # key -> [rate, last update]
+        self._hot: dict[str, int] = {}            # key -> replica count it had before it got hot
+        self._rotate = 0
         self.clock = clock
         self.index = ObjectIndex(self.config)
         self.cluster = ClusterIndex(self.index)
@@ -228,10 +238,60 @@ class MasterService:
                 pass
 
     def rpc_get_replicas(self, key: str) -> list:
-        return lookup_to_wire(self.index.get_replicas(_str(key)))
+        return self._spread(key, self.index.get_replicas(_str(key)))
 
     def rpc_batch_get_replicas(self, keys: list) -> list:
-        return [lookup_to_wire(x) for x in self.index.batch_get_replicas(keys)]
+        return [self._spread(k, x) for k, x in zip(keys, self.index.batch_get_replicas(keys))]
+
+    def _spread(self, key: str, look: Any) -> list | None:
+        """Count the read (hot-object detection) and rotate the replica order, so readers of
+        a replicated object spread over its nodes instead of all reading the first."""
+        if look is None:
+            return None
+        if self.hot_threshold > 0:
+            self._count_read(key)
+        w = lookup_to_wire(look)
+        reps = w[1]
+        if len(reps) > 1:
+            self._rotate += 1
+            k = self._rotate % len(reps)
+            w[1] = reps[k:] + reps[:k]
+        return w
+
+    def _count_read(self, key: str) -> None:
+        now = self.clock()
+        h = self._heat.get(key)
+        if h is None:
+            self._heat[key] = [1.0, now]
+            return
+        h[0] = h[0] * math.exp(-(now - h[1]) / HEAT_TAU_S) + 1.0
+        h[1] = now
+        if h[0] / HEAT_TAU_S > self.hot_threshold and key not in self._hot:
+            replicas = self.cluster.replicas(key)
+            if replicas and len(replicas[0]) == 1 and len(replicas) < self.hot_cap:
+                with self._lock:
+                    self._hot[key] = max(len(replicas), self.want.get(key, 1))
+                    self.want[key] = min(self.hot_cap, len(self.segdesc))
+                    self._repair[key] = None
+                    self.counters["hot_promotions"] = self.counters.get("hot_promotions", 0) + 1
+
+    def _cool_down(self, now: float) -> None:
+        """Forget cold heat entries; drop the extra replicas of objects no longer hot."""
+        if not self._heat:
+            return
+        for key, (rate, t) in list(self._heat.items()):
+            rate *= math.exp(-(now - t) / HEAT_TAU_S)
+            if rate / HEAT_TAU_S >= self.hot_threshold / 4:
+                continue
+            del self._heat[key]
+            base = self._hot.pop(key, None)
+            if base is not None:
+                with self._lock:
+                    self.want[key] = base
+                    if base <= 1:
+                        self.want.pop(key, None)
+                dropped = self.cluster.drop_replica(key, base)
+                self.counters["hot_demotions"] = self.counters.get("hot_demotions", 0) + bool(dropped)
 
     def rpc_exists(self, key: str) -> bool:
         return self.index.exists(_str(key))
@@ -374,7 +434,7 @@ class MasterService:
 
     def _tick_loop(self) -> None:
         period = max(0.02, min(0.2, self.config.heartbeat_ms / 2000.0))
-        next_reclaim = next_membership = 0.0
+        next_reclaim = next_membership = next_cool = 0.0
         while not self._stop.wait(period):
             try:
                 now = self.clock()
@@ -389,6 +449,9 @@ class MasterService:
                         next_membership = now + 0.5
                         self._check_membership()
                     self._plan_repairs(now)
+                    if self.hot_threshold > 0 and now >= next_cool:
+                        next_cool = now + 0.5
+                        self._cool_down(now)
             except Exception:  # noqa: BLE001 - the ticker must survive anything
                 log.exception("master tick failed")
 

@@ -252,3 +252,28 @@ def test_striped_64mib_value_across_nodes(cluster):
         wait_until(lambda: len(s.stats()["nodes"]) == 3, what="nodes re-registered")
         assert sorted(s.keys()) == ["small", "striped"]
         assert s.get("striped") == big
+
+
+def test_hot_object_gets_extra_replicas_then_cools_down(cluster):
+    m = cluster.master("--hot-reads-per-s", "20", "--hot-max-replicas", "3")
+    for _ in range(3):
+        cluster.node(m.addr)
+    wait_nodes(m.addr, 3)
+    value = np.random.default_rng(3).bytes(100_000)
+    with store(m.addr) as s:
+        s.put("hot", value)
+        s.put("cold", b"read once")
+        nreps = lambda k: len(s._index.stat(k)["replicas"])  # noqa: E731
+        for _ in range(400):                      # well above 20 reads/s
+            assert s.get("hot") == value
+            if nreps("hot") == 3:
+                break
+        wait_until(lambda: nreps("hot") == 3, what="hot object replicated")
+        segs = {r[0]["segment"] for r in s._index.stat("hot")["replicas"]}
+        assert len(segs) == 3
+        orders = {s._index.get_replicas("hot").replicas[0][0].segment for _ in range(6)}
+        assert len(orders) > 1                     # reads spread over the replicas
+        assert s.get("hot") == value and nreps("cold") == 1
+        wait_until(lambda: nreps("hot") == 1, timeout=30, what="extra replicas dropped when cold")
+        assert s.get("hot") == value
+        assert s.stats()["hot_promotions"] >= 1
