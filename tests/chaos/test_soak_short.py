@@ -1,0 +1,35 @@
+"""The CI-sized soak (bench/soak.py): ~10 s of mixed ops on an embedded store with
+an SSD tier under eviction pressure; every read verified, resources bounded."""
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import soak  # noqa: E402
+
+
+def test_value_encoding_catches_wrong_bytes():
+    v = soak.make_value("a", 3, 8)
+    assert soak.check_value("a", v, 8) == 3
+    assert soak.check_value("b", v, 8) is None                 # another key's bytes
+    assert soak.check_value("a", v[:-1] + b"\0", 8) is None    # one byte off
+    assert soak.check_value("a", soak.make_value("a", 4, 8), 8) == 4
+
+
+def test_short_soak(monkeypatch):
+    monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
+    args = soak.argparse.Namespace(minutes=0, seconds=10, threads=3, keys=1500, max_kib=32,
+                                   dram="16MB", ssd="256MB", cluster=False, progress=False)
+    out = soak.run(args)
+    assert out["wrong_bytes"] == 0, out["wrong_examples"]
+    assert not [k for k in out["errors_by_code"] if k.startswith("unexpected")], out["errors_by_code"]
+    assert set(out["ops_by_kind"]) == set(soak.Worker.WEIGHTS)
+    st = out["store"]["stats"]
+    assert st["evictions"] > 0 and st["demotions"] > 0 and st["cold_hits"] > 0
+    g = out["growth_after_warmup"]
+    assert g["fds"] <= soak.FD_BOUND and g["threads"] <= soak.THREAD_BOUND
+    assert g["rss_mib"] <= soak.RSS_BOUND_MIB
+    assert out["ok"]
