@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from types import SimpleNamespace
@@ -397,9 +398,11 @@ class ClusterSession:
         self.master = MasterClient(master_addresses(cfg), cfg.rpc_timeout_ms, cfg.auth_token,
                                    leader_resolve_for(cfg))
         host = cfg.local_hostname.split(":")[0] or "127.0.0.1"
+        # MOONCAKE_SHM=0 forces tcp even on the same host (benchmarks of the cross-host path).
         self.engine = TransferEngine(host if cfg.global_segment_size > 0 else None,
                                      auth_token=cfg.auth_token or None,
-                                     timeout_ms=max(1000, cfg.rpc_timeout_ms))
+                                     timeout_ms=max(1000, cfg.rpc_timeout_ms),
+                                     use_shm=os.environ.get("MOONCAKE_SHM", "1") != "0")
         self.index = RemoteIndex(self.master)
         self.data = RemoteData(self.master, self.engine)
         self.agent = None
