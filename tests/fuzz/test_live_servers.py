@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import boundaries as b
 import zmtp
-from conftest import N, fuzz_settings
+from fuzzcfg import N, fuzz_settings
 
 from mooncake_store.rpc.client import RpcClient
 from mooncake_store.rpc.protocol import pack_request

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import boundaries as b
-from conftest import fuzz_settings
+from fuzzcfg import fuzz_settings
 
 from mooncake_store.transfer import TransferEngine
 

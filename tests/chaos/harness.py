@@ -1,0 +1,149 @@
+"""Shared pieces of the fault-injection suite: a verifying load thread, the row each
+test reports, and the cluster fixtures of tests/cluster (loaded, not copied).
+
+Values come from bench/soak.py (derived from key and generation), so every read is
+checked end to end. A row is appended (JSON line) to $MCS_CHAOS_RESULTS when set;
+docs/RELIABILITY.md is filled from such a run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import soak  # noqa: E402
+
+from mooncake_store.errors import ErrorCode, StoreError  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("cluster_fixtures",
+                                               os.path.join(ROOT, "tests", "cluster", "conftest.py"))
+cf = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cf)
+
+MAX_KIB = 16
+
+
+def value(key: str, gen: int = 1) -> bytes:
+    return soak.make_value(key, gen, MAX_KIB)
+
+
+def verify(key: str, data: bytes, gen: int = 1) -> bool:
+    return soak.check_value(key, data, MAX_KIB) == gen
+
+
+class Load(threading.Thread):
+    """put/get/exists/remove on its own keys until stopped (bounded by max_s).
+
+    `acked` holds the keys whose put returned OK and that were not removed since:
+    those must read back exactly (or, when eviction is possible, miss cleanly).
+    """
+
+    def __init__(self, store, prefix: str, keys: int = 400, put_config=None, max_s: float = 120.0,
+                 seed: int = 0, ops=("put", "get", "get", "exists", "remove")) -> None:
+        super().__init__(daemon=True, name=f"load-{prefix}")
+        self.s, self.prefix, self.cfg, self.max_s = store, prefix, put_config, max_s
+        self.keys = [f"{prefix}/{i}" for i in range(keys)]
+        self.rng = random.Random(seed)
+        self.ops_list = ops
+        self.stop_ev = threading.Event()
+        self.acked: set[str] = set()
+        self.attempted = self.ok = self.failed_clean = self.wrong = self.misses = 0
+        self.unexpected: list[str] = []
+        self.errors: dict[str, int] = {}
+        self.fail_times: list[float] = []
+        self.lock = threading.Lock()
+
+    def _one(self, op: str, key: str) -> None:
+        if op == "put":
+            self.s.put(key, value(key), self.cfg) if self.cfg else self.s.put(key, value(key))
+            with self.lock:
+                self.acked.add(key)
+        elif op == "get":
+            try:
+                data = self.s.get(key)
+            except StoreError as e:
+                if e.code == ErrorCode.OBJECT_NOT_FOUND and key not in self.acked:
+                    return
+                raise
+            if not verify(key, data):
+                self.wrong += 1
+        elif op == "exists":
+            self.s.exists(key)
+        elif op == "remove":
+            with self.lock:
+                self.acked.discard(key)   # before: a remove that fails half way may still remove
+            try:
+                self.s.remove(key, force=True)
+            except StoreError as e:
+                if e.code != ErrorCode.OBJECT_NOT_FOUND:
+                    raise
+
+    def run(self) -> None:
+        t_end = time.monotonic() + self.max_s
+        while not self.stop_ev.is_set() and time.monotonic() < t_end:
+            op = self.rng.choice(self.ops_list)
+            key = self.rng.choice(self.keys)
+            self.attempted += 1
+            try:
+                self._one(op, key)
+                self.ok += 1
+            except StoreError as e:
+                self.failed_clean += 1
+                self.fail_times.append(time.monotonic())
+                name = ErrorCode(e.code).name
+                self.errors[name] = self.errors.get(name, 0) + 1
+                if e.code == ErrorCode.OBJECT_NOT_FOUND and op == "get":
+                    self.misses += 1
+            except Exception as e:  # noqa: BLE001 - not a clean error: a finding
+                self.unexpected.append(f"{op} {key}: {type(e).__name__}: {e}"[:200])
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        self.stop_ev.set()
+        self.join(timeout=60)
+        assert not self.is_alive(), "load thread did not stop"
+
+
+def lost(store, keys) -> list[str]:
+    """Keys that do not read back exactly (missing or wrong)."""
+    out = []
+    for k in sorted(keys):
+        try:
+            if not verify(k, store.get(k)):
+                out.append(f"{k} (wrong bytes)")
+        except StoreError as e:
+            out.append(f"{k} ({ErrorCode(e.code).name})")
+    return out
+
+
+def wait_recovered(pred, timeout: float, step: float = 0.1) -> float:
+    """Seconds until pred() holds (bounded); raises AssertionError on timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if pred():
+                return time.monotonic() - t0
+        except StoreError:
+            pass
+        time.sleep(step)
+    raise AssertionError(f"not recovered within {timeout} s")
+
+
+def report(fault: str, load: str, attempted: int, failed_clean: int, wrong: int, lost_n: int,
+           recovery_s: float | None, **extra) -> dict:
+    row = {"fault": fault, "load": load, "attempted": attempted, "failed_clean": failed_clean,
+           "wrong_bytes": wrong, "objects_lost": lost_n,
+           "recovery_s": None if recovery_s is None else round(recovery_s, 2), **extra}
+    print("CHAOS", json.dumps(row))
+    path = os.environ.get("MCS_CHAOS_RESULTS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
