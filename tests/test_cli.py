@@ -125,6 +125,7 @@ def test_bench_table_output():
     (["bench", "--seconds", "-1"], "--seconds"),
     (["bench", "--bogus"], "No such option"),
     (["bench", "store", "--compare", "redis"], "only 'mooncake'"),
+    (["bench", "store", "--transport", "rdma"], "transport must be shm or tcp"),
     (["bench", "store", "--sizes", "1G", "--seg-mib", "64"], "does not fit"),
 ])
 def test_bad_options_are_clean_errors(args, message):
@@ -236,19 +237,20 @@ def master_addr():
             proc.wait(timeout=10)
 
 
-def test_bench_store_with_master_adds_the_remote_column(master_addr):
+@pytest.mark.parametrize("transport", ["shm", "tcp"])
+def test_bench_store_with_master_adds_the_remote_column(master_addr, transport):
     res = runner.invoke(app, ["bench", "store", "--master", master_addr, "--sizes", "64K",
                               "--seconds", "0.05", "--ws-mib", "8", "--seg-mib", "256",
-                              "--json"])
+                              "--transport", transport, "--json"])
     assert res.exit_code == 0, res.output
     recs = _lines(res.stdout)
     tp = [r for r in recs if r["test"] == "throughput"]
-    assert {r["path"] for r in tp} == {"local", "remote_tcp"}
+    assert {r["path"] for r in tp} == {"local", f"remote_{transport}"}
     for r in tp:
         assert r["ops"] > 0 and r["fails"] == 0, r
         if r["op"] == "get":
             assert r["verified"] is True
-    remote = [r for r in tp if r["path"] == "remote_tcp"]
+    remote = [r for r in tp if r["path"] != "local"]
     assert all(r["client"] == "reader" and "x_tcp_ceiling" in r for r in remote)
     assert not [r for r in recs if r["test"] == "goal"]      # goals are for the embedded store
 

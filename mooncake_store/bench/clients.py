@@ -44,8 +44,11 @@ class LocalClient:
         self.store.close()
 
 
-def _serve(conn: Any, store_kwargs: dict, buf_bytes: int) -> None:
+def _serve(conn: Any, store_kwargs: dict, buf_bytes: int, env: dict) -> None:
     """Child process: open a store, then run phases sent over the pipe until 'quit'."""
+    import os
+
+    os.environ.update(env)   # e.g. MOONCAKE_SHM=0: this client's transport choice
     try:
         store = _open_store(store_kwargs)
         worker = Worker(store, buf_bytes)
@@ -70,12 +73,11 @@ class ProcessClient:
     """Worker and store in a spawned process (the 'remote' column with --master)."""
 
     def __init__(self, role: str, store_kwargs: dict, buf_bytes: int,
-                 start_timeout: float = 120.0) -> None:
+                 env: dict | None = None, start_timeout: float = 120.0) -> None:
         self.role = role
         self.conn, child = mp.get_context("spawn").Pipe()
-        self.proc = mp.get_context("spawn").Process(target=_serve,
-                                                     args=(child, store_kwargs, buf_bytes),
-                                                     daemon=True)
+        self.proc = mp.get_context("spawn").Process(
+            target=_serve, args=(child, store_kwargs, buf_bytes, dict(env or {})), daemon=True)
         self.proc.start()
         hello = self._recv(start_timeout)
         if "error" in hello:

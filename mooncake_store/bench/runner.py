@@ -39,6 +39,7 @@ class Plan:
     get_modes: tuple[str, ...] = ("zc", "zc_batch", "bytes")
     lease_ttl_ms: int = 500              # as the anchor's master: leases end soon after reads
     master: str | None = None            # cluster master; None = embedded (local column only)
+    transport: str = "shm"               # remote column: shm (same host, memfd) or tcp
     small: bool = True
     batch: bool = True
     tcp_ceiling: bool = False
@@ -54,6 +55,8 @@ class Plan:
         self.buf_mib = max(self.buf_mib, -(-need // MiB))
 
     def validate(self) -> None:
+        if self.transport not in ("shm", "tcp"):
+            raise ValueError(f"transport must be shm or tcp, got {self.transport!r}")
         if self.seconds <= 0 or self.small_seconds <= 0:
             raise ValueError("--seconds must be > 0")
         if self.ws_mib <= 0 or self.seg_mib <= 0:
@@ -126,13 +129,15 @@ class Runner:
         buf = p.buf_mib * MiB
         if not p.remote:
             return [(LocalClient("writer", self._store_kwargs(p.seg_mib), buf), "local")]
-        writer = ProcessClient("writer", self._store_kwargs(p.seg_mib), buf)
+        # The clients' own switch: with it off, same-host reads go over TCP as across hosts.
+        env = {"MOONCAKE_SHM": "1" if p.transport == "shm" else "0"}
+        writer = ProcessClient("writer", self._store_kwargs(p.seg_mib), buf, env)
         try:
-            reader = ProcessClient("reader", self._store_kwargs(0), buf)
+            reader = ProcessClient("reader", self._store_kwargs(0), buf, env)
         except Exception:
             writer.close()
             raise
-        return [(writer, "local"), (reader, "remote_tcp")]
+        return [(writer, "local"), (reader, f"remote_{p.transport}")]
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -141,6 +146,7 @@ class Runner:
                    "small_seconds": p.small_seconds, "max_gib": p.max_gib, "ws_mib": p.ws_mib,
                    "max_keys": p.max_keys, "seg_mib": p.seg_mib, "buf_mib": p.buf_mib,
                    "lease_ttl_ms": p.lease_ttl_ms, "master": p.master or "embedded",
+                   "transport": p.transport if p.remote else "in-process",
                    "cpus": os.cpu_count(), "python": platform.python_version(),
                    "machine": platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         self._global_ceilings()

@@ -120,6 +120,8 @@ def bench_store(
                                    "4K,1M,16M, 0.5 s phases, 256 MiB working set."),
         master: Optional[str] = typer.Option(None, help="Cluster master address: adds the "
                                              "remote (segment-less client) column."),
+        transport: str = typer.Option("shm", help="Remote column transport on one host: shm "
+                                      "(memfd mapping) or tcp (as across hosts; like Mooncake's)."),
         compare: Optional[str] = typer.Option(None, help="'mooncake': also run the Mooncake "
                                               "Store anchor with the same workload."),
         mooncake_dir: Optional[Path] = typer.Option(None, help="Anchor directory (default "
@@ -136,7 +138,7 @@ def bench_store(
     q = QUICK_ANCHOR if quick else {}
     plan = store_plan(sizes=_sizes(sizes or q.get("sizes")), seconds=seconds or q.get("seconds"),
                       small_seconds=small_seconds, ws_mib=ws_mib or q.get("ws_mib"),
-                      seg_mib=seg_mib, max_gib=max_gib, master=master,
+                      seg_mib=seg_mib, max_gib=max_gib, master=master, transport=transport,
                       warmup=False if no_warmup else None)
     anchor = None
     err = Console(stderr=True)
