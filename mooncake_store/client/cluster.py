@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
@@ -35,7 +36,12 @@ from ..transfer import READ, WRITE
 
 log = logging.getLogger("mooncake_store.client")
 
+_new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize   # as Store.get: bytes filled in place
+_new_bytes.restype = ctypes.py_object
+_new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+
 FAILOVER_WINDOW_MS = 10_000
+BATCH_JOBS = 128        # records per transfer batch in batch reads
 DIRECT_MIN = 64 << 10   # values this large move straight between caller memory and the node
 
 
@@ -366,6 +372,120 @@ class RemoteData:
             statuses = [self.engine.wait(bid) for bid in pending]
         if len(pending) < len(jobs) or any(x.state != "completed" for st in statuses for x in st):
             raise TransferFailed("a stripe transfer failed")
+
+
+    # ---- batches: one transfer batch per node for all keys, then verification -------------------
+    def batch_get(self, store: Any, pairs: list, looks: list) -> list:
+        out: list[Any] = [None] * len(pairs)
+        items = []
+        for i, ((key, kb), look) in enumerate(zip(pairs, looks)):
+            if look is not None:
+                out[i] = _new_bytes(None, look.size)
+                items.append((i, key, kb, look, ffi.from_buffer(out[i]), look.size))
+        for i, n in self._read_many(store, items).items():
+            if n < 0:
+                out[i] = None
+        return out
+
+    def batch_get_into(self, store: Any, pairs: list, looks: list, bufs: Sequence[Any],
+                       sizes: Sequence[int] | None) -> list[int]:
+        out = [0] * len(pairs)
+        items = []
+        for i, ((key, kb), look) in enumerate(zip(pairs, looks)):
+            if look is None:
+                out[i] = int(ErrorCode.OBJECT_NOT_FOUND)
+                continue
+            try:
+                dst = store._zc_region(bufs[i], sizes[i] if sizes is not None else None, True)
+            except StoreError as e:
+                out[i] = int(e.code)
+                continue
+            if dst.size < look.size:
+                out[i] = int(ErrorCode.INVALID_PARAMS)
+                continue
+            items.append((i, key, kb, look, dst.ptr, dst.size))
+        out_map = self._read_many(store, items)
+        for i, n in out_map.items():
+            out[i] = n
+        return out
+
+    def _read_many(self, store: Any, items: list) -> dict[int, int]:
+        """Read many single-slice records: batches per node submitted together, then each
+        record verified; anything that fails goes through Store's per-key path (which tries
+        the other replicas and decides between TransferFailed and a corrupt object)."""
+        result: dict[int, int] = {}
+        by_peer: dict[str, list] = {}
+        slow = []
+        for it in items:
+            i, key, kb, look, dst, dst_len = it
+            reps = look.replicas
+            if look.tier != "dram" or not reps or len(reps[0]) != 1 \
+                    or reps[0][0].segment in store._segments:
+                slow.append(it)
+                continue
+            sl = reps[0][0]
+            try:
+                endpoint, base, size = self._where(sl.segment)
+            except StoreError:
+                slow.append(it)
+                continue
+            hlen = header_size(len(kb))
+            vlen = sl.length - hlen
+            if sl.offset + sl.length > size:
+                slow.append(it)
+                continue
+            if vlen >= DIRECT_MIN:
+                stage = ffi.from_buffer(bytearray(hlen))
+                reqs = [(_addr(stage), base + sl.offset, hlen),
+                        (_addr(dst), base + sl.offset + hlen, vlen)]
+            else:
+                stage = ffi.from_buffer(bytearray(sl.length))
+                reqs = [(_addr(stage), base + sl.offset, sl.length)]
+            by_peer.setdefault(endpoint, []).append((it, stage, hlen, vlen, reqs))
+        batches = []
+        for endpoint, jobs in by_peer.items():
+            for k in range(0, len(jobs), BATCH_JOBS):
+                chunk = jobs[k:k + BATCH_JOBS]
+                reqs = [r for job in chunk for r in job[4]]
+                try:
+                    bid = self.engine.submit(endpoint, READ, [r[0] for r in reqs],
+                                             [r[1] for r in reqs], [r[2] for r in reqs])
+                    batches.append((bid, chunk))
+                except StoreError:
+                    slow.extend(job[0] for job in chunk)
+        for bid, chunk in batches:
+            try:
+                st = self.engine.wait(bid)
+            except StoreError:
+                slow.extend(job[0] for job in chunk)
+                continue
+            at = 0
+            for it, stage, hlen, vlen, reqs in chunk:
+                ok = all(x.state == "completed" for x in st[at:at + len(reqs)])
+                at += len(reqs)
+                n = self._verify(it, stage, hlen, vlen, len(reqs) == 2) if ok else -1
+                if n >= 0:
+                    result[it[0]] = n
+                else:
+                    slow.append(it)
+        for i, key, kb, look, dst, dst_len in slow:
+            try:
+                result[i] = store._read_replicas(key, kb, look, dst, dst_len)
+            except StoreError as e:
+                result[i] = int(e.code)
+        return result
+
+    @staticmethod
+    def _verify(it: tuple, stage: Any, hlen: int, vlen: int, direct: bool) -> int:
+        _, _, kb, _, dst, dst_len = it
+        if not direct:
+            return lib.mcs_rec_read(stage, hlen + vlen, kb, len(kb), dst, dst_len, ffi.NULL)
+        info = ffi.new("mcs_rec_info *")
+        if lib.mcs_rec_check_header(stage, hlen + vlen, kb, len(kb), info) != 0 \
+                or info.header_len != hlen or info.value_len != vlen \
+                or lib.mcs_crc32c(0, dst, vlen) != info.value_crc:
+            return -1
+        return vlen
 
 
 def _addr(p: Any) -> int:

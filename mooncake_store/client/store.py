@@ -447,6 +447,8 @@ class Store:
         self._check_open()
         pairs = self._keys(keys)
         looks = self._index.batch_get_replicas([k for k, _ in pairs])
+        if self._remote is not None:   # cluster: one transfer batch per node
+            return self._remote.batch_get(self, pairs, looks)
         out: list[bytes | None] = []
         for (key, kb), look in zip(pairs, looks):
             if look is None:
@@ -466,6 +468,8 @@ class Store:
         self._same_len(keys, bufs, sizes)
         pairs = self._keys(keys)
         looks = self._index.batch_get_replicas([k for k, _ in pairs])
+        if self._remote is not None:   # cluster: one transfer batch per node
+            return self._remote.batch_get_into(self, pairs, looks, bufs, sizes)
         sizes = sizes if sizes is not None else [None] * len(keys)
         out = []
         for (key, kb), look, buf, size in zip(pairs, looks, bufs, sizes):

@@ -100,6 +100,7 @@ def test_replicas_survive_node_kill_and_are_restored(cluster):
         victim.kill()                   # kill -9: no goodbye
         for k, v in values.items():     # readable at once, from the surviving replica
             assert s.get(k) == v
+        assert s.batch_get(list(values)) == list(values.values())   # batch path falls back too
         wait_until(lambda: len(s.stats()["nodes"]) == 2, what="dead node dropped")
 
         def restored():
