@@ -58,6 +58,8 @@ class Load(threading.Thread):
         self.unexpected: list[str] = []
         self.errors: dict[str, int] = {}
         self.fail_times: list[float] = []
+        self.max_op_s = 0.0
+        self.slow_ops: list[tuple[float, float]] = []   # (start, seconds) of ops over 1 s
         self.lock = threading.Lock()
 
     def _one(self, op: str, key: str) -> None:
@@ -91,6 +93,7 @@ class Load(threading.Thread):
             op = self.rng.choice(self.ops_list)
             key = self.rng.choice(self.keys)
             self.attempted += 1
+            t0 = time.monotonic()
             try:
                 self._one(op, key)
                 self.ok += 1
@@ -103,7 +106,17 @@ class Load(threading.Thread):
                     self.misses += 1
             except Exception as e:  # noqa: BLE001 - not a clean error: a finding
                 self.unexpected.append(f"{op} {key}: {type(e).__name__}: {e}"[:200])
+            took = time.monotonic() - t0
+            self.max_op_s = max(self.max_op_s, took)
+            if took > 1.0:
+                self.slow_ops.append((t0, took))
             time.sleep(0.001)
+
+    def last_trouble_after(self, t: float) -> float:
+        """Seconds from t to the end of the last failed or >1 s op after t (0: none)."""
+        ends = [ft - t for ft in self.fail_times if ft >= t]
+        ends += [st + d - t for st, d in self.slow_ops if st + d >= t]
+        return max(ends, default=0.0)
 
     def stop(self) -> None:
         self.stop_ev.set()
