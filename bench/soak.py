@@ -81,11 +81,11 @@ def check_value(key: str, data: bytes, max_kib: int) -> int | None:
     return gen if data == make_value(key, gen, max_kib) else None
 
 
-def resources() -> dict:
-    with open("/proc/self/status") as f:
+def resources(pid: int | str = "self") -> dict:
+    with open(f"/proc/{pid}/status") as f:
         st = dict(line.split(":", 1) for line in f)
     return {"rss_mib": round(int(st["VmRSS"].split()[0]) / 1024, 1),
-            "fds": len(os.listdir("/proc/self/fd")), "threads": int(st["Threads"])}
+            "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": int(st["Threads"])}
 
 
 class Worker(threading.Thread):
@@ -210,6 +210,9 @@ class _Embedded:
     def close(self) -> None:
         self.store.close()
 
+    def server_resources(self) -> dict:
+        return {}
+
     def describe(self) -> dict:
         return {"mode": "embedded", "stats": self.store.stats()}
 
@@ -231,10 +234,13 @@ class ClusterHarness:
                 self.cluster.node(m.addr, dram=args.dram)
             self.store = Store(master=m.addr, global_segment_size=0, rpc_timeout_ms=5000)
             cf.wait_until(lambda: len(self.store.stats()["nodes"]) == 3, what="3 nodes")
-            self.pids = [p.pid for p in self.cluster.procs]
+            self.names = {p.pid: p.name for p in self.cluster.procs}
         except BaseException:
             self.cluster.close()
             raise
+
+    def server_resources(self) -> dict:
+        return {name: resources(pid) for pid, name in self.names.items()}
 
     def close(self) -> None:
         try:
@@ -269,6 +275,7 @@ def run(args) -> dict:
     warm = min(max(duration * 0.1, 2.0), 60.0)
     time.sleep(warm)
     res_warm = resources()
+    srv_warm = harness.server_resources()
     samples = [dict(t=round(time.monotonic() - t0), **res_warm)]
     deadline = t0 + duration
     while time.monotonic() < deadline:
@@ -285,6 +292,7 @@ def run(args) -> dict:
     root.propagate = True
     elapsed = time.monotonic() - t0
     res_end = resources()
+    srv_end = harness.server_resources()
     desc = harness.describe()
     harness.close()
     res_closed = resources()
@@ -302,14 +310,21 @@ def run(args) -> dict:
         "wrong_bytes": sum(w.wrong for w in workers), "log_warnings": dict(logs.counts),
         "wrong_examples": [e for w in workers for e in w.wrong_examples][:10],
         "resources": {"start": res0, "after_warmup": res_warm, "end": res_end, "after_close": res_closed},
+        "server_resources": {"after_warmup": srv_warm, "end": srv_end},
         "samples": samples, "store": desc,
         "bounds": {"rss_growth_mib": RSS_BOUND_MIB, "fd_growth": FD_BOUND, "thread_growth": THREAD_BOUND},
     }
     growth = {"rss_mib": res_end["rss_mib"] - res_warm["rss_mib"],
               "fds": res_end["fds"] - res_warm["fds"], "threads": res_end["threads"] - res_warm["threads"]}
     out["growth_after_warmup"] = growth
+    srv_ok = True
+    for name, r in srv_end.items():
+        w = srv_warm[name]
+        g = {k: round(r[k] - w[k], 1) for k in r}
+        out.setdefault("server_growth_after_warmup", {})[name] = g
+        srv_ok &= g["rss_mib"] <= RSS_BOUND_MIB and g["fds"] <= FD_BOUND and g["threads"] <= THREAD_BOUND
     out["ok"] = (out["wrong_bytes"] == 0 and growth["rss_mib"] <= RSS_BOUND_MIB
-                 and growth["fds"] <= FD_BOUND and growth["threads"] <= THREAD_BOUND
+                 and growth["fds"] <= FD_BOUND and growth["threads"] <= THREAD_BOUND and srv_ok
                  and not any(k.startswith("unexpected") for k in errors))
     return out
 
@@ -333,7 +348,8 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             f.write(text)
     summary = {k: out[k] for k in ("mode", "seconds", "ops", "ops_per_s", "errors_by_code", "misses",
-                                   "wrong_bytes", "log_warnings", "growth_after_warmup", "ok")}
+                                   "wrong_bytes", "log_warnings", "growth_after_warmup",
+                                   "server_growth_after_warmup", "ok") if k in out}
     print(json.dumps(summary, indent=1))
     print("resources:", json.dumps(out["resources"]))
     return 0 if out["ok"] else 1
