@@ -99,6 +99,11 @@ def test_transfer_peer_killed_mid_batch(target):
         # Several rounds of batches: the peer dies during one of them.
         bid = te.submit(t.name, 0, [dst[i * chunk:(i + 1) * chunk] for i in range(n)],
                         [base + i * chunk for i in range(n)], [chunk] * n)
+        # Kill once part of the batch has landed (polling bounded to ~2 s).
+        for _ in range(2000):
+            if any(x.state == "completed" for x in te.status(bid)):
+                break
+            time.sleep(0.001)
         t.kill()
         t0 = time.monotonic()
         st = te.wait(bid, timeout_ms=15_000)
