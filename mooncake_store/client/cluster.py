@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import threading
@@ -127,9 +128,22 @@ class RemoteIndex:
 
     def __init__(self, master: MasterClient) -> None:
         self.m = master
+        self.local_segment = ""      # set when this client contributes a segment
+        self.local_host = "127.0.0.1"
+
+    def _same_node(self, rc: ReplicateConfig | None) -> ReplicateConfig | None:
+        """prefer_alloc_in_same_node: our own segment first, then other segments on our host."""
+        if rc is None or not rc.prefer_alloc_in_same_node or rc.preferred_segment \
+                or rc.preferred_segments:
+            return rc
+        names = [n for n, d in self.m.call("segments").items()
+                 if d["endpoint"].rpartition(":")[0] == self.local_host]
+        names.sort(key=lambda n: n != self.local_segment)
+        return dataclasses.replace(rc, preferred_segments=names) if names else rc
 
     def put_start(self, key: str, size: int, rc: ReplicateConfig | None = None,
                   upsert: bool = False) -> list[Replica] | None:
+        rc = self._same_node(rc)
         return replicas_from_wire(self.m.call("put_start", key, size, rc_to_wire(rc), upsert))
 
     def put_end(self, key: str, flags: int = 0) -> None:
@@ -140,7 +154,7 @@ class RemoteIndex:
 
     def batch_put_start(self, keys: list[str], sizes: list[int], rc: ReplicateConfig | None = None,
                         upsert: bool = False) -> list[tuple[int, Any]]:
-        out = self.m.call("batch_put_start", keys, sizes, rc_to_wire(rc), upsert)
+        out = self.m.call("batch_put_start", keys, sizes, rc_to_wire(self._same_node(rc)), upsert)
         return [(code, replicas_from_wire(r) if code == 0 else r) for code, r in out]
 
     def batch_put_end(self, keys: list[str], flags: int = 0) -> list[int]:
@@ -524,6 +538,7 @@ class ClusterSession:
                                      timeout_ms=max(1000, cfg.rpc_timeout_ms),
                                      use_shm=os.environ.get("MOONCAKE_SHM", "1") != "0")
         self.index = RemoteIndex(self.master)
+        self.index.local_host = host
         self.data = RemoteData(self.master, self.engine)
         self.agent = None
         self.membership = None
@@ -537,6 +552,7 @@ class ClusterSession:
         mounted = [Mounted(name, seg) for name, seg in segments.items()]
         from ..node.server import join_etcd
 
+        self.index.local_segment = self.hostname
         self.agent = NodeAgent(self.master, self.engine, mounted, cfg.heartbeat_ms)
         self.membership = join_etcd(cfg, self.agent)
         self.agent.register()   # fail now, loudly, if the master is not there

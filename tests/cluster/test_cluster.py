@@ -47,11 +47,18 @@ def test_put_on_one_client_get_from_another(cluster):
 
 def test_client_with_a_segment_serves_other_clients(cluster):
     m = cluster.master()
+    cluster.node(m.addr, dram="64MB")     # more free space: the default placement's choice
+    wait_nodes(m.addr, 1)
     with store(m.addr, global_segment_size=8 << 20) as owner, store(m.addr) as reader:
         owner.put("from-owner", b"x" * 100_000, ReplicateConfig(preferred_segment=owner.hostname))
         assert reader.get("from-owner") == b"x" * 100_000
         st = reader._index.stat("from-owner")
         assert st["replicas"][0][0]["segment"] == owner.hostname
+        owner.put("same-node", b"y" * 1000, ReplicateConfig(prefer_alloc_in_same_node=True))
+        assert reader._index.stat("same-node")["replicas"][0][0]["segment"] == owner.hostname
+        owner.put("anywhere", b"z" * 1000)
+        assert reader._index.stat("anywhere")["replicas"][0][0]["segment"] != owner.hostname
+        assert reader.get("same-node") == b"y" * 1000 and owner.get("anywhere") == b"z" * 1000
 
 
 def test_batch_apis_across_three_nodes(cluster):
