@@ -130,14 +130,20 @@ class RemoteIndex:
         self.m = master
         self.local_segment = ""      # set when this client contributes a segment
         self.local_host = "127.0.0.1"
+        self._same_names: list[str] = []
+        self._same_at = -1e9
 
     def _same_node(self, rc: ReplicateConfig | None) -> ReplicateConfig | None:
         """prefer_alloc_in_same_node: our own segment first, then other segments on our host."""
         if rc is None or not rc.prefer_alloc_in_same_node or rc.preferred_segment \
                 or rc.preferred_segments:
             return rc
-        names = [n for n, d in self.m.call("segments").items()
-                 if d["endpoint"].rpartition(":")[0] == self.local_host]
+        now = time.monotonic()
+        if now - self._same_at > 1.0:   # the segment list changes rarely: refresh once a second
+            self._same_names = [n for n, d in self.m.call("segments").items()
+                                if d["endpoint"].rpartition(":")[0] == self.local_host]
+            self._same_at = now
+        names = list(self._same_names)
         names.sort(key=lambda n: n != self.local_segment)
         return dataclasses.replace(rc, preferred_segments=names) if names else rc
 
