@@ -121,6 +121,7 @@ class Store:
     # ---- lifecycle ------------------------------------------------------------------------
     def mount_segment(self, name: str, size: int) -> None:
         seg = DramSegment(size, name)
+        seg.prefault()
         self._segments[name] = seg
         self._index.add_segment(name, seg.size)
 
@@ -394,8 +395,7 @@ class Store:
         self._same_len(keys, values)
         if self._cluster is not None:   # one RPC per step instead of two per key
             return self._cluster.batch_put(self, keys, lambda i: region(values[i]), config, False)
-        self._keys(keys)
-        return self._each(lambda k, v: self.put(k, v, config), keys, values)
+        return self._batch_put_local(keys, lambda i: region(values[i]), config, False)
 
     def batch_upsert(self, keys: Sequence[Any], values: Sequence[Any],
                      config: ReplicateConfig | None = None) -> list[int]:
@@ -415,10 +415,58 @@ class Store:
             return self._cluster.batch_put(
                 self, keys, lambda i: self._zc_region(bufs[i], sizes[i] if sizes else None, False),
                 config, upsert)
-        self._keys(keys)
-        fn = self.upsert_from if upsert else self.put_from
-        sizes = sizes if sizes is not None else [None] * len(keys)
-        return self._each(lambda k, b, s: fn(k, b, s, config), keys, bufs, sizes)
+        return self._batch_put_local(
+            keys, lambda i: self._zc_region(bufs[i], sizes[i] if sizes else None, False),
+            config, upsert)
+
+    def _batch_put_local(self, keys: Sequence[Any], region_of: Any,
+                         config: ReplicateConfig | None, upsert: bool) -> list[int]:
+        """Embedded batch put: one index call to start, one to end, copies in between."""
+        pairs = self._keys(keys)
+        codes = [0] * len(keys)
+        todo: list[tuple[int, str, bytes, Region]] = []
+        for i, (key, kb) in enumerate(pairs):
+            try:
+                src = region_of(i)
+                if src.size == 0:
+                    raise InvalidParams("value must not be empty")
+                todo.append((i, key, kb, src))
+            except StoreError as e:
+                codes[i] = int(e.code)
+        self._maybe_reclaim()
+        starts = self._index.batch_put_start([t[1] for t in todo], [t[3].size for t in todo],
+                                             config, upsert)
+        done: list[str] = []
+        retry: list[tuple[int, str, Region]] = []
+        for (i, key, kb, src), got in zip(todo, starts):
+            if isinstance(got, NoSpace):
+                retry.append((i, key, src))  # room appears once this batch's puts end
+                continue
+            if isinstance(got, StoreError):
+                codes[i] = int(got.code)
+                continue
+            if got is None:
+                continue  # exists: immutable
+            try:
+                self._write_replicas(kb, got, src.ptr, src.size, 0)
+                done.append(key)
+            except StoreError as e:
+                self._index.put_revoke(key)
+                codes[i] = int(e.code)
+        self._index.batch_put_end(done)
+        for i, key, src in retry:   # one by one: each may evict (or demote) earlier ones
+            codes[i] = self._retry_put(key, src, config, upsert)
+        if self._tiers is not None:
+            self._tiers.kick()
+        return codes
+
+    def _retry_put(self, key: str, src: Region, config: ReplicateConfig | None,
+                   upsert: bool) -> int:
+        try:
+            self._put(key, src, config, upsert)
+            return 0
+        except StoreError as e:
+            return int(e.code)
 
     def batch_put_gather(self, keys: Sequence[Any], all_bufs: Sequence[Sequence[Any]],
                          all_sizes: Sequence[Sequence[int]] | None = None,

@@ -18,12 +18,14 @@ from typing import Callable, Iterable, Sequence
 from ..codec import header_size
 from ..config import Config
 from ..errors import (
+    ErrorCode,
     InvalidParams,
     NoSpace,
     ObjectHasLease,
     ObjectNotFound,
     ReplicaNotReady,
     SegmentNotFound,
+    StoreError,
 )
 from ..replica import Replica, ReplicateConfig, Slice
 from .allocator import Allocator
@@ -103,8 +105,6 @@ class ObjectIndex:
                     align: int = 64) -> SegmentInfo:
         with self.lock:
             if name in self.segments:
-                from ..errors import StoreError, ErrorCode
-
                 raise StoreError(f"segment {name!r} already mounted", ErrorCode.SEGMENT_ALREADY_EXISTS)
             info = SegmentInfo(name, Allocator(capacity, align), tier, node)
             self.segments[name] = info
@@ -123,42 +123,72 @@ class ObjectIndex:
                   upsert: bool = False) -> list[Replica] | None:
         """Allocate replicas for header+value. None: the key exists (put is a no-op)."""
         rc = rc or ReplicateConfig()
+        self._check_size(size)
+        now = self.clock()
+        with self.lock:
+            return self._put_start_locked(key, size, rc, upsert, now)
+
+    def batch_put_start(self, keys: Sequence[str], sizes: Sequence[int],
+                        rc: ReplicateConfig | None = None, upsert: bool = False
+                        ) -> list[list[Replica] | None | StoreError]:
+        """put_start for many keys under one lock: per key replicas, None (exists) or the error."""
+        rc = rc or ReplicateConfig()
+        now = self.clock()
+        out: list[list[Replica] | None | StoreError] = []
+        with self.lock:
+            for key, size in zip(keys, sizes):
+                try:
+                    self._check_size(size)
+                    out.append(self._put_start_locked(key, size, rc, upsert, now))
+                except StoreError as e:
+                    out.append(e)
+        return out
+
+    def _check_size(self, size: int) -> None:
         if size <= 0:
             raise InvalidParams(f"value size must be > 0, got {size}")
         if size > self.config.max_value_size:
             raise InvalidParams(f"value of {size} bytes exceeds max_value_size "
                                 f"({self.config.max_value_size})")
-        record = header_size(len(key.encode())) + size
-        now = self.clock()
-        with self.lock:
-            if key in self._pending or (not upsert and key in self._objects):
-                return None
-            replicas = self._allocate(record, rc)
-            pin, pin_until = PIN_NONE, 0.0
-            if rc.with_hard_pin:
-                pin = PIN_HARD
-            elif rc.with_soft_pin:
-                ttl = rc.soft_pin_ttl_ms or self.config.soft_pin_ttl_ms
-                pin, pin_until = PIN_SOFT, now + ttl / 1000.0
-            obj = Obj(key, size, replicas, pin, pin_until,
-                      now + self.config.put_timeout_ms / 1000.0)
-            self._pending[key] = obj
-            return replicas
+
+    def _put_start_locked(self, key: str, size: int, rc: ReplicateConfig, upsert: bool,
+                          now: float) -> list[Replica] | None:
+        if key in self._pending or (not upsert and key in self._objects):
+            return None
+        replicas = self._allocate(header_size(len(key.encode())) + size, rc)
+        pin, pin_until = PIN_NONE, 0.0
+        if rc.with_hard_pin:
+            pin = PIN_HARD
+        elif rc.with_soft_pin:
+            ttl = rc.soft_pin_ttl_ms or self.config.soft_pin_ttl_ms
+            pin, pin_until = PIN_SOFT, now + ttl / 1000.0
+        self._pending[key] = Obj(key, size, replicas, pin, pin_until,
+                                 now + self.config.put_timeout_ms / 1000.0)
+        return replicas
 
     def put_end(self, key: str, flags: int = 0) -> None:
         with self.lock:
-            obj = self._pending.pop(key, None)
-            if obj is None:
-                raise ObjectNotFound(f"no put in progress for key {key!r}")
-            obj.complete = True
-            obj.flags = flags
-            old = self._objects.get(key)
-            if old is not None:
-                self._drop(old, keep_until=old.lease_until)
-            self._objects[key] = obj
-            self.policy.on_insert(key, obj.size)
-            self.counters["puts"] += 1
+            self._put_end_locked(key, flags)
             self._maybe_evict_locked()
+
+    def batch_put_end(self, keys: Sequence[str], flags: int = 0) -> None:
+        with self.lock:
+            for key in keys:
+                self._put_end_locked(key, flags)
+            self._maybe_evict_locked()
+
+    def _put_end_locked(self, key: str, flags: int) -> None:
+        obj = self._pending.pop(key, None)
+        if obj is None:
+            raise ObjectNotFound(f"no put in progress for key {key!r}")
+        obj.complete = True
+        obj.flags = flags
+        old = self._objects.get(key)
+        if old is not None:
+            self._drop(old, keep_until=old.lease_until)
+        self._objects[key] = obj
+        self.policy.on_insert(key, obj.size)
+        self.counters["puts"] += 1
 
     def put_revoke(self, key: str) -> None:
         with self.lock:
@@ -349,7 +379,7 @@ class ObjectIndex:
                 raise SegmentNotFound(f"preferred segment(s) not mounted: {', '.join(unknown)}")
             front = [self.segments[p] for p in preferred if p in self.segments]
             segs = front + [s for s in segs if s.name not in preferred]
-        else:
+        elif len(segs) > 1:
             # Most free space first: spreads load without starving a new node.
             segs.sort(key=lambda s: s.used - s.capacity)
         return segs
