@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 from .errors import InvalidParams
 
+MAX_KEY_LEN = 4096  # the object header's key field (codec.MAX_KEY_LEN; codec imports the C core)
+
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40,
           "tib": 1 << 40}
@@ -155,6 +157,9 @@ class Config:
             raise InvalidParams(f"cold_codec: must be none, lz4, zstd or auto, got {self.cold_codec!r}")
         if self.enable_ssd_offload and not self.ssd_offload_path:
             raise InvalidParams("ssd_offload_path: required when enable_ssd_offload is set")
+        if not 1 <= self.max_key_len <= MAX_KEY_LEN:
+            raise InvalidParams(f"max_key_len: must be 1..{MAX_KEY_LEN} (the record format's key "
+                                f"field), got {self.max_key_len}")
         if self.protocol not in ("tcp", "rdma", "shm"):
             raise InvalidParams(f"protocol: must be tcp, rdma or shm, got {self.protocol!r}")
 
@@ -200,6 +205,9 @@ def load_file(path: str) -> dict[str, Any]:
             text = f.read()
     except OSError as e:
         raise InvalidParams(f"config file {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise InvalidParams(f"config file {path!r}: not UTF-8 text ({e.reason} at byte "
+                            f"{e.start})") from None
     try:
         if path.endswith((".yaml", ".yml")):
             import yaml

@@ -65,9 +65,6 @@ def test_default_key_limit_matches_the_record_format():
             s.put("k" * 4097, b"v")
 
 
-@pytest.mark.xfail(strict=True, reason="gap: Config accepts max_key_len above the record "
-                   "format's 4096-byte key field; put then fails deep in the record writer "
-                   "(StoreError 'record write failed (-601)') instead of a clear InvalidParams")
 def test_max_key_len_above_the_format_is_refused_clearly():
     with pytest.raises(InvalidParams, match="max_key_len"):
         with Store(capacity="16MB", max_key_len=8192) as s:

@@ -344,3 +344,21 @@ def test_cluster_address_is_a_clear_error_until_cluster_mode_exists():
                           ErrorCode.RPC_TIMEOUT, ErrorCode.INVALID_PARAMS)
     else:
         s.close()
+
+
+def test_placement_spreads_writes_by_free_space_and_ramps_up_new_segments():
+    from mooncake_store.master.index import ObjectIndex
+    from mooncake_store.config import Config
+    ix = ObjectIndex(Config(global_segment_size=1 << 30))
+    ix.add_segment("old:1", 64 << 20)
+    for i in range(300):  # fill the old segment to ~75%
+        ix.put_start(f"o{i}", 160 << 10)
+        ix.put_end(f"o{i}")
+    ix.add_segment("new:2", 64 << 20)
+    counts = {"old:1": 0, "new:2": 0}
+    for i in range(200):
+        reps = ix.put_start(f"n{i}", 4096)
+        counts[reps[0][0].segment] += 1
+        ix.put_end(f"n{i}")
+    # The empty node gets more (it has ~4x the free space) but not everything.
+    assert counts["new:2"] > counts["old:1"] > 10

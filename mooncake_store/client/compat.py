@@ -110,8 +110,15 @@ class MooncakeDistributedStore:
         return OK
 
     def health_check(self) -> int:
+        """0 healthy, 1 not set up or closed, 2 master unreachable."""
         if self._store is None or self._store.closed:
             return 1
+        cluster = getattr(self._store, "_cluster", None)
+        if cluster is not None:
+            try:
+                cluster.master.call("ping", timeout_ms=1000)
+            except StoreError:
+                return 2
         return 0
 
     def get_hostname(self) -> str:

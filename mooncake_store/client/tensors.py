@@ -63,7 +63,10 @@ def decode(buf: Any) -> Any:
         raise StoreError("corrupt tensor description")
     if meta_len > ALIGN:
         raw = bytes(buf[:meta_len].tolist()) if hasattr(buf, "tolist") else bytes(buf[:meta_len])
-    name = raw[8:8 + name_len].decode()
+    try:
+        name = raw[8:8 + name_len].decode("ascii")
+    except UnicodeDecodeError:
+        raise StoreError("corrupt tensor description (dtype name)") from None
     shape = struct.unpack_from(f"<{ndim}Q", raw, 8 + name_len)
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):

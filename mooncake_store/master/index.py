@@ -9,6 +9,8 @@ graveyard until then.
 """
 from __future__ import annotations
 
+import math
+import random
 import re
 import threading
 import time
@@ -90,6 +92,7 @@ class ObjectIndex:
         self.clock = clock
         self.policy = make_policy(self.config.eviction_policy)
         self.lock = threading.Lock()
+        self._rng = random.Random(0x6D63)  # placement draws: reproducible per master
         self.segments: dict[str, SegmentInfo] = {}
         self._objects: dict[str, Obj] = {}     # complete objects
         self._pending: dict[str, Obj] = {}     # put_start without put_end yet
@@ -380,8 +383,12 @@ class ObjectIndex:
             front = [self.segments[p] for p in preferred if p in self.segments]
             segs = front + [s for s in segs if s.name not in preferred]
         elif len(segs) > 1:
-            # Most free space first: spreads load without starving a new node.
-            segs.sort(key=lambda s: s.used - s.capacity)
+            # A random order weighted by free bytes (Efraimidis-Spirakis keys): a node gets
+            # writes in proportion to its free space, so a newly joined empty node ramps up
+            # instead of attracting every write, and nearly full nodes are rarely chosen.
+            rnd = self._rng.random
+            segs.sort(key=lambda s: math.log(rnd() or 1e-300) / max(s.capacity - s.used, 1),
+                      reverse=True)
         return segs
 
     def _try_allocate(self, record: int, segs: list[SegmentInfo], want: int) -> list[Replica] | None:

@@ -230,6 +230,8 @@ def test_compat_api_against_a_cluster(cluster):
         assert b.remove("c/1", True) == 0 and b.get("c/1") == b""
         assert b.put("", b"x") == -600
         assert a.health_check() == 0
+        m.kill()
+        assert b.health_check() == 2   # master unreachable
     finally:
         a.close()
         b.close()
