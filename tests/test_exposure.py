@@ -248,3 +248,24 @@ def test_config_never_shows_the_secret():
     with Store(capacity="8MB", auth_token=SECRET) as s:
         assert SECRET not in repr(s)
         assert SECRET not in repr(s.stats())
+
+
+def test_binding_wider_without_a_secret_warns():
+    import subprocess
+    import sys
+
+    def first_lines(*args):
+        p = subprocess.Popen([sys.executable, "-m", "mooncake_store.cli.main", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={k: v for k, v in os.environ.items() if k != "MOONCAKE_AUTH_TOKEN"})
+        try:
+            _, err = p.communicate(timeout=4)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+        return err
+
+    err = first_lines("master", "--host", "0.0.0.0", "--port", "0")
+    assert "without an auth token" in err
+    err = first_lines("master", "--host", "0.0.0.0", "--port", "0", "--auth-token", "s3cret")
+    assert "without an auth token" not in err and "s3cret" not in err

@@ -40,6 +40,14 @@ def _logging(verbose: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def _warn_exposure(what: str, host: str, auth_token: str) -> None:
+    """Binding beyond loopback without a shared secret lets anyone on the network in."""
+    if host not in ("127.0.0.1", "localhost", "::1") and not auth_token:
+        typer.echo(f"warning: {what} binds {host} without an auth token; anyone who can reach "
+                   "it can read and write the cache. Set MOONCAKE_AUTH_TOKEN or --auth-token.",
+                   err=True)
+
+
 @app.command("master")
 def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
                port: int = typer.Option(50051, help="RPC port (0: any free port)."),
@@ -67,6 +75,7 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
     from ..node.server import run_until_signal
 
     _logging(verbose)
+    _warn_exposure("the master", host, auth_token)
     try:
         cfg = Config.load(lease_ttl_ms=lease_ttl_ms, put_timeout_ms=put_timeout_ms,
                           heartbeat_ms=heartbeat_ms, node_ttl_ms=node_ttl_ms, auth_token=auth_token,
@@ -109,6 +118,7 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
     from ..node.server import StorageNode, run_until_signal
 
     _logging(verbose)
+    _warn_exposure("the node's transfer server", host, auth_token)
     try:
         size = parse_size(dram, "--dram")
         cfg = _cfg(master, etcd, timeout_ms, heartbeat_ms=heartbeat_ms, auth_token=auth_token,
