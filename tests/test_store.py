@@ -362,3 +362,25 @@ def test_placement_spreads_writes_by_free_space_and_ramps_up_new_segments():
         ix.put_end(f"n{i}")
     # The empty node gets more (it has ~4x the free space) but not everything.
     assert counts["new:2"] > counts["old:1"] > 10
+
+
+def test_force_removed_leased_space_is_reused_before_live_objects_are_evicted():
+    with Store(capacity="8MB", lease_ttl_ms=60_000) as s:
+        v = b"g" * (512 << 10)
+        for i in range(12):
+            s.put(f"old{i}", v)
+            s.get(f"old{i}")              # leased for a minute
+        assert s.remove_all(force=True) == 12
+        for i in range(12):               # needs the space the leases still cover
+            s.put(f"new{i}", v)
+        assert all(s.get(f"new{i}") == v for i in range(12))
+        assert s.stats()["evictions"] == 0
+
+
+def test_failed_read_of_an_old_version_does_not_drop_the_new_one():
+    with Store(capacity="8MB") as s:
+        s.put("k", b"a" * 1000)
+        old = s._index.get_replicas("k")
+        s.upsert("k", b"b" * 1000)
+        assert not s._index.drop_if_current("k", old.replicas)
+        assert s.get("k") == b"b" * 1000

@@ -22,6 +22,9 @@ from .stats import MiB, lat_stats, now
 REMOVE_CHUNK = 1024
 
 
+SMALL_KEYS_CAP = 65_536
+
+
 class Worker:
     def __init__(self, store: Any, buf_bytes: int, seed: int = 1234) -> None:
         self.s = store
@@ -36,6 +39,12 @@ class Worker:
 
     def _slot(self, i: int, size: int) -> int:
         return (i % (self.nb // size)) * size
+
+    def _pool_bytes(self) -> int:
+        try:
+            return int(self.s.stats().get("capacity") or 0)
+        except Exception:  # noqa: BLE001 - a bench sizing hint, not a result
+            return 0
 
     def _remove(self, keys: list[str]) -> int:
         bad = 0
@@ -192,11 +201,11 @@ class Worker:
         out: dict[str, Any] = {}
         keys: list[str] = []
 
-        def run(name: str, fn: Any) -> None:
+        def run(name: str, fn: Any, limit: int = max_ops) -> None:
             lat: list[float] = []
             fails = i = 0
             t_start = now()
-            while now() - t_start < budget and i < max_ops:
+            while now() - t_start < budget and i < limit:
                 t0 = now()
                 try:
                     ok = fn(i)
@@ -215,7 +224,12 @@ class Worker:
             s.put(k, val)
             return True
 
-        run("put", put)
+        # Written keys must stay resident for the read phases: the two put phases together
+        # fill at most 40% of the pool (and at most SMALL_KEYS_CAP keys each).
+        cap = self._pool_bytes()
+        per_phase = SMALL_KEYS_CAP if not cap else \
+            max(1024, min(SMALL_KEYS_CAP, int(0.2 * cap / (size + 128))))
+        run("put", put, limit=min(max_ops, per_phase))
         nb = len(keys)
 
         def put_from(i: int) -> bool:
@@ -224,7 +238,7 @@ class Worker:
             s.put_from(k, self.src_p + self._slot(i, size), size)
             return True
 
-        run("put_from", put_from)
+        run("put_from", put_from, limit=min(max_ops, per_phase))
         dst = self.dst_p
         run("get", lambda i: len(s.get(keys[i % nb])) == size)
         run("get_into", lambda i: s.get_into(keys[i % nb], dst + self._slot(i, size), size) == size)

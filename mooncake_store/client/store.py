@@ -224,7 +224,11 @@ class Store:
         if unreachable:   # an unreachable replica may be intact: do not drop the object
             raise TransferFailed(f"key {key!r}: no replica could be reached")
         # Every replica failed verification: never serve it again.
-        self._index.remove_many([key], force=True)
+        drop = getattr(self._index, "drop_if_current", None)
+        if drop is not None:
+            drop(key, look.replicas)
+        else:   # a remote master: drop by key
+            self._index.remove_many([key], force=True)
         raise ChecksumMismatch(f"key {key!r}: stored bytes failed verification; object dropped")
 
     def _read_striped(self, key: str, look: Lookup, dst: Any, dst_len: int) -> int:

@@ -363,9 +363,11 @@ class ObjectIndex:
         if not segs:
             raise NoSpace("no segment is mounted")
         replicas = self._try_allocate(record, segs, want)
+        if replicas is None and self._graveyard:
+            self._release_graveyard()
+            replicas = self._try_allocate(record, segs, want)
         if replicas is None:
             self._evict_locked(record * want)
-            self._sweep_graveyard(self.clock())
             replicas = self._try_allocate(record, segs, want)
         if replicas is None:
             raise NoSpace(f"no room for {record} bytes x {want} replica(s) "
@@ -407,7 +409,29 @@ class ObjectIndex:
     def _maybe_evict_locked(self) -> None:
         cap = self.capacity
         if cap and self.used > self.config.high_watermark * cap:
+            if self._graveyard:
+                self._release_graveyard()
+                if self.used <= self.config.high_watermark * cap:
+                    return
             self._evict_locked(0)
+
+    def _release_graveyard(self) -> None:
+        """Under space pressure, space of removed-but-leased objects goes back before any
+        live object is evicted. A reader still copying from it gets CHECKSUM_MISMATCH from
+        the record check, never wrong bytes, and only for an object that is already gone."""
+        for _until, replicas in self._graveyard:
+            self._free_replicas(replicas)
+        self._graveyard = []
+
+    def drop_if_current(self, key: str, replicas: Sequence[Replica]) -> bool:
+        """Drop `key` when these are still its replicas (a failed read must not drop a newer
+        value that replaced the one it read)."""
+        with self.lock:
+            obj = self._objects.get(key)
+            if obj is None or tuple(obj.replicas) != tuple(replicas):
+                return False
+            self._remove_locked(obj)
+            return True
 
     def _evict_locked(self, need: int) -> int:
         """Free at least `need` bytes plus eviction_ratio of capacity; returns bytes freed."""
