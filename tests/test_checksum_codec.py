@@ -108,3 +108,24 @@ def test_header_limits():
     struct.pack_into("<Q", fake, 16, 1 << 63)
     with pytest.raises(ChecksumMismatch):
         decode_header(fake)
+
+
+@pytest.mark.parametrize("n", [256 << 10, (256 << 10) + 5, (1 << 20) + 77, 5 << 20])
+def test_large_buffers_agree_with_the_small_buffer_path(n):
+    # Large buffers take the carry-less-multiply path where the CPU has it; chunks
+    # below the threshold take the crc32-instruction lanes. Both must agree.
+    data = os.urandom(n)
+    chained = 0
+    for i in range(0, n, 60_000):
+        chunk = data[i:i + 60_000]
+        chained = lib.mcs_crc32c(chained, chunk, len(chunk))
+    assert lib.mcs_crc32c(0, data, n) == chained
+    dst = bytearray(n)
+    assert lib.mcs_copy_crc32c(ffi.from_buffer(dst), data, n, 7) == \
+        lib.mcs_crc32c(7, data, n)
+    assert bytes(dst) == data
+
+
+def test_large_buffer_matches_reference():
+    data = os.urandom((256 << 10) + 3)
+    assert lib.mcs_crc32c(0, data, len(data)) == crc32c_reference(data)
