@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import socket
+import time
 
 import numpy as np
 
@@ -104,7 +105,7 @@ def _tcp_receiver(conn, chunk: int) -> None:
     ls.close()
     c.settimeout(30)
     buf = memoryview(bytearray(chunk))
-    total, t0 = 0, None
+    total, t0, cpu0 = 0, None, time.process_time()
     while True:
         n = c.recv_into(buf)
         if n == 0:
@@ -113,7 +114,7 @@ def _tcp_receiver(conn, chunk: int) -> None:
             t0 = now()
         total += n
     c.close()
-    conn.send((total, now() - t0 if t0 is not None else 0.0))
+    conn.send((total, now() - t0 if t0 is not None else 0.0, time.process_time() - cpu0))
 
 
 def tcp_loopback(seconds: float, chunk: int = 16 * MiB) -> dict:
@@ -128,13 +129,15 @@ def tcp_loopback(seconds: float, chunk: int = 16 * MiB) -> dict:
         port = here.recv()
         payload = os.urandom(chunk)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            cpu0 = time.process_time()
             end = now() + seconds
             while now() < end:
                 s.sendall(payload)
             s.shutdown(socket.SHUT_WR)
+            cpu = time.process_time() - cpu0
         if not here.poll(60):
             raise RuntimeError("tcp ceiling: receiver did not report")
-        total, secs = here.recv()
+        total, secs, rx_cpu = here.recv()
     finally:
         rx.join(10)
         if rx.is_alive():
@@ -143,4 +146,5 @@ def tcp_loopback(seconds: float, chunk: int = 16 * MiB) -> dict:
     secs = max(secs, 1e-9)
     return {"test": "ceiling_tcp_loopback", "chunk": chunk, "bytes": total,
             "secs": round(secs, 3), "GBps": round(total / secs / 1e9, 3),
+            "cpu_s": round(cpu + rx_cpu, 4),
             "note": "python sendall/recv_into, 2 processes, 127.0.0.1"}

@@ -8,9 +8,8 @@ anchor's bench_mooncake.py (see docs/PERFORMANCE.md); progress goes to stderr.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console

@@ -10,10 +10,8 @@ Modes (like Mooncake's transfer_engine_bench):
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -149,55 +147,13 @@ def _proc_cpu(pid: int) -> float:
 
 
 # ---------------------------------------------------------------- ceilings
-def _sock_rx(conn, chunk: int) -> None:
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(1)
-    ls.settimeout(60)
-    conn.send(ls.getsockname()[1])
-    c, _ = ls.accept()
-    c.settimeout(60)
-    mv = memoryview(bytearray(chunk))
-    total, t0, cpu0 = 0, None, time.process_time()
-    while True:
-        n = c.recv_into(mv)
-        if n == 0:
-            break
-        if t0 is None:
-            t0 = now()
-        total += n
-    conn.send((total, now() - (t0 or now()), time.process_time() - cpu0))
-    c.close()
-    ls.close()
-
-
 def tcp_ceiling(duration: float, chunk: int = 16 * MiB) -> dict:
     """A plain Python socket pair in two processes over 127.0.0.1 (sendall / recv_into)."""
-    ctx = mp.get_context("spawn")
-    a, b = ctx.Pipe()
-    rx = ctx.Process(target=_sock_rx, args=(b, chunk), daemon=True)
-    rx.start()
-    try:
-        if not a.poll(60):
-            raise RuntimeError("tcp ceiling: receiver did not start")
-        port = a.recv()
-        payload = bytearray(os.urandom(chunk))
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
-            cpu0 = time.process_time()
-            end = now() + duration
-            while now() < end:
-                s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            cpu = time.process_time() - cpu0
-        if not a.poll(60):
-            raise RuntimeError("tcp ceiling: receiver did not report")
-        total, secs, rx_cpu = a.recv()
-    finally:
-        rx.join(10)
-        if rx.is_alive():
-            rx.kill()
-    return {"test": "ceiling_tcp", "bytes": total, "secs": round(secs, 3),
-            "GBps": round(total / max(secs, 1e-9) / 1e9, 3), "cpu_s": round(cpu + rx_cpu, 4)}
+    from ..bench.ceilings import tcp_loopback
+
+    rec = tcp_loopback(duration, chunk)
+    return {"test": "ceiling_tcp", "bytes": rec["bytes"], "secs": rec["secs"],
+            "GBps": rec["GBps"], "cpu_s": rec["cpu_s"]}
 
 
 def memcpy_ceiling(block: int, batch: int, duration: float) -> dict:
@@ -304,7 +260,6 @@ def run_local(points, ops, protocols, threads, duration, streams, slice_bytes, t
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-    tcp = [r["ceiling_GBps"] for r in results if r.get("protocol") == "tcp" and r.get("ceiling_GBps")]
     if as_json:
         for r in results:
             print(json.dumps(r))

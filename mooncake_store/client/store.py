@@ -20,7 +20,6 @@ from ..errors import (
     ErrorCode,
     InvalidParams,
     NoSpace,
-    ObjectNotFound,
     StoreClosed,
     StoreError,
     TransferFailed,

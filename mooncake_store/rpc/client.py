@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import ErrorCode, InvalidParams, RpcFailed, RpcTimeout, error_for
+from ..errors import InvalidParams, RpcFailed, RpcTimeout, error_for
 from .protocol import VERSION, BadMessage, pack_request, unpack_response
 
 
