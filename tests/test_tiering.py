@@ -169,3 +169,23 @@ def test_s3_only_cold_tier(s3_env):
         assert s.stats()["tiers"]["s3"]["objects"] > 0
         for k, v in vals.items():
             assert s.get(k) == v
+
+
+def test_tensor_values_demote_with_their_element_width(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mooncake_store.client.tensors import element_size_of, encode_meta
+    from mooncake_store.node.tiering import _elem_size
+    assert element_size_of(encode_meta(torch.zeros(3, dtype=torch.float32))) == 4
+    assert element_size_of(encode_meta(torch.zeros(3, dtype=torch.bfloat16))) == 2
+    assert element_size_of(b"not a tensor value at all, but long enough") is None
+    assert _elem_size(1, encode_meta(torch.zeros(2, dtype=torch.float64))) == 8
+    assert _elem_size(0, b"raw bytes") == 2
+    ts = {f"f{i}": torch.randn(64 * KiB, generator=torch.Generator().manual_seed(i))
+          for i in range(30)}   # 256 KiB fp32 each, 7.5 MB through 4 MB of DRAM
+    with _tiered(tmp_path, capacity="4MB", cold_codec="auto") as s:
+        for k, t in ts.items():
+            s.put_tensor(k, t)
+        s._tiers.flush()
+        assert s.stats()["demoted"] > 0
+        for k, t in ts.items():
+            assert torch.equal(s.get_tensor(k), t)

@@ -81,3 +81,18 @@ def decode(buf: Any) -> Any:
     if n == 0:
         return torch.empty(shape, dtype=dtype)
     return data.view(dtype).reshape(shape)
+
+
+def element_size_of(value: Any) -> int | None:
+    """Element width of a stored tensor value (meta + data), or None when unreadable."""
+    raw = bytes(value[:ALIGN])
+    if len(raw) < 8 or raw[:4] != MAGIC:
+        return None
+    name_len = struct.unpack_from("<H", raw, 6)[0]
+    name = raw[8:8 + name_len].decode("ascii", "replace")
+    return _ELEMENT_SIZES.get(name)
+
+
+_ELEMENT_SIZES = {"float64": 8, "int64": 8, "uint64": 8, "complex64": 8, "float32": 4,
+                  "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2, "int16": 2,
+                  "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from .._engine import ffi, lib
-from ..codec import decode_header
+from ..codec import FLAG_TENSOR, decode_header
 from ..config import Config
 from ..errors import ChecksumMismatch, InvalidParams, StoreError
 from ..master.index import Obj, ObjectIndex, TieringHooks
@@ -207,7 +207,8 @@ class TierManager:
             codec = _codec()
             if codec is not None and self.config.cold_codec != "none":
                 value = ffi.buffer(value_ptr, hdr.value_len)
-                cid, payload = codec.encode(value, elem_size=2, codec=self.config.cold_codec)
+                cid, payload = codec.encode(value, elem_size=_elem_size(hdr.flags, value),
+                                            codec=self.config.cold_codec)
                 if cid != 0:
                     self.backends[tier].put(hdr.key, payload, codec=cid, raw_len=hdr.value_len,
                                             flags=hdr.flags, epoch=hdr.epoch)
@@ -316,3 +317,14 @@ def _header_bytes(backend: TierBackend, kb: bytes, hdr: Any) -> bytes:
 
     return encode_header(kb, hdr.value_len, hdr.value_crc, epoch=hdr.epoch, codec=hdr.codec,
                          raw_len=hdr.raw_len, flags=hdr.flags)
+
+
+def _elem_size(flags: int, value: Any) -> int:
+    """Shuffle width for the codec: the dtype's for tensors, 2 (fp16/bf16 KV) otherwise."""
+    if flags & FLAG_TENSOR:
+        from ..client.tensors import element_size_of
+
+        width = element_size_of(value)
+        if width in (1, 2, 4, 8):
+            return width
+    return 2
