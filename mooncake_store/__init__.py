@@ -20,12 +20,13 @@ from .errors import (  # noqa: E402
     RpcTimeout,
     StoreClosed,
     StoreError,
+    TransferFailed,
 )
 
 __all__ = [
     "__version__", "Config", "parse_size", "ErrorCode", "StoreError", "InvalidParams",
     "ObjectNotFound", "ReplicaNotReady", "SegmentNotFound", "ObjectExists", "ObjectHasLease", "NoSpace", "ChecksumMismatch",
-    "RpcFailed", "RpcTimeout", "StoreClosed",
+    "RpcFailed", "RpcTimeout", "StoreClosed", "TransferFailed",
 ]
 
 from .replica import ReplicateConfig  # noqa: E402

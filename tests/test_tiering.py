@@ -189,3 +189,34 @@ def test_tensor_values_demote_with_their_element_width(tmp_path):
         assert s.stats()["demoted"] > 0
         for k, t in ts.items():
             assert torch.equal(s.get_tensor(k), t)
+
+
+def test_persist_writes_through_to_the_durable_tier(tmp_path, s3_env):
+    from mooncake_store import ReplicateConfig
+    rc = ReplicateConfig(persist=True)
+    vals = _values(6, size=64 * KiB, seed=31)
+    keys = list(vals)
+    with _tiered(tmp_path, capacity="64MB", **s3_env) as s:
+        s.put(keys[0], vals[keys[0]], rc)
+        assert s.batch_put(keys[1:4], [vals[k] for k in keys[1:4]], rc) == [0, 0, 0]
+        s.put(keys[4], vals[keys[4]])           # not persisted: DRAM only
+        s3 = s._tiers.backends["s3"]
+        assert all(s3.contains(k) for k in keys[:4]) and not s3.contains(keys[4])
+        assert s.get(keys[0]) == vals[keys[0]]  # still served from DRAM
+    with _tiered(tmp_path, capacity="64MB", **s3_env) as s:   # a restart finds them
+        for k in keys[:4]:
+            assert s.get(k) == vals[k]
+        assert not s.exists(keys[4])
+
+
+def test_persist_without_a_reachable_tier_fails_the_put(tmp_path, seaweedfs, s3_env):
+    from mooncake_store import ReplicateConfig, TransferFailed
+    with Store(capacity="16MB", cold_codec="none", **s3_env) as s:
+        s._tiers.backends["s3"].cfg.retry_deadline_s = 1.0   # keep the test short
+        seaweedfs.stop()
+        try:
+            with pytest.raises(TransferFailed):
+                s.put("p", b"x" * 1000, ReplicateConfig(persist=True))
+        finally:
+            seaweedfs.start()
+        assert not s.exists("p")

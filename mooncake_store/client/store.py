@@ -265,7 +265,18 @@ class Store:
             raise
         self._index.put_end(key, flags)
         if self._tiers is not None:
+            if config is not None and config.persist:
+                self._persist(key, replicas[0])
             self._tiers.kick()
+
+    def _persist(self, key: str, replica: Replica) -> None:
+        """Write-through: the put returns once the slowest (most durable) tier has the
+        record; if it cannot, the object is withdrawn and the put fails."""
+        try:
+            self._tiers.persist(key, replica)
+        except StoreError:
+            self._index.remove_many([key], force=True)
+            raise
 
     def _maybe_reclaim(self) -> None:
         now = time.monotonic()
@@ -440,6 +451,7 @@ class Store:
         starts = self._index.batch_put_start([t[1] for t in todo], [t[3].size for t in todo],
                                              config, upsert)
         done: list[str] = []
+        written: list[tuple[int, str, Replica]] = []
         retry: list[tuple[int, str, Region]] = []
         for (i, key, kb, src), got in zip(todo, starts):
             if isinstance(got, NoSpace):
@@ -453,10 +465,17 @@ class Store:
             try:
                 self._write_replicas(kb, got, src.ptr, src.size, 0)
                 done.append(key)
+                written.append((i, key, got[0]))
             except StoreError as e:
                 self._index.put_revoke(key)
                 codes[i] = int(e.code)
         self._index.batch_put_end(done)
+        if self._tiers is not None and config is not None and config.persist:
+            for i, key, replica in written:
+                try:
+                    self._persist(key, replica)
+                except StoreError as e:
+                    codes[i] = int(e.code)
         for i, key, src in retry:   # one by one: each may evict (or demote) earlier ones
             codes[i] = self._retry_put(key, src, config, upsert)
         if self._tiers is not None:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from .._engine import ffi, lib
 from ..codec import FLAG_TENSOR, decode_header
 from ..config import Config
-from ..errors import ChecksumMismatch, InvalidParams, StoreError
+from ..errors import ChecksumMismatch, InvalidParams, StoreError, TransferFailed
 from ..master.index import Obj, ObjectIndex, TieringHooks
 from .tier import TierBackend
 
@@ -93,6 +93,16 @@ class TierManager:
         """Backpressure: a put found no room, so demote on the caller's thread."""
         with self._demote_lock:
             self._demote_batch(need)
+
+    def persist(self, key: str, replica: Any) -> None:
+        """Copy a just-written record to the last (most durable) tier on the caller's thread."""
+        tier = self.order[-1]
+        ok = self._copy_down(tier, key, replica)
+        if not self.hooks.finish_copy_down(key, replica, tier, ok, free_dram=False) and ok:
+            self.backends[tier].remove(key.encode())   # replaced meanwhile: drop the stale copy
+        if not ok:
+            raise TransferFailed(f"write-through of {key!r} to the {tier} tier failed")
+        self._touch(tier, key)
 
     def read_into(self, tier: str, key: str, kb: bytes, dst: Any, dst_len: int, size: int) -> int:
         backend = self.backends[tier]
