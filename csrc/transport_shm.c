@@ -36,7 +36,7 @@ int mcs_shm_map_at(int fd, uint64_t len, uint64_t off, int writable, mcs_shm_map
     uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
     uint64_t delta = off % page;
     int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-    void *a = mmap(NULL, len + delta, prot, MAP_SHARED, fd, (off_t)(off - delta));
+    void *a = mmap(NULL, len + delta, prot, MAP_SHARED | MAP_POPULATE, fd, (off_t)(off - delta));
     if (a == MAP_FAILED) return MCS_E_INVALID_PARAMS;
     m->map_addr = a;
     m->map_len = len + delta;
