@@ -12,16 +12,6 @@
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the wire format is little-endian and is written with host order"
-
-/* transport_rdma.c (no-ops when built without libibverbs) */
-void mcs_rdma_close(mcs_engine *e);
-void mcs_rdma_reg(mcs_engine *e, uint64_t base, uint64_t len);
-void mcs_rdma_dereg(mcs_engine *e, uint64_t base);
-int mcs_rdma_serve_connect(mcs_engine *e, mcs_conn *c, const mcs_wire_hdr *h);
-void mcs_rdma_conn_release(mcs_engine *e, mcs_conn *c);
-int mcs_rdma_peer_connect(mcs_engine *e, mcs_peer *p);
-void mcs_rdma_peer_release(mcs_engine *e, mcs_peer *p);
-int mcs_rdma_try_post(mcs_engine *e, mcs_peer *p, mcs_slice *s);
 #endif
 
 #define MCS_MAX_STREAMS 16
