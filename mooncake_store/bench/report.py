@@ -161,9 +161,7 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
                  _f(r.get("memcpy_GBps")), _f(r.get("x_memcpy"))]
         cells += [_f(r.get("x_tcp_ceiling"))] if show_tcp else []
         if mooncake is not None:
-            m = match(r, mooncake)
-            cells += [_f(m and m.get("GBps")), _path_cell(r, m),
-                      _ratio(r["GBps"], m and m.get("GBps"))]
+            cells += _mooncake_gbps_cells(r, mooncake)
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
@@ -211,12 +209,16 @@ def _print_batch(records: list[dict], console: Console, mooncake: list[dict] | N
                  _f(r.get("p99_us") and r["p99_us"] / 1e3),
                  _f(r.get("x_memcpy"))]
         if mooncake is not None:
-            m = match(r, mooncake)
-            cells += [_f(m and m.get("GBps")), _path_cell(r, m),
-                      _ratio(r["GBps"], m and m.get("GBps"))]
+            cells += _mooncake_gbps_cells(r, mooncake)
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
+
+
+def _mooncake_gbps_cells(r: dict, mooncake: list[dict]) -> list[str]:
+    """Mooncake's GB/s for the matching row, its path, and our ratio to it."""
+    m = match(r, mooncake)
+    return [_f(m and m.get("GBps")), _path_cell(r, m), _ratio(r["GBps"], m and m.get("GBps"))]
 
 
 def _print_goals(records: list[dict], console: Console) -> None:
