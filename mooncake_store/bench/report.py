@@ -99,6 +99,7 @@ def print_report(records: list[dict], console: Console, mooncake: list[dict] | N
     _print_throughput(records, console, mooncake)
     _print_small(records, console, mooncake)
     _print_batch(records, console, mooncake)
+    _print_gpu(records, console)
     if remote_note:
         console.print(f"[yellow]{remote_note}[/]")
     _print_goals(records, console)
@@ -215,6 +216,32 @@ def _print_batch(records: list[dict], console: Console, mooncake: list[dict] | N
     console.print(t)
 
 
+def _print_gpu(records: list[dict], console: Console) -> None:
+    """The GPU section (bench/gpu.py): device tensors through pinned staging, x pinned copy."""
+    for r in _by(records, "ceiling_device_copy"):
+        console.print(f"{'pinned' if r.get('pinned') else 'host'} torch copy ceiling "
+                      f"{human_size(r['value_size'])} {r['direction'].replace('_', ' ')}: "
+                      f"{r['GBps']:.2f} GB/s")
+    rows = _by(records, "gpu_throughput")
+    if not rows:
+        return
+    t = _table("Device tensors <-> local DRAM segment (x copy = GB/s / pinned torch copy of "
+               "that size and direction)")
+    for col in ("size", "op", "mode", "device", "GB/s", "ops/s", "p50 us", "p99 us", "copy",
+                "x copy"):
+        t.add_column(col, justify="left" if col in ("op", "mode", "device") else "right")
+    t.add_column("read")
+    for r in rows:
+        api = "put_from" if r["op"] == "put" else "get_into"
+        t.add_row(human_size(r["value_size"]), r["op"], api, r["device"], f"{r['GBps']:.2f}",
+                  f"{r['ops_per_s']:,.0f}", _f(r.get("p50_us"), "{:.1f}"),
+                  _f(r.get("p99_us"), "{:.1f}"), _f(r.get("copy_GBps")), _f(r.get("x_copy")),
+                  _ok_mark(r))
+    console.print(t)
+    console.print("put: device -> pinned staging (torch copy) -> put_from; get: get_into pinned "
+                  "staging -> device; read: ok = the device tensor matched its source")
+
+
 def _mooncake_gbps_cells(r: dict, mooncake: list[dict]) -> list[str]:
     """Mooncake's GB/s for the matching row, its path, and our ratio to it."""
     m = match(r, mooncake)
@@ -229,7 +256,8 @@ def _print_goals(records: list[dict], console: Console) -> None:
 
 
 def _print_checks(records: list[dict], console: Console) -> None:
-    timed = _by(records, "throughput") + _by(records, "small_ops") + _by(records, "batch")
+    timed = (_by(records, "throughput") + _by(records, "small_ops") + _by(records, "batch")
+             + _by(records, "gpu_throughput"))
     fails = sum(r.get("fails", 0) for r in timed)
     ver = [r["verified"] for r in timed if r.get("verified") is not None]
     color = "green" if not fails and all(ver) else "red"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..bench import mooncake_compare, report
+from ..bench import gpu, mooncake_compare, report
 from ..bench.clients import BenchSetupError
 from ..bench.runner import Plan, Runner, count_phases, quick_plan, store_plan
 from ..bench.stats import parse_sizes
@@ -86,6 +86,55 @@ def _finish(records: list[dict], as_json: bool, mooncake: Optional[list[dict]] =
     report.print_report(records, console, mooncake, remote_note)
 
 
+DEVICE_HELP = ("cpu: the host benchmark; cuda[:N]: the GPU section instead (put_from / get_into "
+               "of CUDA tensors via pinned staging, next to the pinned copy ceiling). Without "
+               "CUDA, --device cuda prints the reason in one line and exits with status 1.")
+
+
+def _device(text: str) -> str:
+    d = text.strip().lower()
+    if d == "cpu" or d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        return d
+    raise typer.BadParameter(f"unknown device {text!r} (cpu, cuda or cuda:N)",
+                             param_hint="--device")
+
+
+def _run_gpu(device: str, sizes: Optional[list[int]], seconds: Optional[float], as_json: bool,
+             **plan_kw: Any) -> None:
+    """The GPU section; no CUDA is one line on stderr and exit status 1 (it was asked for)."""
+    plan = gpu.GpuPlan(device=device, **{k: v for k, v in plan_kw.items() if v is not None})
+    if sizes:
+        plan.sizes = sizes
+    if seconds:
+        plan.seconds = seconds
+    try:
+        plan.validate()
+        gpu.check_device(device)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    except gpu.NoCuda as e:
+        Console(stderr=True).print(f"mstore bench --device {device}: CUDA is not available: "
+                                   f"{e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    records: list[dict] = []
+
+    def emit(rec: dict) -> None:
+        records.append(rec)
+        if as_json:
+            print(json.dumps(rec), flush=True)
+
+    with _progress(2 * 2 * len(plan.sizes)) as prog:
+        task = prog.add_task("GPU section", total=2 * 2 * len(plan.sizes))
+
+        def on_phase(name: str) -> None:
+            prog.update(task, description=name)
+            prog.advance(task)
+
+        gpu.GpuRunner(plan, emit, on_phase).run()
+    if not as_json:
+        _finish(records, False)
+
+
 @bench_app.callback(invoke_without_command=True)
 def bench(ctx: typer.Context,
           sizes: Optional[str] = typer.Option(None, help="Value sizes, comma separated "
@@ -93,9 +142,13 @@ def bench(ctx: typer.Context,
           seconds: Optional[float] = typer.Option(None, min=0.01, help="Seconds per phase "
                                                   "(default 0.3)."),
           json_out: bool = typer.Option(False, "--json", help="JSON Lines on stdout, one "
-                                        "object per result (progress on stderr).")) -> None:
+                                        "object per result (progress on stderr)."),
+          device: str = typer.Option("cpu", help=DEVICE_HELP)) -> None:
     """Quick put/get benchmark of the embedded store, next to the memcpy ceiling."""
     if ctx.invoked_subcommand is not None:
+        return
+    if _device(device) != "cpu":
+        _run_gpu(_device(device), _sizes(sizes), seconds, json_out)
         return
     plan = quick_plan(sizes=_sizes(sizes), seconds=seconds,
                       small_seconds=seconds if seconds is not None else None)
@@ -129,8 +182,14 @@ def bench_store(
                                                      "<anchor>/.venv)."),
         no_warmup: bool = typer.Option(False, "--no-warmup", help="Do not touch the segment's "
                                        "pages before timing."),
-        json_out: bool = typer.Option(False, "--json", help="JSON Lines on stdout.")) -> None:
+        json_out: bool = typer.Option(False, "--json", help="JSON Lines on stdout."),
+        device: str = typer.Option("cpu", help=DEVICE_HELP)) -> None:
     """The Mooncake anchor's workload against our store; --compare mooncake runs both."""
+    if _device(device) != "cpu":
+        # The store run's longer phases; the anchor has no GPU section to compare with.
+        _run_gpu(_device(device), _sizes(sizes), seconds or 3.0, json_out,
+                 ws_mib=ws_mib, seg_mib=seg_mib, max_gib=max_gib, tag="store-gpu")
+        return
     if compare is not None and compare.lower() != "mooncake":
         raise typer.BadParameter(f"unknown comparison {compare!r} (only 'mooncake')",
                                  param_hint="--compare")
