@@ -101,3 +101,22 @@ int64_t mcs_rec_read(const void *region, uint64_t region_len, const char *key, s
     if (mcs_copy_crc32c(dst, v, inf->value_len, 0) != inf->value_crc) return MCS_REC_CORRUPT;
     return (int64_t)inf->value_len;
 }
+
+/* Invalidate the record at region if it is still the one the master freed: a verified
+ * header whose header+value length is expected_len. The check and the write meet on one
+ * aligned 8-byte word (header crc + first key bytes, unique per record): it is swapped
+ * atomically from the value the check saw, so a header rewritten in between by a new
+ * allocation is never touched.
+ * Returns 1 zapped, 0 left alone (not that record any more), or a negative code. */
+int mcs_rec_zap(void *region, uint64_t region_len, uint64_t expected_len) {
+    if (!region || ((uintptr_t)region % 8) != 0) return MCS_REC_BAD_ARGS;
+    if (region_len < MCS_REC_FIXED + 4) return 0;
+    uint64_t *word = (uint64_t *)((uint8_t *)region + OFF_HCRC);
+    uint64_t seen = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+    mcs_rec_info info;
+    if (mcs_rec_check_header(region, region_len, NULL, 0, &info) != MCS_REC_OK) return 0;
+    if (expected_len && (uint64_t)info.header_len + info.value_len != expected_len) return 0;
+    uint64_t zapped = ~seen;   /* every bit of the crc flips: the header no longer verifies */
+    return __atomic_compare_exchange_n(word, &seen, zapped, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE) ? 1 : 0;
+}

@@ -40,4 +40,7 @@ int mcs_rec_check_header(const void *region, uint64_t region_len, const char *ke
  * pass. Returns the value length or a negative code. */
 int64_t mcs_rec_read(const void *region, uint64_t region_len, const char *key, size_t key_len,
                      void *dst, uint64_t dst_len, mcs_rec_info *info);
+/* Invalidate the record at region (8-byte aligned) if it verifies and its header+value length is
+ * expected_len (0: any), with one atomic compare-and-swap. 1: zapped, 0: left alone, < 0: bad args. */
+int mcs_rec_zap(void *region, uint64_t region_len, uint64_t expected_len);
 #endif

@@ -94,7 +94,8 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
             from ..master.metrics import MetricsServer, master_values
 
             svc.metrics = MetricsServer("mstore_master", lambda: master_values(svc),
-                                        lambda: svc.role in ("leader", "standby"), metrics_port, host)
+                                        lambda: svc.role in ("leader", "standby"), metrics_port, host,
+                                        token=cfg.auth_token)
     except StoreError as e:
         _fail(str(e))
     run_until_signal(svc, f"master listening on {svc.address}")
@@ -128,7 +129,8 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
             from ..master.metrics import MetricsServer, node_values
 
             node.metrics = MetricsServer("mstore_node", lambda: node_values(node),
-                                         lambda: node.agent.registered, metrics_port, host)
+                                         lambda: node.agent.registered, metrics_port, host,
+                                         token=cfg.auth_token)
     except StoreError as e:
         _fail(str(e))
     run_until_signal(node, f"node {node.agent.node_id} serving {node.endpoint}")

@@ -63,6 +63,7 @@ class MasterClient:
         self._clients: dict[str, RpcClient] = {}
         self._addrs = addresses
         self._current = addresses[0] if addresses else ""
+        self._ok = False      # the current master answered the last call: no need to ask etcd
         self._lock = threading.Lock()
 
     @property
@@ -76,34 +77,47 @@ class MasterClient:
                 c = self._clients[addr] = RpcClient(addr, self.timeout_ms, token=self.token)
             return c
 
-    def _candidates(self) -> list[str]:
-        out = []
+    def _candidates(self, ask: bool = True) -> tuple[list[str], bool]:
+        """Masters to try, in order, and whether etcd failed to answer. While the current
+        master keeps answering, etcd is not asked at all (ask=False), so an etcd outage
+        does not slow calls down."""
+        out: list[str] = []
+        etcd_failed = False
+        if not ask and self._current:
+            return [self._current], False
         if self.resolve is not None:
             try:
                 leader = self.resolve()
             except StoreError:
-                leader = None
+                leader, etcd_failed = None, True
             if leader:
                 out.append(leader)
         if self._current and self._current not in out:
             out.append(self._current)
         out += [a for a in self._addrs if a not in out]
-        return out
+        return out, etcd_failed
 
     def call(self, method: str, *args: Any, timeout_ms: int | None = None) -> Any:
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         single = len(self._addrs) <= 1 and self.resolve is None
         window = timeout if single else max(timeout, FAILOVER_WINDOW_MS)
-        deadline = time.monotonic() + window / 1000.0
+        start = time.monotonic()
+        deadline = start + window / 1000.0
         last: StoreError | None = None
-        for _ in range(1000):  # bounded; the deadline ends it long before
-            for addr in self._candidates():
+        known = self._ok
+        for attempt in range(1000):  # bounded; the deadline ends it long before
+            addrs, etcd_failed = self._candidates(ask=attempt > 0 or not known)
+            if etcd_failed:
+                # Nobody can name a new leader now: waiting out the failover window would
+                # only stall the caller, so the call gets its own timeout and no more.
+                deadline = min(deadline, start + timeout / 1000.0)
+            for addr in addrs:
                 left = int((deadline - time.monotonic()) * 1000)
                 if left <= 0:
-                    raise last or RpcTimeout(f"{method}: no master answered within {window} ms")
+                    raise _as_rpc_error(method, last, window)
                 try:
                     result = self._client(addr).call(method, *args, timeout_ms=min(timeout, left))
-                    self._current = addr
+                    self._current, self._ok = addr, True
                     return result
                 except (RpcFailed, RpcTimeout) as e:
                     last = e
@@ -111,10 +125,11 @@ class MasterClient:
                     if not str(e).startswith("not ready"):
                         raise
                     last = e
+                self._ok = False
                 if single:
                     raise last
             time.sleep(0.05)
-        raise last or RpcFailed(f"{method}: no master reachable")
+        raise _as_rpc_error(method, last, window)
 
     def close(self) -> None:
         with self._lock:
@@ -508,6 +523,16 @@ class RemoteData:
         return vlen
 
 
+def _as_rpc_error(method: str, last: StoreError | None, window: int) -> StoreError:
+    """The error a call that found no leader in time raises: RpcTimeout/RpcFailed as they
+    came, and "not ready" (masters up, none leading) as RpcFailed (-900)."""
+    if last is None:
+        return RpcTimeout(f"{method}: no master answered within {window} ms")
+    if isinstance(last, (RpcFailed, RpcTimeout)):
+        return last
+    return RpcFailed(f"{method}: no leader master: {last}")
+
+
 def _addr(p: Any) -> int:
     return int(ffi.cast("uintptr_t", p))
 
@@ -526,7 +551,9 @@ def leader_resolve_for(cfg: Config) -> Callable[[], str | None] | None:
         return None
     from ..meta.etcd import leader_resolver
 
-    return leader_resolver(cfg.metadata_server, cfg.cluster_id)
+    # etcd asked with at most a quarter of the call's timeout, so a hung etcd cannot eat it.
+    return leader_resolver(cfg.metadata_server, cfg.cluster_id,
+                           timeout_s=min(1.0, max(0.1, cfg.rpc_timeout_ms / 4000.0)))
 
 
 class ClusterSession:

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 from ..replica import Replica, Slice
 from .index import PIN_NONE, Obj, ObjectIndex
+from .stripe_repair import is_striped, mend
 
 
 class ClusterIndex:
@@ -34,7 +35,10 @@ class ClusterIndex:
             for key, obj in list(ix._objects.items()):
                 if not _touches(obj.replicas, segment):
                     continue
-                obj.replicas = [r for r in obj.replicas if not _on(r, segment)]
+                if is_striped(obj.replicas):   # regroup the parts that survive
+                    obj.replicas = mend(ix, obj.replicas, segment)
+                else:
+                    obj.replicas = [r for r in obj.replicas if not _on(r, segment)]
                 if obj.replicas or obj.tier != "dram":
                     damaged.append(key)
                     continue
@@ -172,7 +176,7 @@ class StripedPuts:
 
     def __init__(self, cluster: ClusterIndex) -> None:
         self.c = cluster
-        self.partial: dict[tuple[str, int], dict] = {}   # inventory stripes waiting for siblings
+        self.partial: dict[tuple[str, int, int], dict] = {}   # inventory stripes waiting for siblings
 
     def put_start(self, key: str, size: int, rc, stripe: int, upsert: bool) -> list[Replica] | None:
         from ..codec import header_size
@@ -218,24 +222,29 @@ class StripedPuts:
             return replicas
 
     def adopt_stripe(self, segment: str, skey: str, offset: int, length: int, flags: int) -> bool:
-        """An inventory entry that is one stripe: reserve it; attach the replica when all its
-        stripes have been seen (they may come from several nodes, in any order)."""
+        """An inventory entry that is one stripe: reserve it; attach a replica whenever a copy
+        of every part has been seen (they may come from several nodes, in any order). Parts
+        are grouped by object, part count and size, not by the replica number in their
+        header: after a node loss a replica is regrouped from parts of several (stripe_repair)."""
         parsed = parse_stripe_key(skey)
         if parsed is None:
             return False
         key, r, i, k, total = parsed
+        if not 0 <= i < k:
+            return False
         ix = self.c.ix
         with ix.lock:
             seg = ix.segments.get(segment)
             if seg is None or not seg.allocator.reserve(offset, length):
                 return False
-            group = self.partial.setdefault((key, r), {"k": k, "total": total, "flags": flags,
-                                                       "parts": {}})
-            group["parts"][i] = Slice(segment, offset, length)
-            if len(group["parts"]) < k:
+            group = self.partial.setdefault((key, k, total), {"parts": {}})
+            parts = group["parts"]
+            parts.setdefault(i, []).append(Slice(segment, offset, length))
+            if not all(parts.get(j) for j in range(k)):
                 return True
-            del self.partial[(key, r)]
-            replica = tuple(group["parts"][j] for j in range(k))
+            replica = tuple(parts[j].pop(0) for j in range(k))
+            if not any(parts.values()):
+                del self.partial[(key, k, total)]
             obj = ix._objects.get(key)
             if obj is None:
                 obj = Obj(key, total, [replica], 0, 0.0, 0.0)

@@ -100,6 +100,9 @@ class ObjectIndex:
         self.lease_s = self.config.lease_ttl_ms / 1000.0
         # Set by a TierManager when cold tiers exist; None keeps eviction a plain drop.
         self.tiering = None
+        # Set by the cluster master (master/tombstones.py): told of every freed slice, so the
+        # node can invalidate the record's header and a rebuilt index does not find it again.
+        self.on_free: Callable[[Slice], None] | None = None
         self.counters = {"hits": 0, "misses": 0, "evictions": 0, "evicted_bytes": 0,
                          "puts": 0, "removes": 0, "reclaimed_puts": 0}
 
@@ -506,6 +509,8 @@ class ObjectIndex:
                 seg = self.segments.get(sl.segment)
                 if seg is not None:
                     seg.allocator.free(sl.offset, sl.length)
+                    if self.on_free is not None:
+                        self.on_free(sl)
 
 
 # ---- hooks for the tier manager (mooncake_store/node/tiering.py) --------------------------------

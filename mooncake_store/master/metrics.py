@@ -2,9 +2,15 @@
 
 Each process exposes what its own stats() says, read at scrape time through a
 custom collector, so no counter is kept twice. Binds 127.0.0.1 unless told otherwise.
+
+With a shared secret (auth_token / MOONCAKE_AUTH_TOKEN), /metrics answers only a
+request carrying `Authorization: Bearer <secret>` (compared in constant time);
+anything else gets 401 and no data. /health stays open, so liveness probes need no
+secret: it answers "ok" or "unhealthy" and nothing else.
 """
 from __future__ import annotations
 
+import hmac
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -37,14 +43,32 @@ class MetricsServer:
     """Serves /metrics (Prometheus text) and /health (200 when healthy() is true, else 503)."""
 
     def __init__(self, prefix: str, collect: Callable[[], dict[str, float]],
-                 healthy: Callable[[], bool], port: int, host: str = "127.0.0.1") -> None:
+                 healthy: Callable[[], bool], port: int, host: str = "127.0.0.1",
+                 token: str = "") -> None:
         registry = CollectorRegistry()
         registry.register(_Collector(prefix, collect))
+        secret = token.encode("utf-8") if token else b""
+        self.refused = 0
+
+        def authorized(header: str | None) -> bool:
+            if not secret:
+                return True
+            scheme, _, given = (header or "").partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode("utf-8", "surrogateescape"), secret)
+            if not ok:
+                self.refused += 1
+            return ok
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                extra = {}
                 if self.path.split("?")[0] == "/metrics":
-                    body, code, ctype = generate_latest(registry), 200, "text/plain; version=0.0.4"
+                    if authorized(self.headers.get("Authorization")):
+                        body, code, ctype = generate_latest(registry), 200, "text/plain; version=0.0.4"
+                    else:
+                        body, code, ctype = b"unauthorized\n", 401, "text/plain"
+                        extra["WWW-Authenticate"] = 'Bearer realm="mstore"'
                 elif self.path.split("?")[0] == "/health":
                     ok = False
                     try:
@@ -56,6 +80,8 @@ class MetricsServer:
                 else:
                     body, code, ctype = b"not found: try /metrics or /health\n", 404, "text/plain"
                 self.send_response(code)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

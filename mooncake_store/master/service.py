@@ -24,14 +24,16 @@ from ..errors import InvalidParams, Unavailable
 from ..replica import ReplicateConfig, Slice
 from ..rpc import RpcServer
 from .cluster_index import ClusterIndex
+from . import stripe_repair
 from .index import ObjectIndex
+from .tombstones import Tombstones
 from .wire import lookup_to_wire, rc_from_wire, replicas_to_wire
 
 log = logging.getLogger("mooncake_store.master")
 
 REPAIRS_PER_TICK = 256
 HEAT_TAU_S = 2.0          # decay time constant of the per-object read rate
-NODE_CALLS = {"register_node", "heartbeat", "task_done", "leave"}
+NODE_CALLS = {"register_node", "heartbeat", "task_done", "leave", "zap_done"}
 TASKS_PER_HEARTBEAT = 64
 
 
@@ -60,6 +62,7 @@ class Task:
     slice: Slice
     node_id: str
     deadline: float
+    group: dict | None = None    # the parts of one striped replica being copied together
 
 
 class MasterService:
@@ -77,6 +80,8 @@ class MasterService:
         self.clock = clock
         self.index = ObjectIndex(self.config)
         self.cluster = ClusterIndex(self.index)
+        self.tombstones = Tombstones(clock)   # freed records, invalidated on their nodes
+        self.tombstones.attach(self.index)
         self.role = "leader"          # leader | recovering | standby (election: meta/election.py)
         self.leader_hint = ""
         self.membership = None        # the Elector when etcd is used
@@ -123,7 +128,7 @@ class MasterService:
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
                  "batch_put_start", "batch_put_end", "batch_put_revoke", "stat",
-                 "register_node", "heartbeat", "task_done", "leave")
+                 "register_node", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
 
     def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -158,6 +163,7 @@ class MasterService:
     def _reset_state(self) -> None:
         self.index = ObjectIndex(self.config)
         self.cluster = ClusterIndex(self.index)
+        self.tombstones.attach(self.index)
         self.nodes.clear()
         self.segdesc.clear()
         self.want.clear()
@@ -179,6 +185,8 @@ class MasterService:
         if self.membership is None:
             return
         alive = self.membership.alive_nodes()
+        if alive is None:   # etcd silent lately: heartbeats alone decide
+            return
         with self._lock:
             for node_id in [n for n in self.nodes if n not in alive]:
                 self._drop_node(node_id, "its etcd lease expired")
@@ -345,6 +353,7 @@ class MasterService:
             st["repairs_pending"] = len(self._repair)
             st["repairs_in_flight"] = len(self._tasks)
             st.update(self.counters)
+            st.update(self.tombstones.counters)
         st["segments"] = self.rpc_segments()
         st["role"] = self.role
         st["address"] = self.address
@@ -399,13 +408,19 @@ class MasterService:
                 return {"known": False, "tasks": []}
             node.last_seen = self.clock()
             tasks, node.tasks = node.tasks[:TASKS_PER_HEARTBEAT], node.tasks[TASKS_PER_HEARTBEAT:]
-            return {"known": True, "tasks": tasks}
+            return {"known": True, "tasks": tasks, "zaps": self.tombstones.take(node.segments)}
+
+    def rpc_zap_done(self, node_id: str, ids: list) -> int:
+        """A node invalidated (or found overwritten) the freed records it was sent."""
+        return self.tombstones.done(ids if isinstance(ids, list) else [])
 
     def rpc_task_done(self, node_id: str, task_id: int, ok: bool) -> bool:
         with self._lock:
             task = self._tasks.pop(task_id, None)
         if task is None:
             return False
+        if task.group is not None:
+            return self._stripe_part_done(task, bool(ok))
         attached = self.cluster.add_replica_end(task.key, task.slice, bool(ok))
         with self._lock:
             self.counters["repairs_done" if attached else "repairs_failed"] += 1
@@ -429,7 +444,9 @@ class MasterService:
             for key in self.cluster.unmount(name):
                 self._repair[key] = None
         for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
-            del self._tasks[tid]   # its reserved room went with the segment
+            task = self._tasks.pop(tid)   # its reserved room went with the segment
+            if task.group is not None:
+                self._stripe_part_done(task, False)
         log.warning("node %s (%s) dropped: %s", node_id, node.endpoint, why)
 
     def _tick_loop(self) -> None:
@@ -445,6 +462,7 @@ class MasterService:
                     self._check_recovered(now)
                 if self.role == "leader":
                     self._expire_nodes(now)
+                    self.tombstones.expire(now)
                     if now >= next_membership:
                         next_membership = now + 0.5
                         self._check_membership()
@@ -462,6 +480,9 @@ class MasterService:
                 self._drop_node(node.node_id, f"no heartbeat for {ttl:.1f} s")
             for tid in [t for t, task in self._tasks.items() if task.deadline <= now]:
                 task = self._tasks.pop(tid)
+                if task.group is not None:
+                    self._stripe_part_done(task, False)
+                    continue
                 self.cluster.add_replica_end(task.key, task.slice, False)
                 self._repair[task.key] = None
 
@@ -475,6 +496,45 @@ class MasterService:
                 del self._repair[key]
                 self._repair_one(key, now)
 
+    def _repair_striped(self, key: str, replicas: list, want: int, now: float) -> None:
+        """One more replica of a striped object: the node that will hold each part copies it
+        from a complete replica and verifies it; the replica is attached once every part is in."""
+        src = replicas[0]
+        if any(s.segment not in self.segdesc for s in src):
+            return
+        planned = stripe_repair.plan(self.index, key)
+        if planned is None:
+            if sum(d.tier == "dram" for d in self.segdesc.values()) > len(replicas):
+                self._repair[key] = None   # room may come free: retried next tick
+            return
+        slices, size = planned
+        group = {"key": key, "src": src, "slices": slices, "left": len(slices), "ok": True}
+        deadline = now + 2 * self.config.node_ttl_ms / 1000.0 + 10.0
+        for i, (sl, part) in enumerate(zip(slices, src)):
+            dst, origin = self.segdesc[sl.segment], self.segdesc[part.segment]
+            tid = next(self._task_ids)
+            self._tasks[tid] = Task(key, sl, dst.node_id, deadline, group)
+            self.nodes[dst.node_id].tasks.append({
+                "id": tid, "key": key, "src": origin.endpoint, "src_addr": origin.base + part.offset,
+                "segment": sl.segment, "offset": sl.offset, "length": sl.length,
+                "part": [i, len(slices), size]})
+        self.counters["repairs_started"] += 1
+        if len(replicas) + 1 < want:
+            self._repair[key] = None   # still short: another round later
+
+    def _stripe_part_done(self, task: Task, ok: bool) -> bool:
+        with self._lock:
+            g = task.group
+            g["left"] -= 1
+            g["ok"] = g["ok"] and ok
+            if g["left"] > 0:
+                return ok
+            attached = stripe_repair.attach(self.index, g["key"], g["src"], g["slices"], g["ok"])
+            self.counters["repairs_done" if attached else "repairs_failed"] += 1
+            if not attached:
+                self._repair[g["key"]] = None
+            return attached
+
     def _repair_one(self, key: str, now: float) -> None:
         replicas = self.cluster.replicas(key)
         if replicas is None:
@@ -482,6 +542,9 @@ class MasterService:
             return
         want = self.want.get(key, 1)
         if len(replicas) >= want or not replicas:
+            return
+        if len(replicas[0]) > 1:
+            self._repair_striped(key, replicas, want, now)
             return
         held = {s.segment for r in replicas for s in r}
         src = next((self.segdesc.get(r[0].segment) for r in replicas

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 from ..errors import StoreError
@@ -34,6 +35,7 @@ class Elector:
         self.ttl_s = max(2, (ttl_ms + 999) // 1000)
         self.key = leader_key(cluster_id)
         self._keeper: LeaseKeeper | None = None
+        self._alive: tuple[float, set[str]] | None = None   # (when read, node ids) from etcd
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         service.role = "standby"
@@ -52,9 +54,20 @@ class Elector:
             self._keeper.close(revoke=True)   # hand over at once instead of after the TTL
             self._keeper = None
 
-    def alive_nodes(self) -> set[str]:
+    def alive_nodes(self) -> set[str] | None:
+        """The nodes holding a membership lease, as read by this thread within the last
+        2 s; None when etcd has not answered lately (the master then keeps its nodes and
+        its own heartbeat timeout decides), so the master's ticker never waits on etcd."""
+        alive = self._alive
+        if alive is None or time.monotonic() - alive[0] > 2.0:
+            return None
+        return alive[1]
+
+    def _read_nodes(self) -> set[str]:
         prefix = cluster_prefix(self.cluster_id) + "nodes/"
-        return {k[len(prefix):] for k in self.etcd.get_prefix(prefix)}
+        nodes = {k[len(prefix):] for k in self.etcd.get_prefix(prefix)}
+        self._alive = (time.monotonic(), nodes)
+        return nodes
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
@@ -63,6 +76,8 @@ class Elector:
                     self._campaign()
                 elif self.etcd.get(self.key) != self.svc.address:
                     self._step_down("leader key lost")
+                else:
+                    self._read_nodes()
             except StoreError as e:
                 log.debug("election: %s", e)
             except Exception:  # noqa: BLE001 - the elector must keep running
@@ -70,13 +85,19 @@ class Elector:
 
     def _campaign(self) -> None:
         current = self.etcd.get(self.key)
+        if current == self.svc.address:
+            # Our own key from a lease we no longer keep (we stepped down while etcd was
+            # unreachable, and it came back with the lease still counting): nobody else
+            # writes our address, so clear it instead of waiting for the lease to run out.
+            self.etcd.delete_if(self.key, self.svc.address)
+            current = self.etcd.get(self.key)
         self.svc.leader_hint = current or ""
         if current is not None:
             return
         keeper = LeaseKeeper(self.etcd, self.ttl_s, on_lost=lambda: self._step_down("lease lost"))
         if self.etcd.create(self.key, self.svc.address, keeper.lease):
             self._keeper = keeper
-            expected = self.alive_nodes()
+            expected = self._read_nodes()
             log.warning("master %s is now the leader (waiting for %d node(s))",
                         self.svc.address, len(expected))
             self.svc.become_leader(expected)

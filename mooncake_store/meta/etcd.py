@@ -125,6 +125,14 @@ class EtcdClient:
             "success": [{"request_put": put}]})
         return bool(r.get("succeeded"))
 
+    def delete_if(self, key: str, value: str) -> bool:
+        """Delete key only if it still holds value (one transaction). True when deleted."""
+        r = self._post("/v3/kv/txn", {
+            "compare": [{"key": _b64(key), "result": "EQUAL", "target": "VALUE",
+                         "value": _b64(value)}],
+            "success": [{"request_delete_range": {"key": _b64(key)}}]})
+        return bool(r.get("succeeded"))
+
     # ---- leases ------------------------------------------------------------------------------
     def lease_grant(self, ttl_s: int) -> int:
         return int(self._post("/v3/lease/grant", {"TTL": str(int(ttl_s))})["ID"])
@@ -147,6 +155,7 @@ class LeaseKeeper:
     def __init__(self, etcd: EtcdClient, ttl_s: int, on_lost: Callable[[], None] | None = None) -> None:
         self.etcd = etcd
         self.ttl_s = max(2, int(ttl_s))
+        self.granted_at = time.monotonic()
         self.lease = etcd.lease_grant(self.ttl_s)
         self.on_lost = on_lost
         self._stop = threading.Event()
@@ -155,11 +164,14 @@ class LeaseKeeper:
 
     def _loop(self) -> None:
         period = self.ttl_s / 3.0
-        last_ok = time.monotonic()
+        # When the last refresh was *sent*: etcd counts the TTL from its arrival, so the lease
+        # is surely alive until last_ok + ttl, and on_lost fires no later than that.
+        last_ok = self.granted_at
         while not self._stop.wait(period):
+            sent = time.monotonic()
             try:
                 if self.etcd.lease_keepalive(self.lease) > 0:
-                    last_ok = time.monotonic()
+                    last_ok = sent
                     continue
             except StoreError:
                 if time.monotonic() - last_ok < self.ttl_s:
@@ -187,16 +199,26 @@ def segment_key(cluster_id: str, name: str) -> str:
     return cluster_prefix(cluster_id) + "segments/" + name
 
 
-def leader_resolver(endpoints: str, cluster_id: str) -> Callable[[], str | None]:
-    """A function returning the current leader's address (cached for 100 ms)."""
-    etcd = EtcdClient(endpoints, timeout_s=1.0)
+def leader_resolver(endpoints: str, cluster_id: str,
+                    timeout_s: float = 1.0) -> Callable[[], str | None]:
+    """A function returning the current leader's address (cached for 100 ms). A failure is
+    remembered for 0.5 s and raised again at once, so callers asking during an etcd outage
+    do not each wait out the timeout."""
+    etcd = EtcdClient(endpoints, timeout_s=timeout_s)
     key = leader_key(cluster_id)
-    cache: list[Any] = [0.0, None]
+    cache: list[Any] = [0.0, None, None]    # when, leader, error
 
     def resolve() -> str | None:
         now = time.monotonic()
-        if now - cache[0] > 0.1:
-            cache[1] = etcd.get(key)
-            cache[0] = now
+        if cache[2] is not None and now - cache[0] < 0.5:
+            raise cache[2]
+        if now - cache[0] > 0.1 or cache[2] is not None:
+            try:
+                cache[1], cache[2] = etcd.get(key), None
+            except StoreError as e:
+                cache[2] = e
+                raise
+            finally:
+                cache[0] = time.monotonic()
         return cache[1]
     return resolve

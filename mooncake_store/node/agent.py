@@ -40,7 +40,7 @@ class NodeAgent:
         self.heartbeat_s = heartbeat_ms / 1000.0
         self.registered = False
         self.counters = {"registrations": 0, "heartbeats": 0, "tasks_ok": 0, "tasks_failed": 0,
-                         "master_errors": 0}
+                         "master_errors": 0, "zapped": 0, "zap_skipped": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         for m in mounted:
@@ -92,11 +92,20 @@ class NodeAgent:
                     continue
                 for task in reply.get("tasks", ()):
                     self._run_task(task)
+                if reply.get("zaps"):
+                    self._run_zaps(reply["zaps"])
             except StoreError as e:
                 self.counters["master_errors"] += 1
                 log.debug("node %s: master call failed: %s", self.node_id, e)
             except Exception:  # noqa: BLE001 - the agent must keep heartbeating
                 log.exception("node agent iteration failed")
+
+    def _run_zaps(self, zaps: list) -> None:
+        ids, zapped, skipped = inventory.zap_records(self.mounted, zaps)
+        self.counters["zapped"] += zapped
+        self.counters["zap_skipped"] += skipped
+        if ids:
+            self.master.call("zap_done", self.node_id, ids)
 
     def _run_task(self, task: dict) -> None:
         """Copy one record from a peer node into our segment, verify it, report."""
@@ -106,7 +115,9 @@ class NodeAgent:
             dst = m.segment.base + task["offset"]
             try:
                 self.engine.read(task["src"], dst, task["src_addr"], task["length"])
-                ok = _verify(m.segment.ptr + task["offset"], task["length"], task["key"])
+                ptr = m.segment.ptr + task["offset"]
+                ok = inventory.verify_part(ptr, task["length"], task["key"], task["part"]) \
+                    if task.get("part") else _verify(ptr, task["length"], task["key"])
             except StoreError as e:
                 log.info("repair of %r from %s failed: %s", task["key"], task["src"], e)
         self.counters["tasks_ok" if ok else "tasks_failed"] += 1

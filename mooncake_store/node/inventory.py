@@ -5,6 +5,9 @@ found with one vectorized pass over the first word of every 64-byte line; each
 candidate is then checked in C (header CRC, lengths) and its value CRC compared,
 so torn or overwritten records are skipped. Used when a node rejoins a master
 that has no index for it (master restart or leader change).
+
+zap_records invalidates records the master freed (master/tombstones.py), so a
+rebuilt index does not find removed or evicted objects again.
 """
 from __future__ import annotations
 
@@ -45,3 +48,42 @@ def scan(ptr, size: int) -> list[list]:
                 found[key] = (info.epoch, entry)
             pos_after = off + hlen + vlen
     return [e for _, e in found.values()]
+
+
+def zap_records(mounted: dict, zaps: list) -> tuple[list, int, int]:
+    """Invalidate freed records ([id, segment, offset, length] each) if each is still the
+    record the master freed (mcs_rec_zap: verify, then one compare-and-swap). The master
+    holds each header line out of its allocator until we report, so nothing new lands
+    there meanwhile. Returns (ids dealt with, zapped, left alone)."""
+    ids, zapped, skipped = [], 0, 0
+    for zap in zaps:
+        if not isinstance(zap, (list, tuple)) or len(zap) != 4 or not isinstance(zap[0], int):
+            continue
+        zid, name, off, length = zap
+        m = mounted.get(name) if isinstance(name, str) else None
+        ok = m is not None and isinstance(off, int) and 0 <= off < m.segment.size \
+            and off % 8 == 0 and isinstance(length, int) and length >= 0
+        ids.append(zid)
+        if ok and lib.mcs_rec_zap(m.segment.ptr + off, m.segment.size - off, length) == 1:
+            zapped += 1
+        else:
+            skipped += 1
+    return ids, zapped, skipped
+
+
+def verify_part(ptr, length: int, key: str, part) -> bool:
+    """A copied stripe (repair of a striped object): header and value CRC verify, the record
+    fills `length`, and its header names part i of k of `key`, total bytes (part = [i, k, total])."""
+    from ..master.cluster_index import parse_stripe_key
+
+    if not isinstance(part, (list, tuple)) or len(part) != 3 or \
+            not all(isinstance(x, int) for x in part):
+        return False
+    info = ffi.new("mcs_rec_info *")
+    if lib.mcs_rec_check_header(ptr, length, ffi.NULL, 0, info) != 0 \
+            or info.header_len + info.value_len != length \
+            or lib.mcs_crc32c(0, ptr + info.header_len, info.value_len) != info.value_crc:
+        return False
+    skey = decode_header(ffi.buffer(ptr, info.header_len)).key.decode("utf-8", "surrogatepass")
+    parsed = parse_stripe_key(skey)
+    return parsed is not None and parsed[0] == key and list(parsed[2:]) == list(part)

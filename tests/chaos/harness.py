@@ -160,3 +160,28 @@ def report(fault: str, load: str, attempted: int, failed_clean: int, wrong: int,
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
     return row
+
+
+def kill9(proc) -> None:
+    """kill -9 a subprocess.Popen we started, and reap it."""
+    import signal
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def restart_etcd(etcd, timeout: float = 60.0) -> float:
+    """Start etcd again with the same command line (same data dir and ports) after a
+    kill -9; returns the seconds until it reports healthy."""
+    import subprocess
+    from mooncake_store.meta.etcd import EtcdClient
+    t0 = time.monotonic()
+    etcd.p = subprocess.Popen(etcd.p.args, stdout=etcd.log, stderr=etcd.log)
+    client = EtcdClient(etcd.endpoint, timeout_s=1.0)
+    for _ in range(int(timeout / 0.1)):
+        if client.healthy():
+            return time.monotonic() - t0
+        if etcd.p.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"etcd did not come back on its data dir (exit {etcd.p.poll()})")

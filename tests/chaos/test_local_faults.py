@@ -126,9 +126,10 @@ def test_transfer_peer_killed_mid_batch(target):
     assert waited < 15
 
 
-def test_s3_outage_under_load(seaweedfs, s3_bucket, tmp_path, monkeypatch):
-    """SeaweedFS stopped (SIGSTOP) for ~10 s under load on a DRAM -> SSD -> S3 store:
-    DRAM/SSD ops go on, nothing wrong is served, push-downs complete after it returns."""
+def test_s3_kill9_and_restart_under_load(seaweedfs, s3_bucket, tmp_path, monkeypatch):
+    """SeaweedFS killed -9 for ~10 s under load on a DRAM -> SSD -> S3 store, then restarted
+    on the same directory and ports: DRAM/SSD ops go on, nothing wrong is served, push-downs
+    resume after it returns, and objects pushed down before the kill still read back."""
     monkeypatch.setenv("MOONCAKE_S3_ACCESS_KEY_ID", seaweedfs.access_key)
     monkeypatch.setenv("MOONCAKE_S3_SECRET_ACCESS_KEY", seaweedfs.secret_key)
     store = Store(capacity="4MB", enable_ssd_offload=True, ssd_offload_path=str(tmp_path / "ssd"),
@@ -139,12 +140,13 @@ def test_s3_outage_under_load(seaweedfs, s3_bucket, tmp_path, monkeypatch):
         load.start()
         time.sleep(4)
         before = dict(store.stats())
-        seaweedfs.pause()
+        harness.kill9(seaweedfs.proc)                 # kill -9: connections refused, not hung
         t_pause = time.monotonic()
         a0, ok0 = load.attempted, load.ok
         time.sleep(10)
         during_attempted, during_ok = load.attempted - a0, load.ok - ok0
-        seaweedfs.resume()
+        t_restart = time.monotonic()
+        seaweedfs.start()                             # same data dir and ports
         t_back = time.monotonic()
         pd0 = store.stats()["pushed_down"]
         recovery = harness.wait_recovered(lambda: store.stats()["pushed_down"] > pd0, timeout=60)
@@ -161,15 +163,18 @@ def test_s3_outage_under_load(seaweedfs, s3_bucket, tmp_path, monkeypatch):
             except StoreError:
                 missing += 1
     finally:
-        seaweedfs.resume()
+        if seaweedfs.proc is None or seaweedfs.proc.poll() is not None:
+            seaweedfs.start()                         # the session fixture must outlive us
         if load.is_alive():
             load.stop()
         store.close()
-    report("SeaweedFS (S3 tier) stopped 10 s", "put/get/exists on DRAM->SSD->S3",
+    report("SeaweedFS (S3 tier) kill -9, restarted on its dir after 10 s",
+           "put/get/exists on DRAM->SSD->S3",
            load.attempted, load.failed_clean, load.wrong + wrong, 0, recovery,
            ops_during_outage=during_attempted, ok_during_outage=during_ok,
            pushed_down=after["pushed_down"] - before["pushed_down"], acked_unreadable=missing,
-           errors=load.errors, unexpected=load.unexpected[:3], outage_s=round(t_back - t_pause, 1))
+           errors=load.errors, unexpected=load.unexpected[:3], outage_s=round(t_back - t_pause, 1),
+           restart_s=round(t_back - t_restart, 2), recovery_from="SeaweedFS answering again")
     assert load.wrong == 0 and wrong == 0
     assert not load.unexpected, load.unexpected
     assert during_ok > 0                      # the DRAM/SSD tiers kept serving

@@ -66,3 +66,44 @@ def test_metrics_and_health(cluster):
     assert "mstore_node_segment_bytes 3.3554432e+07" in text
     assert _http(f"http://127.0.0.1:{nport}/health")[0] == 200
     assert _http(f"http://127.0.0.1:{nport}/nope")[0] == 404
+
+
+def _http_auth(url: str, header: str | None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Authorization": header} if header else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_metrics_need_the_shared_secret_and_health_reveals_nothing(cluster):
+    """With a secret set, /metrics of master and node answers only `Bearer <secret>`;
+    /health stays open for probes but says only ok/unhealthy; the secret is never echoed."""
+    import time
+
+    secret = "metrics-" + "s3cr3t" * 6
+    mport, nport = free_port(), free_port()
+    m = cluster.master("--metrics-port", str(mport), "--auth-token", secret)
+    n = cluster.node(m.addr, "--metrics-port", str(nport), "--auth-token", secret)
+    for _ in range(100):   # bounded: the node registers within a few heartbeats
+        if _http(f"http://127.0.0.1:{nport}/health")[0] == 200:
+            break
+        time.sleep(0.1)
+    bodies = []
+    for port, series in ((mport, "mstore_master_is_leader 1.0"), (nport, "mstore_node_registered 1.0")):
+        url = f"http://127.0.0.1:{port}/metrics"
+        for header in (None, "Bearer wrong", f"Basic {secret}", f"Bearer {secret}x", "Bearer "):
+            code, body = _http_auth(url, header)
+            bodies.append(body)
+            assert code == 401 and "mstore_" not in body, (header, code)
+        code, body = _http_auth(url, f"Bearer {secret}")
+        assert code == 200 and series in body
+        bodies.append(body)
+        health = _http(f"http://127.0.0.1:{port}/health")
+        assert health == (200, "ok\n")
+        bodies.append(health[1])
+    assert all(secret not in b for b in bodies)
+    for p in (m, n):
+        with open(p.log, errors="replace") as f:
+            assert secret not in f.read()

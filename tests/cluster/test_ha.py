@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from conftest import wait_until
 from mooncake_store import ReplicateConfig, Store
@@ -89,5 +90,49 @@ def test_node_lease_expiry_drops_the_node(cluster, etcd):
         assert s.get("x") == b"y" * 1000
         segs = EtcdClient(etcd.endpoint).get_prefix("/mooncake_store/default/segments/")
         assert len(segs) == 1 and nodes[1].endpoint in next(iter(segs))
+    finally:
+        s.close()
+
+
+def test_removed_objects_stay_removed_after_failover(cluster, etcd):
+    """Removed (and replaced) records are invalidated on the nodes, so the new leader's
+    rebuild from the nodes' inventories does not bring them back."""
+    from mooncake_store.errors import ObjectNotFound
+
+    masters = [cluster.master("--etcd", etcd.endpoint, *TTL) for _ in range(2)]
+    leader = wait_until(lambda: next((m for m in masters if _role(m.addr) == "leader"), None),
+                        what="a leader elected")
+    standby = next(m for m in masters if m is not leader)
+    for _ in range(2):
+        cluster.node("etcd", "--etcd", etcd.endpoint, *TTL)
+    values = {f"rm/{i}": np.random.default_rng(100 + i).bytes(20_000 + i) for i in range(30)}
+    s = _etcd_store(etcd)
+    try:
+        wait_until(lambda: len(s.stats()["nodes"]) == 2, what="nodes registered with the leader")
+        for i, (k, v) in enumerate(values.items()):
+            s.put(k, v, ReplicateConfig(replica_num=2 if i % 3 == 0 else 1))
+        removed = [k for i, k in enumerate(values) if i % 2 == 1]
+        for k in removed:
+            s.remove(k)
+        s.upsert("rm/0", b"the new value of rm/0")     # the old record is freed too
+        values["rm/0"] = b"the new value of rm/0"
+        kept = {k: v for k, v in values.items() if k not in removed}
+
+        def settled():
+            st = s.stats()
+            return st["zaps_queued"] > 0 and \
+                st["zaps_done"] + st["zaps_skipped"] + st["zaps_dropped"] == st["zaps_queued"]
+        wait_until(settled, what="freed records invalidated on the nodes")
+        st = s.stats()
+        assert st["zaps_done"] >= len(removed)
+        leader.kill()                                     # kill -9 the leader
+        wait_until(lambda: _role(standby.addr) == "leader", timeout=15, what="standby leads")
+        for k in removed:
+            assert not s.exists(k)
+            with pytest.raises(ObjectNotFound):
+                s.get(k)
+        for k, v in kept.items():
+            assert s.get(k) == v
+        assert sorted(s.keys()) == sorted(kept)
     finally:
         s.close()

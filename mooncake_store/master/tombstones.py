@@ -1,0 +1,136 @@
+"""Freed records waiting to be invalidated on their node, so a rebuilt index never finds them.
+
+A new leader (or a restarted master) rebuilds its index from the records the nodes
+find in their segments. A record that was removed or evicted keeps its bytes until
+the space is written again, so without this it would come back after a failover.
+
+Every slice the index frees is queued here. When its node heartbeats, the master
+takes the first 64-byte line of each queued extent (the line that holds the
+record's header) out of the allocator, if that line is still free, and sends
+(offset, length) to the node. Nothing can be allocated over the line while the
+node works on it, so whatever header the node finds there belongs to no live
+object; the node still checks it verifies with the expected length and flips it
+with one compare-and-swap (csrc/record.c mcs_rec_zap), then reports, and the
+master gives the line back. A line that was allocated again before the heartbeat
+is skipped: the new record's write overwrites the old header or value, which
+then fails its checksum anyway.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from typing import Any, Callable
+
+from ..replica import Slice
+
+MAX_QUEUED = 65_536        # per segment; beyond it the oldest entries are dropped (and counted)
+PER_HEARTBEAT = 4096       # zaps handed to one node per heartbeat
+HOLD_S = 10.0              # a line not reported back by then is given back anyway
+
+
+class Tombstones:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.ix: Any = None
+        self._queued: dict[str, deque] = {}
+        self._held: dict[int, tuple[str, Any, int, float]] = {}   # id -> (segment, info, offset, until)
+        self._ids = itertools.count(1)
+        self.counters = {"zaps_queued": 0, "zaps_sent": 0, "zaps_done": 0, "zaps_skipped": 0,
+                         "zaps_dropped": 0}
+
+    def attach(self, index: Any) -> None:
+        """Follow a (new) index; what was queued for the old one is forgotten with it."""
+        self.ix = index
+        self._queued = {}
+        self._held = {}
+        index.on_free = self._freed
+
+    def _freed(self, sl: Slice) -> None:
+        # Called under the index lock from every free: keep it to an append.
+        q = self._queued.get(sl.segment)
+        if q is None:
+            q = self._queued[sl.segment] = deque(maxlen=MAX_QUEUED)
+        elif len(q) == MAX_QUEUED:
+            self.counters["zaps_dropped"] += 1
+        q.append((sl.offset, sl.length))
+        self.counters["zaps_queued"] += 1
+
+    def take(self, segments: list[str]) -> list[list]:
+        """Zaps for a heartbeating node: [id, segment, offset, length] each, header lines held."""
+        out: list[list] = []
+        ix = self.ix
+        until = self.clock() + HOLD_S
+        with ix.lock:
+            for name in segments:
+                q = self._queued.get(name)
+                if not q:
+                    continue
+                info = ix.segments.get(name)
+                if info is None:
+                    del self._queued[name]
+                    continue
+                starts = sorted(info.allocator._by_start)
+                while q and len(out) < PER_HEARTBEAT:
+                    off, length = q.popleft()
+                    if not _hold_line(info.allocator, starts, off):
+                        self.counters["zaps_skipped"] += 1
+                        continue
+                    zid = next(self._ids)
+                    self._held[zid] = (name, info, off, until)
+                    out.append([zid, name, off, length])
+        self.counters["zaps_sent"] += len(out)
+        return out
+
+    def done(self, ids: list) -> int:
+        """The node has dealt with these zaps: give their header lines back."""
+        n = 0
+        with self.ix.lock:
+            for zid in ids:
+                held = self._held.pop(zid, None) if isinstance(zid, int) else None
+                if held is not None:
+                    self._release(held)
+                    n += 1
+        self.counters["zaps_done"] += n
+        return n
+
+    def expire(self, now: float) -> None:
+        if not self._held:
+            return
+        with self.ix.lock:
+            for zid in [z for z, h in self._held.items() if h[3] <= now]:
+                self._release(self._held.pop(zid))
+
+    def pending(self) -> int:
+        return sum(len(q) for q in self._queued.values()) + len(self._held)
+
+    def _release(self, held: tuple) -> None:
+        name, info, off, _ = held
+        # Only into the allocator the line was taken from: a node that re-registered under
+        # the same segment name has a fresh one where this line was never held.
+        if self.ix.segments.get(name) is info:
+            info.allocator.free(off, info.allocator.align)
+
+
+def _hold_line(alloc: Any, starts: list[int], off: int) -> bool:
+    """Take [off, off+align) out of the free lists if all of it is free. `starts` is the
+    sorted list of free-block starts, kept in step here (one sort per heartbeat instead of
+    the linear search Allocator.reserve does per call)."""
+    line = alloc.align
+    i = bisect.bisect_right(starts, off) - 1
+    if i < 0:
+        return False
+    start = starts[i]
+    size = alloc._by_start.get(start)
+    if size is None or off + line > start + size:
+        return False
+    alloc._remove(start)
+    if off > start:
+        alloc._add(start, off - start)
+    else:
+        del starts[i]
+    if start + size > off + line:
+        alloc._add(off + line, start + size - off - line)
+        bisect.insort(starts, off + line)
+    alloc.used += line
+    return True

@@ -1,0 +1,85 @@
+"""Freed records are invalidated on their nodes (master/tombstones.py, csrc mcs_rec_zap),
+and never a record that a new allocation may own."""
+from __future__ import annotations
+
+import pytest
+
+from mooncake_store import Config
+from mooncake_store._engine import ffi, lib
+from mooncake_store.master.index import ObjectIndex
+from mooncake_store.master.tombstones import Tombstones
+from mooncake_store.node import inventory
+
+
+def _record(buf, off: int, key: bytes, value: bytes, epoch: int = 1) -> int:
+    n = lib.mcs_rec_write(buf + off, 1 << 16, key, len(key), value, len(value), epoch, 0, 0, 0)
+    assert n > 0
+    return n
+
+
+def test_zap_invalidates_only_the_expected_record():
+    buf = ffi.new("char[]", 1 << 17)
+    n = _record(buf, 0, b"k1", b"a" * 500)
+    assert lib.mcs_rec_zap(buf, 1 << 17, n + 64) == 0          # another length: left alone
+    assert lib.mcs_rec_check_header(buf, n, ffi.NULL, 0, ffi.NULL) == 0
+    assert lib.mcs_rec_zap(buf, 1 << 17, n) == 1
+    assert lib.mcs_rec_check_header(buf, n, ffi.NULL, 0, ffi.NULL) != 0
+    assert lib.mcs_rec_zap(buf, 1 << 17, n) == 0               # nothing valid left to zap
+    assert lib.mcs_rec_zap(buf + 4, 1 << 16, n) < 0            # misaligned: refused
+    # An inventory scan no longer finds it; an untouched neighbour is still found.
+    _record(buf, 4096, b"k2", b"b" * 100)
+    assert [e[0] for e in inventory.scan(buf, 1 << 17)] == ["k2"]
+
+
+def test_freed_header_line_is_held_until_the_node_reports():
+    ix = ObjectIndex(Config())
+    ts = Tombstones(lambda: 0.0)
+    ts.attach(ix)
+    ix.add_segment("s", 64 * 1024)
+    reps = ix.put_start("gone", 4000)
+    ix.put_end("gone")
+    off = reps[0][0].offset
+    ix.remove("gone")
+    assert ix.segments["s"].allocator.used == 0
+    zaps = ts.take(["s"])
+    assert [z[1:] for z in zaps] == [["s", off, reps[0][0].length]]
+    # While the node works on it, no allocation may cover the header line.
+    alloc = ix.segments["s"].allocator
+    assert alloc.used == alloc.align
+    got = [ix.put_start(f"n{i}", 900) for i in range(40)]
+    starts = {r[0][0].offset for r in got if r}
+    ends = {(r[0][0].offset, r[0][0].offset + r[0][0].length) for r in got if r}
+    assert off not in starts and not any(a <= off < b for a, b in ends)
+    assert ts.done([zaps[0][0]]) == 1 and ts.done([zaps[0][0]]) == 0
+    assert ts.counters["zaps_done"] == 1
+
+
+def test_reallocated_extent_is_not_sent():
+    ix = ObjectIndex(Config())
+    ts = Tombstones(lambda: 0.0)
+    ts.attach(ix)
+    ix.add_segment("s", 8192)
+    ix.put_start("a", 1000)
+    ix.put_end("a")
+    ix.remove("a")
+    again = ix.put_start("b", 1000)        # first fit: the same extent again
+    assert ts.take(["s"]) == [] and ts.counters["zaps_skipped"] == 1
+    assert again is not None
+
+
+@pytest.mark.parametrize("n", [3])
+def test_node_side_reports_every_id(n):
+    class Seg:
+        def __init__(self):
+            self.buf = ffi.new("char[]", 1 << 16)
+            self.ptr, self.size = ffi.cast("char *", self.buf), 1 << 16
+
+    class M:
+        segment = Seg()
+
+    m = M()
+    sizes = [_record(m.segment.ptr, i * 4096, f"k{i}".encode(), b"x" * 300) for i in range(n)]
+    zaps = [[i + 1, "s", i * 4096, sizes[i]] for i in range(n)] + [[99, "nope", 0, 1], "junk"]
+    ids, zapped, skipped = inventory.zap_records({"s": m}, zaps)
+    assert ids == [1, 2, 3, 99] and (zapped, skipped) == (3, 1)
+    assert inventory.scan(m.segment.ptr, 1 << 16) == []
