@@ -95,8 +95,8 @@ def test_node_lease_expiry_drops_the_node(cluster, etcd):
 
 
 def test_removed_objects_stay_removed_after_failover(cluster, etcd):
-    """Removed (and replaced) records are invalidated on the nodes, so the new leader's
-    rebuild from the nodes' inventories does not bring them back."""
+    """Removed, replaced and evicted records are invalidated on the nodes, so the new
+    leader's rebuild from the nodes' inventories does not bring them back."""
     from mooncake_store.errors import ObjectNotFound
 
     masters = [cluster.master("--etcd", etcd.endpoint, *TTL) for _ in range(2)]
@@ -109,6 +109,9 @@ def test_removed_objects_stay_removed_after_failover(cluster, etcd):
     s = _etcd_store(etcd)
     try:
         wait_until(lambda: len(s.stats()["nodes"]) == 2, what="nodes registered with the leader")
+        # 2 x 32 MB of nodes: 80 MiB of 1 MiB values makes the master evict the oldest.
+        for i in range(80):
+            s.put(f"ev/{i}", np.random.default_rng(1000 + i).bytes(1 << 20))
         for i, (k, v) in enumerate(values.items()):
             s.put(k, v, ReplicateConfig(replica_num=2 if i % 3 == 0 else 1))
         removed = [k for i, k in enumerate(values) if i % 2 == 1]
@@ -124,15 +127,18 @@ def test_removed_objects_stay_removed_after_failover(cluster, etcd):
                 st["zaps_done"] + st["zaps_skipped"] + st["zaps_dropped"] == st["zaps_queued"]
         wait_until(settled, what="freed records invalidated on the nodes")
         st = s.stats()
-        assert st["zaps_done"] >= len(removed)
+        assert st["zaps_done"] >= len(removed) and st["evictions"] > 0
+        before = set(s.keys())
+        evicted = {f"ev/{i}" for i in range(80)} - before
+        assert evicted and kept.keys() <= before
         leader.kill()                                     # kill -9 the leader
         wait_until(lambda: _role(standby.addr) == "leader", timeout=15, what="standby leads")
-        for k in removed:
+        for k in removed + sorted(evicted):
             assert not s.exists(k)
             with pytest.raises(ObjectNotFound):
                 s.get(k)
         for k, v in kept.items():
             assert s.get(k) == v
-        assert sorted(s.keys()) == sorted(kept)
+        assert set(s.keys()) == before
     finally:
         s.close()
