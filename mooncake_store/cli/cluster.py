@@ -69,6 +69,12 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
                                                      help="Add replicas to objects read faster "
                                                           "than this (0: off)."),
                hot_max_replicas: int = typer.Option(3, "--hot-max-replicas"),
+               promotion: str = typer.Option("on-hit", "--promotion",
+                                             help="Cold-tier hits copied back to DRAM: off, "
+                                                  "on-hit or on-second-hit."),
+               demote_watermark: float = typer.Option(0.85, "--demote-watermark",
+                                                      help="Node DRAM fill above which objects "
+                                                           "move to the node's cold tier."),
                verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a master (the object index and placement). With --etcd, masters elect a leader."""
     from ..master.service import MasterService
@@ -80,7 +86,8 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
         cfg = Config.load(lease_ttl_ms=lease_ttl_ms, put_timeout_ms=put_timeout_ms,
                           heartbeat_ms=heartbeat_ms, node_ttl_ms=node_ttl_ms, auth_token=auth_token,
                           cluster_id=cluster_id, metadata_server=etcd or "P2PHANDSHAKE",
-                          global_segment_size=0, stripe_size=stripe_size)
+                          global_segment_size=0, stripe_size=stripe_size, promotion=promotion,
+                          demote_watermark=demote_watermark)
         svc = MasterService(cfg, host, port, hot_reads_per_s=hot_reads_per_s,
                             hot_max_replicas=hot_max_replicas)
         if etcd:
@@ -114,8 +121,21 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
              auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
              metrics_port: int = typer.Option(0, "--metrics-port",
                                               help="Serve /metrics and /health here (0: off)."),
+             ssd: str = typer.Option("", "--ssd", help="SSD tier PATH:SIZE (e.g. /nvme/mcs:256GB): "
+                                     "objects demoted from DRAM; kept across restarts."),
+             s3_bucket: str = typer.Option("", "--s3-bucket", envvar="MOONCAKE_S3_BUCKET",
+                                           help="S3/OSS tier bucket (below the SSD tier)."),
+             s3_prefix: str = typer.Option("mooncake_store/", "--s3-prefix",
+                                           help="Object name prefix: one per node."),
+             s3_endpoint_url: str = typer.Option("", "--s3-endpoint-url",
+                                                 envvar="MOONCAKE_S3_ENDPOINT_URL"),
+             s3_region: str = typer.Option("", "--s3-region", envvar="MOONCAKE_S3_REGION"),
+             cold_codec: str = typer.Option("auto", "--cold-codec",
+                                            help="none, lz4, zstd or auto for cold records."),
+             stage_size: str = typer.Option("64MB", "--stage-size",
+                                            help="Staging buffer for cold reads."),
              verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Run a storage node contributing a DRAM segment to the cluster."""
+    """Run a storage node contributing a DRAM segment (and optional SSD/S3 tiers) to the cluster."""
     from ..node.server import StorageNode, run_until_signal
 
     _logging(verbose)
@@ -123,8 +143,11 @@ def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
     try:
         size = parse_size(dram, "--dram")
         cfg = _cfg(master, etcd, timeout_ms, heartbeat_ms=heartbeat_ms, auth_token=auth_token,
-                   cluster_id=cluster_id, global_segment_size=size, node_ttl_ms=node_ttl_ms)
-        node = StorageNode(cfg, size, host, port).start()
+                   cluster_id=cluster_id, global_segment_size=size, node_ttl_ms=node_ttl_ms,
+                   s3_bucket=s3_bucket, s3_prefix=s3_prefix, s3_endpoint_url=s3_endpoint_url,
+                   s3_region=s3_region, cold_codec=cold_codec)
+        node = StorageNode(cfg, size, host, port, ssd=ssd,
+                           stage_bytes=parse_size(stage_size, "--stage-size")).start()
         if metrics_port:
             from ..master.metrics import MetricsServer, node_values
 
@@ -164,10 +187,19 @@ def _status_table(st: dict):
         fill = seg["used"] / seg["capacity"] if seg["capacity"] else 0.0
         t.add_row(name, seg["node"], seg["tier"], _human(seg["used"]), _human(seg["capacity"]),
                   f"{fill:.0%}")
+    cold = st.get("cold") or {}
+    for node_id, node in sorted(cold.get("nodes", {}).items()):   # nodes' SSD/S3 tiers
+        for tier, u in node.get("tiers", {}).items():
+            cap = u.get("capacity") or 0
+            t.add_row(f"{tier}@{node['rpc']}", node_id, tier, _human(u.get("used", 0)),
+                      _human(cap) if cap else "-",
+                      f"{u.get('used', 0) / cap:.0%}" if cap else f"{u.get('objects', 0)} obj")
     hits, misses = st.get("hits", 0), st.get("misses", 0)
     t.caption = (f"nodes {len(st.get('nodes', {}))}  hits {hits}  misses {misses}  "
                  f"evictions {st.get('evictions', 0)}  pending puts {st.get('pending', 0)}  "
-                 f"repairs pending {st.get('repairs_pending', 0)}")
+                 f"repairs pending {st.get('repairs_pending', 0)}"
+                 + (f"  demotions {cold.get('demotions', 0)}  promotions "
+                    f"{cold.get('promotions', 0)}" if cold.get("nodes") else ""))
     return t
 
 

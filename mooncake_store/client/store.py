@@ -80,6 +80,7 @@ class Store:
     def _init_cluster(self, cfg: Config) -> None:
         """Cluster mode: index calls go to the master, bytes to the nodes (client/cluster.py)."""
         from .cluster import ClusterSession
+        from .cold_read import ColdReader
 
         self._registered = {}
         self._epoch = time.time_ns() & 0x7FFF_FFFF_FFFF_FFFF
@@ -89,6 +90,8 @@ class Store:
         self._tiers = None
         self._cluster = ClusterSession(cfg)
         self._index, self._remote = self._cluster.index, self._cluster.data
+        # Cold lookups (a node's SSD/S3) and put backpressure, in the TierManager's place.
+        self._tiers = ColdReader(self._cluster, cfg.rpc_timeout_ms, cfg.auth_token)
         self.hostname = self._cluster.hostname
         try:
             if cfg.global_segment_size > 0:
@@ -254,8 +257,14 @@ class Store:
         except NoSpace:
             if self._tiers is None:
                 raise
-            self._tiers.demote_now(src.size + len(kb) + 64)
-            replicas = self._index.put_start(key, src.size, config, upsert=upsert)
+            for attempt in range(3):   # demotions (on a cluster: node tasks) free room over time
+                self._tiers.demote_now(src.size + len(kb) + 64)
+                try:
+                    replicas = self._index.put_start(key, src.size, config, upsert=upsert)
+                    break
+                except NoSpace:
+                    if attempt == 2:
+                        raise
         if replicas is None:
             return  # immutable: the first value stays
         try:

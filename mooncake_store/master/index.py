@@ -448,7 +448,7 @@ class ObjectIndex:
             if obj is None or obj.pin == PIN_HARD or obj.lease_until > now or obj.busy \
                     or obj.tier != "dram":
                 continue
-            if not obj.cold and self.tiering is not None and self.tiering.healthy:
+            if not obj.cold and self.tiering is not None and self.tiering.keeps(obj):
                 continue  # the demoter will copy it down first: never drop what a tier can keep
             if obj.pin == PIN_SOFT and obj.pin_until > now:
                 soft.append(obj)

@@ -24,6 +24,7 @@ from ..errors import InvalidParams, Unavailable
 from ..replica import ReplicateConfig, Slice
 from ..rpc import RpcServer
 from .cluster_index import ClusterIndex
+from .cluster_tiers import ClusterTiering
 from . import stripe_repair
 from .index import ObjectIndex
 from .tombstones import Tombstones
@@ -82,6 +83,7 @@ class MasterService:
         self.cluster = ClusterIndex(self.index)
         self.tombstones = Tombstones(clock)   # freed records, invalidated on their nodes
         self.tombstones.attach(self.index)
+        self.tiers = ClusterTiering(self)      # cold tiers on nodes (demote/promote tasks)
         self.role = "leader"          # leader | recovering | standby (election: meta/election.py)
         self.leader_hint = ""
         self.membership = None        # the Elector when etcd is used
@@ -127,7 +129,7 @@ class MasterService:
         names = ("ping", "put_start", "put_end", "put_revoke", "get_replicas", "batch_get_replicas",
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
-                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat",
+                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "room",
                  "register_node", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
 
@@ -164,6 +166,7 @@ class MasterService:
         self.index = ObjectIndex(self.config)
         self.cluster = ClusterIndex(self.index)
         self.tombstones.attach(self.index)
+        self.tiers.attach(self.index)
         self.nodes.clear()
         self.segdesc.clear()
         self.want.clear()
@@ -342,7 +345,12 @@ class MasterService:
                      for s in r] for r in replicas]
             want = self.want.get(key, 1)
         return {"key": key, "size": size, "replicas": reps, "replica_num": want,
-                "lease_ms": self.index.lease_remaining_ms(key)}
+                "lease_ms": self.index.lease_remaining_ms(key), **self.tiers.describe(key)}
+
+    def rpc_room(self, need: int) -> bool:
+        """Whether a record of `need` bytes fits in some DRAM segment now (put backpressure
+        while nodes demote: client/cold_read.py)."""
+        return self.tiers.room(int(need))
 
     def rpc_stats(self) -> dict:
         st = self.index.stats()
@@ -354,6 +362,7 @@ class MasterService:
             st["repairs_in_flight"] = len(self._tasks)
             st.update(self.counters)
             st.update(self.tombstones.counters)
+            st["cold"] = self.tiers.stats()
         st["segments"] = self.rpc_segments()
         st["role"] = self.role
         st["address"] = self.address
@@ -372,7 +381,7 @@ class MasterService:
 
     # ---- node calls ------------------------------------------------------------------------
     def rpc_register_node(self, node_id: str, endpoint: str, segments: list,
-                          inventory: dict | None = None) -> dict:
+                          inventory: dict | None = None, cold: dict | None = None) -> dict:
         """A node joins (or rejoins after a master change) with its segments and their records."""
         node_id, endpoint = _str(node_id), _str(endpoint)
         inventory = inventory or {}
@@ -395,18 +404,22 @@ class MasterService:
                 for entry in inventory.get(name, ()):
                     self._repair[entry[0]] = None
             self.nodes[node_id] = NodeRec(node_id, endpoint, names, self.clock())
+            if isinstance(cold, dict):   # the node's cold tiers and what they hold
+                self.counters["adopted"] += self.tiers.add_node(node_id, cold)
             for key in self.want:  # a new node may be the room an under-replicated key waits for
                 self._repair[key] = None
             self.counters["nodes_joined"] += 1
         log.info("node %s joined at %s with %d segment(s)", node_id, endpoint, len(names))
         return {"heartbeat_ms": self.config.heartbeat_ms, "node_ttl_ms": self.config.node_ttl_ms}
 
-    def rpc_heartbeat(self, node_id: str) -> dict:
+    def rpc_heartbeat(self, node_id: str, cold_report: dict | None = None) -> dict:
         with self._lock:
             node = self.nodes.get(node_id)
             if node is None:
                 return {"known": False, "tasks": []}
             node.last_seen = self.clock()
+            if cold_report:
+                self.tiers.apply_report(node_id, cold_report)
             tasks, node.tasks = node.tasks[:TASKS_PER_HEARTBEAT], node.tasks[TASKS_PER_HEARTBEAT:]
             return {"known": True, "tasks": tasks, "zaps": self.tombstones.take(node.segments)}
 
@@ -418,7 +431,7 @@ class MasterService:
         with self._lock:
             task = self._tasks.pop(task_id, None)
         if task is None:
-            return False
+            return self.tiers.task_done(node_id, task_id, ok)   # a demotion or promotion
         if task.group is not None:
             return self._stripe_part_done(task, bool(ok))
         attached = self.cluster.add_replica_end(task.key, task.slice, bool(ok))
@@ -439,6 +452,7 @@ class MasterService:
         if node is None:
             return
         self.counters["nodes_lost"] += 1
+        self.tiers.node_lost(node_id)
         for name in node.segments:
             self.segdesc.pop(name, None)
             for key in self.cluster.unmount(name):
@@ -463,6 +477,7 @@ class MasterService:
                 if self.role == "leader":
                     self._expire_nodes(now)
                     self.tombstones.expire(now)
+                    self.tiers.tick(now)
                     if now >= next_membership:
                         next_membership = now + 0.5
                         self._check_membership()

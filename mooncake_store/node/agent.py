@@ -4,7 +4,9 @@ It registers the segments (with an inventory of the records already in them),
 heartbeats, re-registers when the master no longer knows it (master restart or
 a new leader), and runs the repair tasks the master hands out in heartbeat
 answers: copy one replica from a peer node into our segment with the transfer
-engine, verify the record, report. Used by `mstore node` and by cluster clients
+engine, verify the record, report. A node with cold tiers (node/cold.py) also
+registers their records, runs demote/promote/forget tasks and sends the tiers'
+moves and drops with its heartbeats. Used by `mstore node` and by cluster clients
 that contribute a segment (global_segment_size > 0).
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ class Mounted:
 
 class NodeAgent:
     def __init__(self, master: Any, engine: Any, mounted: list[Mounted], heartbeat_ms: int = 1000,
-                 node_id: str | None = None) -> None:
+                 node_id: str | None = None, cold: Any = None) -> None:
+        self.cold = cold              # NodeCold, or None for a DRAM-only node
         self.master = master          # anything with .call(method, *args) (MasterClient)
         self.engine = engine          # TransferEngine serving the segments
         self.mounted = {m.name: m for m in mounted}
@@ -62,7 +65,8 @@ class NodeAgent:
         segs = [{"name": m.name, "base": m.segment.base, "size": m.segment.size, "tier": m.tier}
                 for m in self.mounted.values()]
         inv = {m.name: inventory.scan(m.segment.ptr, m.segment.size) for m in self.mounted.values()}
-        reply = self.master.call("register_node", self.node_id, self.endpoint, segs, inv)
+        extra = (self.cold.registration(),) if self.cold is not None else ()
+        reply = self.master.call("register_node", self.node_id, self.endpoint, segs, inv, *extra)
         self.heartbeat_s = reply.get("heartbeat_ms", self.heartbeat_s * 1000) / 1000.0
         self.registered = True
         self.counters["registrations"] += 1
@@ -79,19 +83,23 @@ class NodeAgent:
                 pass
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
+        busy = False
+        while not self._stop.wait(0 if busy else self.heartbeat_s):
+            busy = False
             try:
                 if not self.registered:
                     self.register()
                     continue
-                reply = self.master.call("heartbeat", self.node_id)
+                reply = self._heartbeat()
                 self.counters["heartbeats"] += 1
                 if not reply.get("known"):
                     self.registered = False
                     self.register()
                     continue
-                for task in reply.get("tasks", ()):
+                tasks = reply.get("tasks", ())
+                for task in tasks:
                     self._run_task(task)
+                busy = bool(tasks)   # more may be queued (demotions): ask again at once
                 if reply.get("zaps"):
                     self._run_zaps(reply["zaps"])
             except StoreError as e:
@@ -107,7 +115,37 @@ class NodeAgent:
         if ids:
             self.master.call("zap_done", self.node_id, ids)
 
+    def _heartbeat(self) -> dict:
+        if self.cold is None:
+            return self.master.call("heartbeat", self.node_id)
+        report = self.cold.take_report()
+        try:
+            return self.master.call("heartbeat", self.node_id, report)
+        except BaseException:
+            self.cold.restore_report(report)
+            raise
+
     def _run_task(self, task: dict) -> None:
+        kind = task.get("kind", "repair")
+        if kind == "repair":
+            self._repair(task)
+            return
+        if self.cold is None:
+            ok = False
+        elif kind == "forget":
+            self.cold.forget(task["key"])
+            return   # no answer expected
+        else:
+            m = self.mounted.get(task["segment"])
+            ok = m is not None and (
+                self.cold.demote(m.segment, task["offset"], task["length"], task["key"])
+                if kind == "demote" else
+                self.cold.promote(m.segment, task["offset"], task["length"], task["key"],
+                                  task["tier"]))
+        self.counters["tasks_ok" if ok else "tasks_failed"] += 1
+        self.master.call("task_done", self.node_id, task["id"], ok)
+
+    def _repair(self, task: dict) -> None:
         """Copy one record from a peer node into our segment, verify it, report."""
         m = self.mounted.get(task["segment"])
         ok = False

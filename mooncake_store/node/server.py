@@ -1,4 +1,5 @@
-"""A storage node process: DRAM segment(s) served by a transfer engine, kept known to the master."""
+"""A storage node process: DRAM segment(s) served by a transfer engine, kept known to the master,
+and optionally cold tiers below them (`--ssd PATH:SIZE`, Config s3_*: node/cold.py)."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +9,7 @@ from typing import Any
 
 from ..config import Config
 from .agent import Mounted, NodeAgent
+from .cold import NodeCold, open_backends
 from .segment import DramSegment
 
 log = logging.getLogger("mooncake_store.node")
@@ -15,7 +17,7 @@ log = logging.getLogger("mooncake_store.node")
 
 class StorageNode:
     def __init__(self, cfg: Config, dram: int, host: str = "127.0.0.1", port: int = 0,
-                 node_id: str | None = None) -> None:
+                 node_id: str | None = None, ssd: str = "", stage_bytes: int = 64 << 20) -> None:
         from ..client.cluster import MasterClient, leader_resolve_for, master_addresses
         from ..transfer import TransferEngine
 
@@ -25,8 +27,17 @@ class StorageNode:
         self.segment = DramSegment(dram, f"mcs-node-{self.endpoint}")
         self.master = MasterClient(master_addresses(cfg), cfg.rpc_timeout_ms, cfg.auth_token,
                                    leader_resolve_for(cfg))
+        self.cold = None
+        backends = open_backends(cfg, ssd)
+        if backends:
+            try:
+                self.cold = NodeCold(self.engine, backends, cfg, host, stage_bytes)
+            except BaseException:
+                for _, b in backends:
+                    b.close()
+                raise
         self.agent = NodeAgent(self.master, self.engine, [Mounted(self.endpoint, self.segment)],
-                               cfg.heartbeat_ms, node_id)
+                               cfg.heartbeat_ms, node_id, self.cold)
         self.membership = join_etcd(cfg, self.agent)
         self.metrics = None
 
@@ -40,6 +51,8 @@ class StorageNode:
         if self.membership is not None:
             self.membership.close()
         self.agent.close()
+        if self.cold is not None:
+            self.cold.close()
         self.master.close()
         self.engine.close()
         self.segment.close()

@@ -107,15 +107,7 @@ class TierManager:
     def read_into(self, tier: str, key: str, kb: bytes, dst: Any, dst_len: int, size: int) -> int:
         backend = self.backends[tier]
         try:
-            hdr = backend.header(kb)
-            if hdr.codec == 0:
-                return backend.get_into(kb, ffi.buffer(dst, dst_len))
-            payload = backend.read(kb)
-            raw = _codec().decode(hdr.codec, payload, hdr.raw_len)
-            if len(raw) > dst_len:
-                raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the value")
-            ffi.memmove(dst, raw, len(raw))
-            return len(raw)
+            return read_value(backend, kb, dst, dst_len)[1]
         except ChecksumMismatch:
             self.counters["cold_read_failures"] += 1
             if self.hooks.drop_cold(key, tier):
@@ -207,28 +199,21 @@ class TierManager:
         seg = self.segments.get(sl.segment)
         if seg is None:
             return False
-        rec = ffi.buffer(seg.ptr + sl.offset, sl.length)
+        ptr = seg.ptr + sl.offset
         try:
-            hdr = decode_header(rec, limit=sl.length)
-            value_ptr = seg.ptr + sl.offset + hdr.header_len
-            if lib.mcs_crc32c(0, value_ptr, hdr.value_len) != hdr.value_crc:
+            hdr = verified_record(ptr, sl.length)
+            if hdr is None:
                 return False  # the DRAM copy changed under us (replaced): skip it
             self._make_room(tier, hdr.header_len + hdr.value_len)
-            codec = _codec()
-            if codec is not None and self.config.cold_codec != "none":
-                value = ffi.buffer(value_ptr, hdr.value_len)
-                cid, payload = codec.encode(value, elem_size=_elem_size(hdr.flags, value),
-                                            codec=self.config.cold_codec)
-                if cid != 0:
-                    self.backends[tier].put(hdr.key, payload, codec=cid, raw_len=hdr.value_len,
-                                            flags=hdr.flags, epoch=hdr.epoch)
-                    return True
-            self.backends[tier].put(hdr.key, (int(ffi.cast("uintptr_t", value_ptr)), hdr.value_len),
-                                    header=bytes(rec[:hdr.header_len]))
+            store_record(self.backends[tier], hdr, ptr, self.config.cold_codec)
             return True
         except StoreError as e:
             log.warning("demotion of %r to %s failed: %s", key, tier, e)
             return False
+
+    def keeps(self, obj: Obj) -> bool:
+        """Eviction asks: will the demoter copy this object down (so do not drop it)?"""
+        return self.healthy
 
     def _make_room(self, tier: str, need: int) -> None:
         """Push the tier's least recently used records one tier down until `need` fits."""
@@ -319,6 +304,45 @@ class TierManager:
     def _next_tier(self, tier: str) -> str | None:
         i = self.order.index(tier)
         return self.order[i + 1] if i + 1 < len(self.order) else None
+
+
+def verified_record(ptr: Any, length: int) -> Any:
+    """The header of the DRAM record at ptr when header and value verify, else None."""
+    rec = ffi.buffer(ptr, length)
+    hdr = decode_header(rec, limit=length)
+    if lib.mcs_crc32c(0, ptr + hdr.header_len, hdr.value_len) != hdr.value_crc:
+        return None
+    return hdr
+
+
+def store_record(backend: TierBackend, hdr: Any, ptr: Any, cold_codec: str) -> None:
+    """Put a verified DRAM record into a cold backend: compressed when the codec saves
+    enough, else verbatim (header kept, its CRC re-checked while copying)."""
+    value_ptr = ptr + hdr.header_len
+    codec = _codec()
+    if codec is not None and cold_codec != "none":
+        value = ffi.buffer(value_ptr, hdr.value_len)
+        cid, payload = codec.encode(value, elem_size=_elem_size(hdr.flags, value), codec=cold_codec)
+        if cid != 0:
+            backend.put(hdr.key, payload, codec=cid, raw_len=hdr.value_len, flags=hdr.flags,
+                        epoch=hdr.epoch)
+            return
+    backend.put(hdr.key, (int(ffi.cast("uintptr_t", value_ptr)), hdr.value_len),
+                header=bytes(ffi.buffer(ptr, hdr.header_len)))
+
+
+def read_value(backend: TierBackend, kb: bytes, dst: Any, dst_len: int) -> tuple[Any, int]:
+    """Copy the verified (decoded) value of kb into dst: (header, value length)."""
+    hdr = backend.header(kb)
+    if hdr.codec == 0:
+        if hdr.value_len > dst_len:
+            raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the value")
+        return hdr, backend.get_into(kb, ffi.buffer(dst, dst_len))
+    raw = _codec().decode(hdr.codec, backend.read(kb), hdr.raw_len)
+    if len(raw) > dst_len:
+        raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the value")
+    ffi.memmove(dst, raw, len(raw))
+    return hdr, len(raw)
 
 
 def _header_bytes(backend: TierBackend, kb: bytes, hdr: Any) -> bytes:

@@ -1,0 +1,115 @@
+"""Cluster reads of objects that live in a node's cold tier (SSD or S3), and put backpressure.
+
+A lookup whose tier is `TIER@ADDRESS` (master/cluster_tiers.py) names the node's
+staging RPC. The node loads the verified value into a buffer registered with its
+transfer engine and answers where it is, its length, its CRC32C and a ticket;
+the client copies it straight into the caller's buffer over the transfer engine
+(shm on the same host, tcp otherwise), checks the CRC over the destination, and
+hands the ticket back with its next stage call (tickets also expire on the node).
+The master never carries the bytes.
+
+In a cluster Store this object takes the place the embedded TierManager has
+(`Store._tiers`): `read_into` for cold lookups, `demote_now` when a put finds
+DRAM full of objects still being demoted (wait, bounded, for room).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .._engine import ffi, lib
+from ..errors import InvalidParams, NoSpace, RpcFailed, RpcTimeout, StoreError, TransferFailed
+from ..rpc import RpcClient
+
+log = logging.getLogger("mooncake_store.client")
+
+ROOM_WAIT_S = 5.0        # how long a put waits for demotions to make room
+MAX_PENDING_RELEASES = 64
+
+
+class ColdReader:
+    def __init__(self, session: Any, timeout_ms: int = 5000, token: str = "") -> None:
+        self.session = session
+        self.timeout_ms = timeout_ms
+        self.token = token
+        self._clients: dict[str, RpcClient] = {}
+        self._release: dict[str, list[int]] = {}   # node address -> tickets to hand back
+        self._lock = threading.Lock()
+        self.counters = {"cold_reads": 0, "cold_read_bytes": 0, "cold_read_failures": 0,
+                         "put_room_waits": 0}
+
+    def _client(self, addr: str) -> RpcClient:
+        with self._lock:
+            c = self._clients.get(addr)
+            if c is None:
+                c = self._clients[addr] = RpcClient(addr, self.timeout_ms, token=self.token)
+            return c
+
+    def read_into(self, tier_name: str, key: str, kb: bytes, dst: Any, dst_len: int,
+                  size: int) -> int:
+        tier, _, addr = tier_name.partition("@")
+        if not addr:
+            raise TransferFailed(f"key {key!r}: tier {tier_name!r} names no node")
+        with self._lock:
+            release = self._release.pop(addr, [])
+        try:
+            st = self._client(addr).call("stage", key, tier, release)
+        except (RpcFailed, RpcTimeout) as e:
+            self.counters["cold_read_failures"] += 1
+            raise TransferFailed(f"key {key!r}: the node holding its {tier} copy is "
+                                 f"unreachable: {e}") from None
+        n = int(st["len"])
+        try:
+            if n > dst_len:
+                raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the "
+                                    f"{n}-byte value of {key!r}")
+            try:
+                self.session.engine.read(st["endpoint"], int(ffi.cast("uintptr_t", dst)),
+                                         int(st["addr"]), n)
+            except StoreError as e:
+                self.counters["cold_read_failures"] += 1
+                raise TransferFailed(f"key {key!r}: reading the staged {tier} copy failed: "
+                                     f"{e}") from None
+            if lib.mcs_crc32c(0, ffi.cast("char *", dst), n) != st["crc"]:
+                self.counters["cold_read_failures"] += 1
+                raise TransferFailed(f"key {key!r}: the staged {tier} copy changed in transit")
+        finally:
+            with self._lock:
+                pend = self._release.setdefault(addr, [])
+                if len(pend) < MAX_PENDING_RELEASES:
+                    pend.append(st["ticket"])
+        self.counters["cold_reads"] += 1
+        self.counters["cold_read_bytes"] += n
+        return n
+
+    # ---- what Store calls on its tier manager ---------------------------------------------------------
+    def kick(self) -> None:
+        """Demotion runs on the master's clock: nothing to wake here."""
+
+    def demote_now(self, need: int) -> None:
+        """A put found no room: the master keeps objects a node is about to demote, so wait
+        (bounded) until some DRAM segment has a free extent the record fits in."""
+        self.counters["put_room_waits"] += 1
+        deadline = time.monotonic() + ROOM_WAIT_S
+        delay = 0.01
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+            if self.session.master.call("room", need):
+                return
+        raise NoSpace(f"no DRAM room for {need} bytes after waiting {ROOM_WAIT_S:.0f} s "
+                      "for demotions")
+
+    def persist(self, key: str, replica: Any) -> None:
+        """Write-through to a cold tier is not offered on cluster nodes yet (docs/tiers.md)."""
+
+    def stats(self) -> dict:
+        return dict(self.counters)
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            c.close()

@@ -1,0 +1,422 @@
+"""Cold tiers on cluster nodes, the master's half: which object lives in which node's tier.
+
+A node started with cold tiers (node/cold.py) registers them with the address
+of its staging RPC. A cold copy is named `TIER@ADDRESS` ("ssd@10.0.0.5:41234")
+in the index's existing per-object fields: `obj.cold` lists the copies,
+`obj.tier` says where reads go ("dram" while DRAM replicas exist). A client
+that finds such a tier in a lookup asks that node to stage the value and reads
+it over the transfer engine (client/cold_read.py); the master carries no bytes.
+
+What moves, and when (everything asynchronous, carried by heartbeat tasks):
+  * demotion: on every tick, a node whose DRAM segment is fuller than
+    `demote_watermark` gets `demote` tasks for its least recently used objects;
+    the node copies each record into its first cold tier and acks; only then is
+    the cold copy recorded and the DRAM freed (all replicas: the object now
+    lives below). Eviction never drops an object a healthy tiered node is about
+    to demote (`keeps`), so a full DRAM pushes back on puts instead of losing data;
+  * promotion: a cold read counts a hit; per `promotion` (off / on-hit /
+    on-second-hit) the master reserves room in the holding node's DRAM and sends
+    `promote`; the cold copy stays, so a later eviction is free;
+  * removal and replacement send `forget` to the node holding the old copy,
+    in order with later tasks for the same key;
+  * a node's own moves (SSD full: pushed to S3, or dropped) arrive as events in
+    its heartbeats; a lost node takes its cold copies with it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..codec import header_size
+from ..replica import Replica, Slice
+from .index import PIN_HARD, PIN_NONE, PIN_SOFT, Obj
+
+log = logging.getLogger("mooncake_store.master")
+
+DEMOTE_TASKS_PER_NODE = 256      # in flight per node
+SCAN_PER_TICK = 20_000           # LRU entries looked at per tick when choosing victims
+PROMOTIONS_PER_TICK = 64
+UNHEALTHY_S = 5.0                # after a failed demotion, eviction may drop for this long
+
+
+def split_tier(name: str) -> tuple[str, str]:
+    """"ssd@host:port" -> ("ssd", "host:port"); "dram" -> ("dram", "")."""
+    tier, _, where = name.partition("@")
+    return tier, where
+
+
+@dataclass
+class ColdNode:
+    node_id: str
+    rpc: str
+    tiers: list[str]
+    usage: dict = field(default_factory=dict)
+    demoting: int = 0            # demote tasks in flight
+    unhealthy_until: float = 0.0
+
+
+@dataclass
+class ColdTask:
+    kind: str                     # demote | promote
+    key: str
+    node_id: str
+    obj: Obj
+    deadline: float
+    replica: Replica | None = None   # demote: the DRAM replica copied
+    slice: Slice | None = None       # promote: the reserved DRAM room
+    tier: str = ""                   # qualified tier name
+
+
+class ClusterTiering:
+    """The index's `tiering` hook for a cluster master (see index.py: keeps, on_cold_hit,
+    on_demoted, forget) plus the planner the master's ticker runs."""
+
+    def __init__(self, svc: Any) -> None:
+        self.svc = svc
+        self.nodes: dict[str, ColdNode] = {}
+        self._by_rpc: dict[str, str] = {}
+        self._tasks: dict[int, ColdTask] = {}
+        self._promote: deque[str] = deque()   # appended under the index lock, drained by the tick
+        self._forget: deque[tuple[str, tuple[str, ...]]] = deque()
+        self._lock = threading.Lock()
+        self.counters = {"demotions": 0, "demote_failures": 0, "promotions": 0,
+                         "promote_failures": 0, "cold_moves": 0, "cold_drops": 0, "cold_lost": 0,
+                         "forgets": 0}
+        self.attach(svc.index)
+
+    def attach(self, index: Any) -> None:
+        """A fresh index (new leader): hook into it; tasks of the old one are void."""
+        index.tiering = self
+        self.nodes.clear()
+        self._by_rpc.clear()
+        self._tasks.clear()
+        self._promote.clear()
+        self._forget.clear()
+
+    @property
+    def ix(self) -> Any:
+        return self.svc.index
+
+    # ---- index hooks (called under the index lock: never block, never take svc._lock) -------------
+    healthy = True
+
+    def keeps(self, obj: Obj) -> bool:
+        segs = self.ix.segments
+        if not obj.replicas or len(obj.replicas[0]) != 1:
+            return False   # striped: no single node can demote it
+        now = self.svc.clock()
+        for r in obj.replicas:
+            seg = segs.get(r[0].segment)
+            node = self.nodes.get(seg.node) if seg is not None else None
+            if node is not None and node.unhealthy_until <= now:
+                return True
+        return False
+
+    def on_cold_hit(self, obj: Obj) -> None:
+        obj.cold_hits += 1
+        mode = self.svc.config.promotion
+        if mode == "on-hit" or (mode == "on-second-hit" and obj.cold_hits >= 2):
+            self._promote.append(obj.key)
+
+    def on_demoted(self, obj: Obj) -> None:
+        pass
+
+    def forget(self, key: str, tiers: tuple[str, ...]) -> None:
+        self._forget.append((key, tuple(tiers)))
+
+    # ---- nodes ---------------------------------------------------------------------------------------
+    def add_node(self, node_id: str, cold: dict) -> int:
+        """A node registered with cold tiers: remember where to read, adopt its records.
+        Called with svc._lock held."""
+        rpc, tiers = str(cold.get("rpc", "")), [str(t) for t in cold.get("tiers", ())]
+        if not rpc or not tiers:
+            return 0
+        old = self._by_rpc.get(rpc)
+        if old is not None and old != node_id:
+            self.node_lost(old)
+        self.nodes[node_id] = ColdNode(node_id, rpc, tiers, dict(cold.get("usage") or {}))
+        self._by_rpc[rpc] = node_id
+        return self._adopt(node_id, rpc, cold.get("inventory") or {})
+
+    def _adopt(self, node_id: str, rpc: str, inventory: dict) -> int:
+        """Records found in the node's tiers become readable again (warm restart). A record
+        whose key is known with another size is stale: the node is told to forget it."""
+        ix, n = self.ix, 0
+        stale = []
+        with ix.lock:
+            for tier, entries in inventory.items():
+                name = f"{tier}@{rpc}"
+                for key, size, flags in entries:
+                    obj = ix._objects.get(key)
+                    if obj is None:
+                        obj = Obj(key, size, [], PIN_NONE, 0.0, 0.0)
+                        obj.complete, obj.flags, obj.tier, obj.cold = True, flags, name, (name,)
+                        ix._objects[key] = obj
+                        n += 1
+                    elif obj.size == size and not any(split_tier(t)[1] == rpc for t in obj.cold):
+                        obj.cold = obj.cold + (name,)
+                        if obj.tier == "dram" and not obj.replicas:
+                            obj.tier = name
+                        n += 1
+                    else:
+                        stale.append(key)
+        for key in stale:
+            self._send(node_id, {"kind": "forget", "id": 0, "key": key})
+        return n
+
+    def node_lost(self, node_id: str) -> None:
+        """Its cold copies are gone with it; objects with no copy left are lost.
+        Called with svc._lock held."""
+        node = self.nodes.pop(node_id, None)
+        if node is None:
+            return
+        self._by_rpc.pop(node.rpc, None)
+        suffix = "@" + node.rpc
+        ix = self.ix
+        with ix.lock:
+            for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
+                task = self._tasks.pop(tid)
+                task.obj.busy = False
+                if task.slice is not None:
+                    ix._free_replicas([(task.slice,)])
+            for key, obj in list(ix._objects.items()):
+                if not obj.cold or not any(t.endswith(suffix) for t in obj.cold):
+                    continue
+                obj.cold = tuple(t for t in obj.cold if not t.endswith(suffix))
+                if obj.tier == "dram":
+                    continue
+                if obj.cold:
+                    obj.tier = obj.cold[0]
+                elif obj.replicas:
+                    obj.tier = "dram"
+                else:
+                    del ix._objects[key]
+                    self.counters["cold_lost"] += 1
+
+    def apply_report(self, node_id: str, report: dict) -> None:
+        """A node's heartbeat: its tiers' usage and the moves/drops it made itself."""
+        node = self.nodes.get(node_id)
+        if node is None or not isinstance(report, dict):
+            return
+        node.usage = dict(report.get("usage") or {})
+        events = report.get("events") or ()
+        if not events:
+            return
+        ix = self.ix
+        with ix.lock:
+            for ev in events:
+                key, kind = ev[0], ev[1]
+                obj = ix._objects.get(key)
+                if obj is None:
+                    continue
+                src = f"{ev[2]}@{node.rpc}"
+                if src not in obj.cold:
+                    continue
+                if kind == "moved":
+                    dst = f"{ev[3]}@{node.rpc}"
+                    obj.cold = tuple(dst if t == src else t for t in obj.cold)
+                    if obj.tier == src:
+                        obj.tier = dst
+                    self.counters["cold_moves"] += 1
+                    continue
+                self.counters["cold_drops"] += 1
+                obj.cold = tuple(t for t in obj.cold if t != src)
+                if obj.tier != src:
+                    continue
+                if obj.cold:
+                    obj.tier = obj.cold[0]
+                elif obj.replicas:
+                    obj.tier = "dram"
+                else:
+                    del ix._objects[key]
+                    ix.counters["evictions"] += 1
+
+    # ---- planning (the master's ticker) -----------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        if not self.nodes and not self._forget:
+            return
+        with self.svc._lock:
+            self._expire(now)
+            with self.ix.lock:
+                # Forgets go out before any task planned now, so a node never deletes a newer copy.
+                forgets = self._drain_forgets()
+                demotes = self._plan_demotions(now)
+                promotes = self._plan_promotions(now)
+            for node_id, task in forgets + demotes + promotes:
+                self._send(node_id, task)
+
+    def _send(self, node_id: str, task: dict) -> None:
+        rec = self.svc.nodes.get(node_id)
+        if rec is not None:
+            rec.tasks.append(task)
+
+    def _drain_forgets(self) -> list[tuple[str, dict]]:
+        out = []
+        while self._forget:
+            key, tiers = self._forget.popleft()
+            for node_id in {self._by_rpc.get(split_tier(t)[1]) for t in tiers} - {None}:
+                out.append((node_id, {"kind": "forget", "id": 0, "key": key}))
+                self.counters["forgets"] += 1
+        return out
+
+    def _plan_demotions(self, now: float) -> list[tuple[str, dict]]:
+        ix, cfg = self.ix, self.svc.config
+        budget: dict[str, int] = {}     # segment -> bytes still to demote this tick
+        for node_id, node in self.nodes.items():
+            rec = self.svc.nodes.get(node_id)
+            if rec is None or node.demoting >= DEMOTE_TASKS_PER_NODE or node.unhealthy_until > now:
+                continue
+            for name in rec.segments:
+                seg = ix.segments.get(name)
+                if seg is None or seg.tier != "dram" or not seg.capacity:
+                    continue
+                over = seg.used - cfg.demote_watermark * seg.capacity
+                if over > 0:
+                    budget[name] = int(over + cfg.eviction_ratio * seg.capacity)
+        if not budget:
+            return []
+        out = []
+        ttl = cfg.node_ttl_ms / 1000.0
+        for i, key in enumerate(ix.policy.victims()):
+            if i >= SCAN_PER_TICK or not budget:
+                break
+            obj = ix._objects.get(key)
+            if obj is None or obj.busy or obj.cold or obj.tier != "dram" or not obj.replicas \
+                    or len(obj.replicas[0]) != 1 or obj.pin == PIN_HARD \
+                    or (obj.pin == PIN_SOFT and obj.pin_until > now):
+                continue
+            replica = next((r for r in obj.replicas if r[0].segment in budget), None)
+            if replica is None:
+                continue
+            sl = replica[0]
+            seg = ix.segments[sl.segment]
+            node = self.nodes[seg.node]
+            if node.demoting >= DEMOTE_TASKS_PER_NODE:
+                budget.pop(sl.segment, None)
+                continue
+            obj.busy = True
+            node.demoting += 1
+            tid = next(self.svc._task_ids)
+            self._tasks[tid] = ColdTask("demote", key, seg.node, obj, now + 2 * ttl + 10.0,
+                                        replica=replica, tier=f"{node.tiers[0]}@{node.rpc}")
+            out.append((seg.node, {"kind": "demote", "id": tid, "key": key, "segment": sl.segment,
+                                   "offset": sl.offset, "length": sl.length}))
+            budget[sl.segment] -= sl.length
+            if budget[sl.segment] <= 0:
+                del budget[sl.segment]
+        return out
+
+    def _plan_promotions(self, now: float) -> list[tuple[str, dict]]:
+        ix, out = self.ix, []
+        ttl = self.svc.config.node_ttl_ms / 1000.0
+        for _ in range(min(PROMOTIONS_PER_TICK, len(self._promote))):
+            key = self._promote.popleft()
+            obj = ix._objects.get(key)
+            if obj is None or obj.busy or obj.tier == "dram":
+                continue
+            tier, rpc = split_tier(obj.tier)
+            node_id = self._by_rpc.get(rpc)
+            rec = self.svc.nodes.get(node_id) if node_id else None
+            if rec is None:
+                continue
+            length = header_size(len(key.encode("utf-8", "surrogatepass"))) + obj.size
+            for name in rec.segments:   # the holding node's own DRAM: a local copy
+                seg = ix.segments.get(name)
+                off = seg.allocator.alloc(length) if seg is not None else None
+                if off is not None:
+                    break
+            else:
+                continue   # no room now: a later hit tries again
+            sl = Slice(name, off, length)
+            obj.busy = True
+            tid = next(self.svc._task_ids)
+            self._tasks[tid] = ColdTask("promote", key, node_id, obj, now + 2 * ttl + 10.0,
+                                        slice=sl, tier=obj.tier)
+            out.append((node_id, {"kind": "promote", "id": tid, "key": key, "tier": tier,
+                                  "segment": name, "offset": off, "length": length}))
+        return out
+
+    def _expire(self, now: float) -> None:
+        for tid in [t for t, task in self._tasks.items() if task.deadline <= now]:
+            self._finish(self._tasks.pop(tid), False)
+
+    # ---- task answers --------------------------------------------------------------------------------------
+    def task_done(self, node_id: str, task_id: int, ok: bool) -> bool:
+        with self.svc._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.node_id != node_id:
+                return False
+            del self._tasks[task_id]
+            attached, forget = self._finish(task, bool(ok))
+            if forget:
+                self._send(node_id, {"kind": "forget", "id": 0, "key": task.key})
+            return attached
+
+    def _finish(self, task: ColdTask, ok: bool) -> tuple[bool, bool]:
+        """Apply a finished (or failed/expired) task: (attached, the node must forget it)."""
+        ix = self.ix
+        node = self.nodes.get(task.node_id)
+        with ix.lock:
+            obj = task.obj
+            current = ix._objects.get(task.key) is obj
+            obj.busy = False
+            if task.kind == "promote":
+                if ok and current and obj.tier == task.tier:
+                    obj.replicas, obj.tier = [(task.slice,)], "dram"
+                    ix.policy.on_insert(task.key, obj.size)
+                    self.counters["promotions"] += 1
+                    return True, False
+                ix._free_replicas([(task.slice,)])
+                self.counters["promote_failures"] += not ok
+                return False, False
+            if node is not None:
+                node.demoting = max(0, node.demoting - 1)
+            if not ok:
+                self.counters["demote_failures"] += 1
+                if node is not None:
+                    node.unhealthy_until = self.svc.clock() + UNHEALTHY_S
+                return False, False
+            if not current or task.replica not in obj.replicas:
+                # Removed or replaced meanwhile: the copy is stale unless a newer one is
+                # on its way to the same node (which will overwrite it).
+                newer = ix._objects.get(task.key)
+                keep = newer is not None and (task.tier in newer.cold or any(
+                    t.key == task.key and t.node_id == task.node_id and t.kind == "demote"
+                    for t in self._tasks.values()))
+                return False, not keep
+            obj.cold = obj.cold + (task.tier,)
+            ix.policy.on_remove(task.key)
+            replicas, obj.replicas, obj.tier = obj.replicas, [], task.tier
+            ix._graveyard_or_free(replicas, obj.lease_until)
+            self.counters["demotions"] += 1
+            ix.counters["demotions"] = ix.counters.get("demotions", 0) + 1
+            return True, False
+
+    def room(self, need: int) -> bool:
+        ix = self.ix
+        with ix.lock:
+            return any(s.tier == "dram" and s.allocator.largest_free() >= s.allocator.round(need)
+                       for s in ix.segments.values())
+
+    # ---- introspection ------------------------------------------------------------------------------------
+    def describe(self, key: str) -> dict:
+        """For `mstore stat`: where reads go and every cold copy with its node."""
+        ix = self.ix
+        with ix.lock:
+            obj = ix._objects.get(key)
+            if obj is None:
+                return {}
+            tier, cold = obj.tier, obj.cold
+        copies = []
+        for name in cold:
+            t, rpc = split_tier(name)
+            copies.append({"tier": t, "node": self._by_rpc.get(rpc, ""), "address": rpc})
+        return {"tier": split_tier(tier)[0], "read_from": tier, "cold": copies}
+
+    def stats(self) -> dict:
+        return {"nodes": {n.node_id: {"rpc": n.rpc, "tiers": n.usage, "demoting": n.demoting}
+                          for n in self.nodes.values()},
+                "tasks_in_flight": len(self._tasks), **self.counters}

@@ -1,0 +1,131 @@
+"""Cold tiers on cluster nodes: real master and node processes on 127.0.0.1 (`mstore node
+--ssd`, S3 through SeaweedFS). Demotion under DRAM pressure, cold reads staged by the node
+and moved over the transfer engine, `mstore stat`/`status`, warm restart after kill -9,
+promotion on hit."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CLI, store, wait_nodes, wait_until
+
+VALUE = 100_000          # 120 of these are ~1.5x an 8 MB DRAM segment
+N = 120
+
+
+def _fill(s, n: int = N, prefix: str = "k") -> dict[str, bytes]:
+    vals = {}
+    for i in range(n):
+        v = os.urandom(VALUE)
+        s.put(f"{prefix}{i}", v)
+        vals[f"{prefix}{i}"] = v
+    return vals
+
+
+def _tiers(s, keys) -> dict[str, str]:
+    return {k: s._index.stat(k)["tier"] for k in keys}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__)))))
+
+
+def test_demotion_to_ssd_keeps_every_object_and_stat_shows_it(cluster, tmp_path):
+    m = cluster.master("--promotion", "off")
+    node = cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:64MB", dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = _fill(s)   # more than DRAM holds: puts never fail, demotion makes room
+        st = s.stats()
+        assert st["cold"]["demotions"] > 0 and st["evictions"] == 0
+        tiers = _tiers(s, vals)
+        cold = [k for k, t in tiers.items() if t == "ssd"]
+        assert cold and len(cold) < N
+        for k, v in vals.items():
+            assert s.get(k) == v, k
+        assert s.stats()["cold_reads"] >= len(cold)   # promotion off: they stay on SSD
+        assert _tiers(s, cold) == {k: "ssd" for k in cold}
+        node_id = next(iter(s.stats()["nodes"]))
+    # mstore stat names the tier and the node of the cold copy.
+    r = _cli("stat", cold[0], "--master", m.addr)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert st["tier"] == "ssd" and st["replicas"] == []
+    assert st["cold"] == [{"tier": "ssd", "node": node_id, "address": st["read_from"][4:]}]
+    # mstore status shows the node's tier usage.
+    r = _cli("status", "--master", m.addr)
+    assert r.returncode == 0, r.stderr
+    assert "ssd" in r.stdout and node_id in r.stdout
+    r = _cli("status", "--json", "--master", m.addr)
+    usage = json.loads(r.stdout)["cold"]["nodes"][node_id]["tiers"]["ssd"]
+    assert usage["objects"] >= len(cold) and usage["used"] > 0
+    assert node.alive
+
+
+def test_warm_restart_on_the_same_ssd_directory(cluster, tmp_path):
+    m = cluster.master("--promotion", "off")
+    ssd = f"{tmp_path}/ssd:64MB"
+    node = cluster.node(m.addr, "--ssd", ssd, dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = _fill(s)
+        cold = [k for k, t in _tiers(s, vals).items() if t == "ssd"]
+        assert cold
+        node.kill()   # SIGKILL: DRAM is gone, the SSD records stay
+        cluster.node(m.addr, "--ssd", ssd, dram="8MB")
+        # The master drops the dead node (its copies with it), the new one brings the SSD back.
+        wait_until(lambda: len(s.stats()["nodes"]) == 1 and
+                   s.stats()["cold"]["nodes"] and all(s.exists(k) for k in cold),
+                   what="the SSD inventory re-registered")
+        for k in cold:
+            assert s.get(k) == vals[k], k
+        assert _tiers(s, cold) == {k: "ssd" for k in cold}
+        # DRAM-only objects died with the process; nothing else reads back wrong.
+        for k in set(vals) - set(cold):
+            assert not s.exists(k) or s.get(k) == vals[k]
+
+
+def test_promotion_on_hit(cluster, tmp_path):
+    m = cluster.master("--promotion", "on-hit")
+    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:64MB", dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = _fill(s)
+        # Make room for promotions: drop the newest objects (still in DRAM).
+        newest = [f"k{i}" for i in range(N - 40, N)]
+        for k in newest:
+            s.remove(k, force=True)
+        cold = [k for k, t in _tiers(s, set(vals) - set(newest)).items() if t == "ssd"][:5]
+        assert cold
+        for k in cold:
+            assert s.get(k) == vals[k]      # served from SSD; queues a promotion
+        wait_until(lambda: all(t == "dram" for t in _tiers(s, cold).values()),
+                   what="promotion back to DRAM")
+        for k in cold:
+            assert s.get(k) == vals[k]      # now from DRAM
+            st = s._index.stat(k)
+            assert st["replicas"] and st["cold"]   # the SSD copy stays: re-demotion is free
+        assert s.stats()["cold"]["promotions"] >= len(cold)
+
+
+def test_ssd_full_pushes_down_to_s3(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    monkeypatch.setenv("MOONCAKE_S3_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("MOONCAKE_S3_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    m = cluster.master("--promotion", "off")
+    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:2MB", "--s3-bucket", s3_bucket,
+                 "--s3-endpoint-url", seaweedfs.endpoint, "--s3-region", seaweedfs.region,
+                 "--cold-codec", "none", dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = _fill(s)
+        wait_until(lambda: s.stats()["cold"]["cold_moves"] > 0, what="a push-down reported")
+        tiers = _tiers(s, vals)
+        assert "s3" in tiers.values() and "ssd" in tiers.values()
+        for k, v in vals.items():
+            assert s.get(k) == v, (k, tiers[k])
