@@ -142,3 +142,33 @@ def test_removed_objects_stay_removed_after_failover(cluster, etcd):
         assert set(s.keys()) == before
     finally:
         s.close()
+
+
+def test_client_does_not_wait_on_etcd(cluster):
+    """While the known master answers, etcd is not asked at all; when the master is gone
+    and etcd cannot name another, a call ends with -900/-901 after its own timeout instead
+    of waiting out the failover window."""
+    from mooncake_store.client.cluster import FAILOVER_WINDOW_MS, MasterClient
+    from mooncake_store.errors import ErrorCode, StoreError
+
+    m = cluster.master()
+    asked = []
+
+    def etcd_down():
+        asked.append(1)
+        raise StoreError("etcd: no endpoint answered", ErrorCode.ETCD_OPERATION_ERROR)
+
+    mc = MasterClient([m.addr], timeout_ms=1000, resolve=etcd_down)
+    try:
+        for _ in range(20):
+            assert mc.call("ping")["role"] == "leader"
+        assert len(asked) <= 1            # only the first call, before the master had answered
+        m.kill()
+        t0 = time.monotonic()
+        with pytest.raises(StoreError) as e:
+            mc.call("ping")
+        took = time.monotonic() - t0
+        assert e.value.code in (ErrorCode.RPC_FAIL, ErrorCode.RPC_TIMEOUT)
+        assert took < FAILOVER_WINDOW_MS / 1000 / 2, took
+    finally:
+        mc.close()
