@@ -23,7 +23,8 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "fuzz")]
+# tests/fuzz for the boundaries, tests/ for the support helpers they use.
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "fuzz")]
 
 import boundaries  # noqa: E402
 

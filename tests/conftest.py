@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from support.net import free_ports
 
 ACCESS_KEY = "mcs_test_access"
 SECRET_KEY = "mcs_test_secret_key_0123456789"
@@ -29,17 +30,6 @@ def _weed_binary() -> str | None:
     return shutil.which("weed")
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class SeaweedFS:
     """One `weed mini` process (master, volume, filer, S3) on loopback ports.
 
@@ -50,7 +40,7 @@ class SeaweedFS:
     def __init__(self, binary: str, workdir: str) -> None:
         self.binary = binary
         self.dir = workdir
-        self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS))))
+        self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS))))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.access_key, self.secret_key, self.region = ACCESS_KEY, SECRET_KEY, "us-east-1"
         self.proc: subprocess.Popen | None = None

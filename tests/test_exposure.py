@@ -8,10 +8,8 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import struct
 import subprocess
 import sys
 
@@ -23,30 +21,13 @@ from mooncake_store.errors import ErrorCode, StoreError
 from mooncake_store.rpc.client import RpcClient
 from mooncake_store.transfer import AuthFailed, TransferEngine
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support.cluster import CLI, ROOT
+from support.fixtures import cluster, no_ambient_secret  # noqa: F401 - fixtures, found by name
+from support.net import free_port, recv_exact
+from support.procs import stop_pid, wait_until
+from support.wire import HDR, handshake, header
+
 SECRET = "mcs-SeKrIt-7f3a9"
-_spec = importlib.util.spec_from_file_location("cluster_fixtures",
-                                               os.path.join(ROOT, "tests", "cluster", "conftest.py"))
-cf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cf)
-
-HELLO = struct.Struct("<IHHII32s40s64s")
-REPLY = struct.Struct("<IHH32s32s")
-VERDICT = struct.Struct("<Ii32s")
-HDR = struct.Struct("<IHHiIQQQ")
-MAGIC = 0x3153434D
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_secret(monkeypatch):
-    monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = cf.Cluster(str(tmp_path))
-    yield c
-    c.close()
 
 
 # ---- listening addresses ----------------------------------------------------------------------
@@ -86,8 +67,8 @@ def _loopback_only(addrs) -> bool:
 
 
 def test_master_node_and_metrics_bind_loopback_by_default(cluster):
-    m = cluster.master("--metrics-port", str(cf.free_port()))
-    n = cluster.node(m.addr, "--metrics-port", str(cf.free_port()))
+    m = cluster.master("--metrics-port", str(free_port()))
+    n = cluster.node(m.addr, "--metrics-port", str(free_port()))
     maddrs, naddrs = _listen_addrs(m.pid), _listen_addrs(n.pid)
     assert len(maddrs) >= 2 and _loopback_only(maddrs), maddrs      # RPC + metrics
     assert len(naddrs) >= 2 and _loopback_only(naddrs), naddrs      # transfer + metrics
@@ -105,33 +86,19 @@ def test_engine_and_embedded_store_bind_loopback_by_default():
         addrs = _listen_addrs(p.pid)
         assert all(ip in ("127.0.0.1", "::1") for ip, _ in addrs), addrs
     finally:
-        p.kill()
-        p.wait(timeout=10)
+        stop_pid(p)
 
 
 # ---- registered regions only ------------------------------------------------------------------
 
-def _recv_exact(s, n):
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError("closed")
-        out += chunk
-    return out
-
-
 def _request(port: int, op: int, addr: int, length: int, payload: bytes = b"") -> tuple[int, bytes]:
     """One request on a fresh connection: (status, bytes answered)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        _recv_exact(s, HELLO.size)
-        s.sendall(REPLY.pack(0x4853434D, 1, 0, os.urandom(32), bytes(32)))
-        assert VERDICT.unpack(_recv_exact(s, VERDICT.size))[1] == 0
-        s.sendall(HDR.pack(MAGIC, 1, op, 0, 0, 7, addr, length) + payload)
+    with handshake(port, timeout=10) as s:
+        s.sendall(header(op, addr, length, rid=7) + payload)
         if op == 2 and not payload:
             return 0, b""
-        _, _, _, status, _, _, _, rlen = HDR.unpack(_recv_exact(s, HDR.size))
-        return status, _recv_exact(s, rlen) if status == 0 and op == 1 else b""
+        _, _, _, status, _, _, _, rlen = HDR.unpack(recv_exact(s, HDR.size))
+        return status, recv_exact(s, rlen) if status == 0 and op == 1 else b""
 
 
 def test_transfer_server_touches_only_registered_regions():
@@ -201,7 +168,7 @@ def _run_cli(*args, env_token: str | None = None, timeout=60):
     env = {k: v for k, v in os.environ.items() if k != "MOONCAKE_AUTH_TOKEN"}
     if env_token is not None:
         env["MOONCAKE_AUTH_TOKEN"] = env_token
-    return subprocess.run([sys.executable, "-c", cf.CLI, *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-c", CLI, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -218,7 +185,7 @@ def test_master_rpc_and_cluster_refuse_wrong_secret_and_never_echo_it(cluster):
                        auth_token=token) as s:
                 s.put("k", b"v")
     with Store(master=m.addr, global_segment_size=0, rpc_timeout_ms=3000, auth_token=SECRET) as s:
-        cf.wait_until(lambda: len(s.stats()["nodes"]) == 1, what="node registered")
+        wait_until(lambda: len(s.stats()["nodes"]) == 1, what="node registered")
         s.put("k", b"v" * 100)
         assert s.get("k") == b"v" * 100
     # mstore with the secret in the environment: works, never prints it.

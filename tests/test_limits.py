@@ -2,10 +2,7 @@
 per-request and per-connection bounds. Every refusal is a clear, typed error."""
 from __future__ import annotations
 
-import os
 import socket
-import struct
-import time
 
 import numpy as np
 import pytest
@@ -15,16 +12,10 @@ from mooncake_store import Config, MooncakeDistributedStore, Store
 from mooncake_store.errors import ErrorCode, InvalidParams
 from mooncake_store.transfer import TransferEngine
 
-HELLO = struct.Struct("<IHHII32s40s64s")
-REPLY = struct.Struct("<IHH32s32s")
-VERDICT = struct.Struct("<Ii32s")
-HDR = struct.Struct("<IHHiIQQQ")
-MAGIC = 0x3153434D
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_secret(monkeypatch):
-    monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
+from support.fixtures import no_ambient_secret  # noqa: F401 - autouse fixture, found by name
+from support.net import recv_exact
+from support.procs import rss_kib, wait_until
+from support.wire import HDR, handshake, header
 
 
 @pytest.fixture
@@ -142,31 +133,9 @@ def server():
     te.close()
 
 
-def _recv_exact(s, n):
-    out = b""
-    while len(out) < n:
-        chunk = s.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError("closed")
-        out += chunk
-    return out
-
-
-def _connect(port):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    _recv_exact(s, HELLO.size)
-    s.sendall(REPLY.pack(0x4853434D, 1, 0, os.urandom(32), bytes(32)))
-    assert VERDICT.unpack(_recv_exact(s, VERDICT.size))[1] == 0
-    return s
-
-
-def _wait(pred, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+def _conns_active(te, pred, what: str) -> None:
+    """Until the server's open-connection count satisfies pred (15 s at most)."""
+    wait_until(lambda: pred(te.stats()["conns_active"]), timeout=15.0, interval=0.05, what=what)
 
 
 def test_single_request_length_is_capped(server):
@@ -174,10 +143,10 @@ def test_single_request_length_is_capped(server):
     base = region.ctypes.data
     big = TransferEngine(use_shm=False)
     try:
-        s = _connect(te.port)
+        s = handshake(te.port, timeout=10)
         with s:
-            s.sendall(HDR.pack(MAGIC, 1, 1, 0, 0, 1, base, (64 << 20) + 1))  # READ
-            resp = HDR.unpack(_recv_exact(s, HDR.size))
+            s.sendall(header(1, base, (64 << 20) + 1))  # READ
+            resp = HDR.unpack(recv_exact(s, HDR.size))
             assert resp[3] == ErrorCode.INVALID_PARAMS and resp[7] == 0
     finally:
         big.close()
@@ -188,16 +157,11 @@ def test_silent_connections_are_dropped_after_the_timeout(server):
     te, _ = server
     socks = [socket.create_connection(("127.0.0.1", te.port), timeout=10) for _ in range(20)]
     try:
-        assert _wait(lambda: te.stats()["conns_active"] >= 20)
-        assert _wait(lambda: te.stats()["conns_active"] == 0)
+        _conns_active(te, lambda n: n >= 20, "20 connections accepted")
+        _conns_active(te, lambda n: n == 0, "silent connections dropped")
     finally:
         for s in socks:
             s.close()
-
-
-def _rss_kib():
-    with open("/proc/self/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
 
 
 def test_pipelined_reads_without_reading_answers_stay_bounded(server):
@@ -205,11 +169,11 @@ def test_pipelined_reads_without_reading_answers_stay_bounded(server):
     the server blocks on its socket, gives up after timeout_ms, and buffers nothing."""
     te, region = server
     base = region.ctypes.data
-    rss0 = _rss_kib()
-    s = _connect(te.port)
+    rss0 = rss_kib()
+    s = handshake(te.port, timeout=10)
     s.setblocking(False)
     sent = 0
-    req = HDR.pack(MAGIC, 1, 1, 0, 0, 1, base, 1 << 20)  # READ
+    req = header(1, base, 1 << 20)  # READ
     try:
         for _ in range(2000):
             try:
@@ -217,8 +181,8 @@ def test_pipelined_reads_without_reading_answers_stay_bounded(server):
                 sent += 1
             except (BlockingIOError, OSError):
                 break
-        assert _wait(lambda: te.stats()["conns_active"] == 0)
-        assert _rss_kib() - rss0 < 64 * 1024
+        _conns_active(te, lambda n: n == 0, "the blocked connection dropped")
+        assert rss_kib() - rss0 < 64 * 1024
     finally:
         s.close()
     good = TransferEngine(use_shm=False)

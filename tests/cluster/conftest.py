@@ -1,173 +1,21 @@
-"""Fixtures: master and node processes (and etcd) on 127.0.0.1, killed by PID at the end."""
+"""Fixtures: master and node processes (and etcd) on 127.0.0.1, killed by PID at the end.
+
+The launchers live in tests/support/cluster.py; the names below are re-exported for the
+callers that still load this file as a module (tests/chaos/harness.py, bench/soak.py,
+bench/cluster_batch.py, `from conftest import ...` in older tests)."""
 from __future__ import annotations
 
 import os
-import select
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 
-import pytest
+# The bench scripts load this file outside pytest, where tests/ is not on sys.path yet.
+_TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
 
-CLI = "from mooncake_store.cli.main import app; app()"
-START_TIMEOUT_S = 60.0   # a loaded 2-core CI machine can be slow to start Python
-# Short timers keep the suite fast: heartbeats every 100 ms, a node is dead after 1 s.
-FAST = ["--heartbeat-ms", "100"]
-LEASE = ["--lease-ttl-ms", "1000"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    def __init__(self, argv: list[str], ready: str, logdir: str, name: str) -> None:
-        self.name = name
-        self.log = os.path.join(logdir, f"{name}.log")
-        self.argv = argv
-        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),
-                                  cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-        self.line = self._wait_for(ready)
-        self.pid = self.p.pid
-
-    def _wait_for(self, ready: str) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        buf = b""
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([self.p.stdout], [], [], 0.2)
-            if r:
-                chunk = os.read(self.p.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                buf += chunk
-                for line in buf.decode(errors="replace").splitlines():
-                    if ready in line:
-                        return line
-            elif self.p.poll() is not None:
-                break
-        self.kill()
-        with open(self.log, errors="replace") as f:
-            raise RuntimeError(f"{self.name} did not start ({self.argv}):\n{buf.decode()}\n{f.read()}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.p.poll() is None:
-            os.kill(self.p.pid, sig)
-            try:
-                self.p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.p.pid, signal.SIGKILL)
-                self.p.wait(timeout=10)
-        if self.p.stdout:
-            self.p.stdout.close()
-
-    @property
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-
-class Cluster:
-    """Starts processes; everything it started is killed (by PID) when the test ends."""
-
-    def __init__(self, logdir: str) -> None:
-        self.logdir = logdir
-        self.procs: list[Proc] = []
-        self.n = 0
-
-    def _start(self, args: list[str], ready: str, name: str) -> Proc:
-        self.n += 1
-        p = Proc([sys.executable, "-c", CLI, *args], ready, self.logdir, f"{name}{self.n}")
-        self.procs.append(p)
-        return p
-
-    def master(self, *extra: str, port: int = 0, node_ttl_ms: int = 1000,
-               put_timeout_ms: int = 30_000) -> Proc:
-        p = self._start(["master", "--port", str(port), "--node-ttl-ms", str(node_ttl_ms),
-                         "--put-timeout-ms", str(put_timeout_ms), *FAST, *LEASE, *extra],
-                        "master listening on", "master")
-        p.addr = p.line.split()[-1]
-        return p
-
-    def node(self, master: str, *extra: str, dram: str = "32MB", port: int = 0) -> Proc:
-        p = self._start(["node", "--master", master, "--dram", dram, "--port", str(port),
-                         "--timeout-ms", "1000", *FAST, *extra], "serving", "node")
-        p.endpoint = p.line.split()[-1]
-        return p
-
-    def close(self) -> None:
-        for p in self.procs:
-            p.kill()
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(str(tmp_path))
-    yield c
-    c.close()
-
-
-def wait_until(pred, timeout: float = 20.0, what: str = "condition"):
-    """Poll pred() (bounded in time) until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
-
-
-def store(master: str, **kw):
-    from mooncake_store import Store
-
-    kw.setdefault("global_segment_size", 0)
-    kw.setdefault("rpc_timeout_ms", 2000)
-    return Store(master=master, **kw)
-
-
-def wait_nodes(master: str, n: int) -> None:
-    with store(master) as s:
-        wait_until(lambda: len(s.stats()["nodes"]) == n, what=f"{n} nodes registered")
-
-
-# ---- etcd -----------------------------------------------------------------------------------
-class Etcd:
-    def __init__(self, tmp: str) -> None:
-        binary = shutil.which("etcd")
-        if binary is None:
-            pytest.skip("etcd binary not installed (Debian package etcd-server)")
-        self.client_port, peer_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
-        self.data = tempfile.mkdtemp(dir=tmp, prefix="etcd-")
-        self.log = open(os.path.join(tmp, "etcd.log"), "ab")
-        self.p = subprocess.Popen(
-            [binary, "--data-dir", self.data, "--name", "mcs-test",
-             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
-             "--initial-cluster", f"mcs-test=http://127.0.0.1:{peer_port}"],
-            stdout=self.log, stderr=self.log)
-        from mooncake_store.meta.etcd import EtcdClient
-
-        client = EtcdClient(f"etcd://127.0.0.1:{self.client_port}")
-        wait_until(client.healthy, timeout=START_TIMEOUT_S, what="etcd up")
-        self.endpoint = f"etcd://127.0.0.1:{self.client_port}"
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            os.kill(self.p.pid, signal.SIGKILL)
-            self.p.wait(timeout=10)
-        self.log.close()
-
-
-@pytest.fixture
-def etcd(tmp_path):
-    e = Etcd(str(tmp_path))
-    yield e
-    e.close()
+from support.cluster import (  # noqa: E402,F401
+    CLI, FAST, LEASE, START_TIMEOUT_S, Cluster, Etcd, Proc, store, wait_nodes,
+)
+from support.fixtures import cluster, etcd  # noqa: E402,F401
+from support.net import free_port  # noqa: E402,F401
+from support.procs import wait_until  # noqa: E402,F401

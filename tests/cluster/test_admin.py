@@ -7,7 +7,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from conftest import CLI, free_port, wait_nodes
+from support.cluster import CLI, wait_nodes
+from support.net import free_port
 
 
 def mstore(*args: str, ok: bool = True) -> subprocess.CompletedProcess:

@@ -10,9 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from conftest import free_port, store, wait_nodes, wait_until
 from mooncake_store import ReplicateConfig
 from mooncake_store.errors import ErrorCode, ObjectNotFound, RpcFailed, RpcTimeout, StoreError
+
+from support.cluster import store, wait_nodes
+from support.net import free_port
+from support.procs import wait_until
 
 CHILD_GET = """
 import hashlib, sys

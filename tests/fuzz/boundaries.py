@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import struct
 import tempfile
 
 import numpy as np
@@ -25,6 +24,7 @@ from mooncake_store.errors import ChecksumMismatch, InvalidParams, StoreError
 import msgpack
 
 from mooncake_store.rpc.protocol import BadMessage, pack_request, unpack_request
+from support.wire import HDR, MAGIC
 
 
 def msgpack_packb(v) -> bytes:
@@ -125,8 +125,7 @@ def check_header_c(data: bytes) -> None:
 
 # ------------------------------------------------- transfer wire header (C) ---
 
-WIRE = struct.Struct("<IHHiIQQQ")
-WIRE_MAGIC = 0x3153434D
+WIRE, WIRE_MAGIC = HDR, MAGIC      # the request header of tests/support/wire.py
 
 
 def wire_seeds(base: int, size: int) -> list[bytes]:

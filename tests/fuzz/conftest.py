@@ -1,8 +1,3 @@
 from __future__ import annotations
 
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_secret(monkeypatch):
-    monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
+from support.fixtures import no_ambient_secret  # noqa: F401 - autouse fixture, found by name

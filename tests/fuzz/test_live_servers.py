@@ -3,9 +3,7 @@ listener and the control-plane RPC server. They must refuse, count, and keep
 serving well-behaved peers with the right bytes."""
 from __future__ import annotations
 
-import os
 import socket
-import struct
 
 import numpy as np
 import pytest
@@ -13,40 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import boundaries as b
-import zmtp
 from fuzzcfg import N, fuzz_settings
+from support import wire, zmtp
+from support.net import drain_until_closed
+from support.procs import rss_kib
 
 from mooncake_store.rpc.client import RpcClient
 from mooncake_store.rpc.protocol import pack_request
 from mooncake_store.rpc.server import RpcServer
 from mooncake_store.transfer import TransferEngine
-
-HELLO = struct.Struct("<IHHII32s40s64s")
-REPLY = struct.Struct("<IHH32s32s")
-VERDICT = struct.Struct("<Ii32s")
-
-
-def _handshake(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    zmtp._recv_exact(s, HELLO.size)
-    s.sendall(REPLY.pack(0x4853434D, 1, 0, os.urandom(32), bytes(32)))
-    _, status, _ = VERDICT.unpack(zmtp._recv_exact(s, VERDICT.size))
-    assert status == 0
-    return s
-
-
-def _drain_until_closed(s: socket.socket) -> bool:
-    """True when the server closes the connection (bounded: 64 reads, 5 s each);
-    False when it stays silent past the timeout."""
-    for _ in range(64):
-        try:
-            if not s.recv(65536):
-                return True
-        except socket.timeout:
-            return False
-        except (ConnectionError, OSError):
-            return True
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +48,7 @@ def test_transfer_server_random_streams(transfer_server):
         if expect == 0 and stream[6] in (1, 2):  # a valid write/read: not hostile
             return
         if handshake:
-            s = _handshake(te.port)
+            s = wire.handshake(te.port)
         else:
             s = socket.create_connection(("127.0.0.1", te.port), timeout=5)
         with s:
@@ -84,7 +57,7 @@ def test_transfer_server_random_streams(transfer_server):
                 s.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
-            assert _drain_until_closed(s)
+            assert drain_until_closed(s)
 
     before = te.stats()
     attack()
@@ -105,14 +78,6 @@ def rpc_server():
     srv = RpcServer({"echo": lambda x: x, "add": lambda a, c: a + c}).start()
     yield srv
     srv.close()
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def test_rpc_server_survives_hostile_frames(rpc_server):
@@ -145,10 +110,10 @@ def test_rpc_server_survives_hostile_frames(rpc_server):
 def test_rpc_frame_claiming_2_63_bytes_is_refused_before_allocation(rpc_server, claimed):
     """A ZMTP frame header claiming 2^63 bytes: the connection is dropped, nothing that
     size is allocated (RSS stays flat), and the server keeps answering."""
-    rss0 = _rss_kib()
+    rss0 = rss_kib()
     with zmtp.greet(rpc_server.port) as s:
         s.sendall(zmtp.long_frame_header(claimed) + b"\x00" * 64)
-        assert _drain_until_closed(s)
+        assert drain_until_closed(s)
     with RpcClient(rpc_server.address, timeout_ms=5000) as c:
         assert c.call("add", 1, 1) == 2
-    assert _rss_kib() - rss0 < 64 * 1024
+    assert rss_kib() - rss0 < 64 * 1024

@@ -3,13 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from support.fixtures import no_ambient_secret  # noqa: F401 - autouse fixture, found by name
 from targets import Target
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_secret(monkeypatch):
-    """Tests choose their secrets; one set in the environment must not leak in."""
-    monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.procs import stop_pid
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("target_proc.py")
 
@@ -39,9 +41,7 @@ class Target:
         return json.loads(self.proc.stdout.readline())
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
+        stop_pid(self.proc)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -7,7 +7,7 @@ import pytest
 from mooncake_store.transfer import AuthFailed, TransferEngine
 from mooncake_store.transfer.engine import AUTH_FAILED
 
-import wire_client
+from support import wire
 from targets import Target
 
 
@@ -59,7 +59,7 @@ def test_both_without_secret_work(make_target):
 
 
 def test_forged_mac_refused_on_the_wire(secured):
-    s, status = wire_client.connect(secured.port, mac=b"\x42" * 32, flags=1)
+    s, status = wire.connect(secured.port, mac=b"\x42" * 32, flags=1)
     try:
         assert status == AUTH_FAILED
         assert s.recv(1) == b""  # and the server closed the connection

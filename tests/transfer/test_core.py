@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import struct
 
 import numpy as np
 import pytest
@@ -12,11 +11,7 @@ from mooncake_store._engine import ffi, lib
 from mooncake_store.errors import ErrorCode, InvalidParams, StoreError
 from mooncake_store.transfer import READ, WRITE, TransferEngine, split_target
 
-MAGIC, VERSION = 0x3153434D, 1
-
-
-def header(op=1, addr=0, length=0, magic=MAGIC, version=VERSION, status=0, reserved=0, rid=1):
-    return struct.pack("<IHHiIQQQ", magic, version, op, status, reserved, rid, addr, length)
+from support.wire import header
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mooncake_store.errors import ErrorCode
 from mooncake_store.transfer import TransferEngine
 
-import wire_client as wc
+from support import wire as wc
 
 N = int(os.environ.get("MCS_FUZZ_EXAMPLES", "2000"))
 FUZZ = settings(max_examples=N, deadline=None, derandomize=True,
