@@ -3,6 +3,7 @@
     python bench/soak.py --minutes 10                 # embedded store + SSD tier
     python bench/soak.py --seconds 20 --json out.json
     python bench/soak.py --minutes 5 --cluster        # master + 3 node processes
+    python bench/soak.py --minutes 5 --cluster --ssd 256MB   # ... each node with an SSD tier
 
 Each worker thread owns its own keys (so it knows exactly which versions of a
 key may legally be read back) and also reads a shared hot set. Values are
@@ -10,7 +11,8 @@ derived from (key, generation): a 16-byte tag (magic, generation, seed) then
 bytes computed from the seed, so every read is checked end to end - wrong
 bytes, a wrong key's bytes, a stale version after an upsert, or a removed key
 coming back all count as `wrong`. DRAM is small against the key space, so
-eviction and demotion to the SSD tier run all the time. RSS, open fds and
+eviction and demotion to the SSD tier run all the time (in cluster mode the
+nodes get `--ssd` unless --ssd is 0, and the master demotes to them). RSS, open fds and
 threads are sampled after a warm-up and at the end; growth beyond the stated
 bounds fails the run (exit 1), as do any wrong bytes.
 """
@@ -230,8 +232,10 @@ class ClusterHarness:
         self.cluster = cf.Cluster(tmp)
         try:
             m = self.cluster.master()
-            for _ in range(3):
-                self.cluster.node(m.addr, dram=args.dram)
+            self.ssd = args.ssd not in ("", "0")
+            for i in range(3):
+                extra = ["--ssd", f"{os.path.join(tmp, f'ssd{i}')}:{args.ssd}"] if self.ssd else []
+                self.cluster.node(m.addr, *extra, dram=args.dram)
             self.store = Store(master=m.addr, global_segment_size=0, rpc_timeout_ms=5000)
             cf.wait_until(lambda: len(self.store.stats()["nodes"]) == 3, what="3 nodes")
             self.names = {p.pid: p.name for p in self.cluster.procs}
@@ -250,8 +254,15 @@ class ClusterHarness:
 
     def describe(self) -> dict:
         st = self.store.stats()
-        return {"mode": "cluster (master + 3 nodes)", "nodes": len(st.get("nodes", [])),
-                "objects": st.get("objects")}
+        cold = st.get("cold", {})
+        return {"mode": "cluster (master + 3 nodes" + (" with SSD tiers)" if self.ssd else ")"),
+                "nodes": len(st.get("nodes", [])), "objects": st.get("objects"),
+                "stats": {k: st.get(k, 0) for k in ("evictions", "cold_hits", "put_room_waits",
+                                                    "cold_reads", "cold_read_failures")},
+                "tiers": {k: cold.get(k, 0) for k in ("demotions", "demote_failures", "promotions",
+                                                      "promote_failures", "cold_moves",
+                                                      "cold_drops", "cold_lost", "forgets")},
+                "tier_usage": {n: v["tiers"] for n, v in cold.get("nodes", {}).items()}}
 
 
 def run(args) -> dict:
@@ -337,7 +348,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keys", type=int, default=2000, help="keys owned by each thread")
     ap.add_argument("--max-kib", type=int, default=32, help="values are 1..N KiB")
     ap.add_argument("--dram", default="32MB")
-    ap.add_argument("--ssd", default="256MB")
+    ap.add_argument("--ssd", default="256MB", help="SSD tier size (per node with --cluster; "
+                    "0: none)")
     ap.add_argument("--cluster", action="store_true", help="master + 3 node processes")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--progress", action="store_true")
@@ -350,6 +362,8 @@ def main(argv=None) -> int:
     summary = {k: out[k] for k in ("mode", "seconds", "ops", "ops_per_s", "errors_by_code", "misses",
                                    "wrong_bytes", "log_warnings", "growth_after_warmup",
                                    "server_growth_after_warmup", "ok") if k in out}
+    if "tiers" in out["store"]:
+        summary["tiers"] = out["store"]["tiers"]
     print(json.dumps(summary, indent=1))
     print("resources:", json.dumps(out["resources"]))
     return 0 if out["ok"] else 1

@@ -40,6 +40,7 @@ DEMOTE_TASKS_PER_NODE = 256      # in flight per node
 SCAN_PER_TICK = 20_000           # LRU entries looked at per tick when choosing victims
 PROMOTIONS_PER_TICK = 64
 UNHEALTHY_S = 5.0                # after a failed demotion, eviction may drop for this long
+STARVED_S = 0.5                  # after eviction deferred to demotion, demote below the watermark
 
 
 def split_tier(name: str) -> tuple[str, str]:
@@ -82,6 +83,7 @@ class ClusterTiering:
         self._promote: deque[str] = deque()   # appended under the index lock, drained by the tick
         self._forget: deque[tuple[str, tuple[str, ...]]] = deque()
         self._lock = threading.Lock()
+        self._starved = -1e9            # last time eviction deferred to a demotion
         self.counters = {"demotions": 0, "demote_failures": 0, "promotions": 0,
                          "promote_failures": 0, "cold_moves": 0, "cold_drops": 0, "cold_lost": 0,
                          "forgets": 0}
@@ -112,6 +114,9 @@ class ClusterTiering:
             seg = segs.get(r[0].segment)
             node = self.nodes.get(seg.node) if seg is not None else None
             if node is not None and node.unhealthy_until <= now:
+                # Eviction wanted this space: demote now even below the watermark (free
+                # space may be too fragmented for the record that needs it).
+                self._starved = now
                 return True
         return False
 
@@ -265,6 +270,7 @@ class ClusterTiering:
     def _plan_demotions(self, now: float) -> list[tuple[str, dict]]:
         ix, cfg = self.ix, self.svc.config
         budget: dict[str, int] = {}     # segment -> bytes still to demote this tick
+        starved = now - self._starved < STARVED_S
         for node_id, node in self.nodes.items():
             rec = self.svc.nodes.get(node_id)
             if rec is None or node.demoting >= DEMOTE_TASKS_PER_NODE or node.unhealthy_until > now:
@@ -274,8 +280,8 @@ class ClusterTiering:
                 if seg is None or seg.tier != "dram" or not seg.capacity:
                     continue
                 over = seg.used - cfg.demote_watermark * seg.capacity
-                if over > 0:
-                    budget[name] = int(over + cfg.eviction_ratio * seg.capacity)
+                if over > 0 or starved:
+                    budget[name] = int(max(over, 0) + cfg.eviction_ratio * seg.capacity)
         if not budget:
             return []
         out = []
@@ -374,19 +380,22 @@ class ClusterTiering:
                 return False, False
             if node is not None:
                 node.demoting = max(0, node.demoting - 1)
-            if not ok:
-                self.counters["demote_failures"] += 1
-                if node is not None:
-                    node.unhealthy_until = self.svc.clock() + UNHEALTHY_S
-                return False, False
             if not current or task.replica not in obj.replicas:
-                # Removed or replaced meanwhile: the copy is stale unless a newer one is
-                # on its way to the same node (which will overwrite it).
+                # Removed or replaced meanwhile (its record may already be invalidated, so a
+                # failure here is no fault of the node): a copy made is stale unless a newer
+                # one is on its way to the same node (which will overwrite it).
+                if not ok:
+                    return False, False
                 newer = ix._objects.get(task.key)
                 keep = newer is not None and (task.tier in newer.cold or any(
                     t.key == task.key and t.node_id == task.node_id and t.kind == "demote"
                     for t in self._tasks.values()))
                 return False, not keep
+            if not ok:
+                self.counters["demote_failures"] += 1
+                if node is not None:
+                    node.unhealthy_until = self.svc.clock() + UNHEALTHY_S
+                return False, False
             obj.cold = obj.cold + (task.tier,)
             ix.policy.on_remove(task.key)
             replicas, obj.replicas, obj.tier = obj.replicas, [], task.tier

@@ -36,12 +36,15 @@ def test_short_soak(monkeypatch):
 
 
 def test_short_cluster_soak(monkeypatch):
-    """The same workload through a master + 3 node processes (eviction on the nodes)."""
+    """The same workload through a master + 3 node processes, each with an SSD tier the
+    master demotes to (DRAM is a third of the working set)."""
     monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
     args = soak.argparse.Namespace(minutes=0, seconds=6, threads=2, keys=600, max_kib=32,
-                                   dram="8MB", ssd="0", cluster=True, progress=False)
+                                   dram="4MB", ssd="64MB", cluster=True, progress=False)
     out = soak.run(args)
     assert out["wrong_bytes"] == 0, out["wrong_examples"]
     assert not [k for k in out["errors_by_code"] if k.startswith("unexpected")], out["errors_by_code"]
     assert out["ops"] > 0 and set(out["server_growth_after_warmup"]) == {"master1", "node2", "node3", "node4"}
+    tiers = out["store"]["tiers"]
+    assert tiers["demotions"] > 0 and out["store"]["stats"]["cold_reads"] > 0, out["store"]
     assert out["ok"]
