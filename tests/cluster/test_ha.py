@@ -6,10 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from conftest import wait_until
 from mooncake_store import ReplicateConfig, Store
 from mooncake_store.meta.etcd import EtcdClient, leader_key
 from mooncake_store.rpc import RpcClient
+
+from support.procs import wait_until
 
 TTL = ["--node-ttl-ms", "2000"]
 

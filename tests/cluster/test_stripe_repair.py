@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import free_port, store, wait_nodes, wait_until
 from mooncake_store import ReplicateConfig
+
+from support.cluster import store, wait_nodes
+from support.net import free_port
+from support.procs import wait_until
 
 MIB = 1 << 20
 

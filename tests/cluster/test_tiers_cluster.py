@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from conftest import CLI, store, wait_nodes, wait_until
+from support.cluster import CLI, store, wait_nodes
+from support.procs import wait_until
 
 VALUE = 100_000          # 120 of these are ~1.5x an 8 MB DRAM segment
 N = 120
@@ -78,6 +79,8 @@ def test_warm_restart_on_the_same_ssd_directory(cluster, tmp_path):
         cold = [k for k, t in _tiers(s, vals).items() if t == "ssd"]
         assert cold
         node.kill()   # SIGKILL: DRAM is gone, the SSD records stay
+        torn = _tear_last_record(f"{tmp_path}/ssd", cold)
+        cold.remove(torn)
         cluster.node(m.addr, "--ssd", ssd, dram="8MB")
         # The master drops the dead node (its copies with it), the new one brings the SSD back.
         wait_until(lambda: len(s.stats()["nodes"]) == 1 and
@@ -86,9 +89,21 @@ def test_warm_restart_on_the_same_ssd_directory(cluster, tmp_path):
         for k in cold:
             assert s.get(k) == vals[k], k
         assert _tiers(s, cold) == {k: "ssd" for k in cold}
+        assert not s.exists(torn)     # cut mid-record: skipped at the scan, never served
         # DRAM-only objects died with the process; nothing else reads back wrong.
         for k in set(vals) - set(cold):
             assert not s.exists(k) or s.get(k) == vals[k]
+
+
+def _tear_last_record(path: str, keys: list[str]) -> str:
+    """Truncate the SSD data file in the middle of the last of `keys`' records."""
+    from mooncake_store.node.ssd import DATA_NAME, SSDTier
+
+    with SSDTier(path, "64MB") as t:
+        where = {kb.decode(): loc for kb, _hdr, loc in t.scan()}
+    key = max((k for k in keys if k in where), key=lambda k: where[k].offset)
+    os.truncate(os.path.join(path, DATA_NAME), where[key].offset + where[key].length // 2)
+    return key
 
 
 def test_promotion_on_hit(cluster, tmp_path):
