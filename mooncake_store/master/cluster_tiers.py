@@ -39,6 +39,7 @@ log = logging.getLogger("mooncake_store.master")
 DEMOTE_TASKS_PER_NODE = 256      # in flight per node
 SCAN_PER_TICK = 20_000           # LRU entries looked at per tick when choosing victims
 PROMOTIONS_PER_TICK = 64
+MAX_QUEUED_PROMOTIONS = 4096     # hits beyond it are not queued (a later hit tries again)
 UNHEALTHY_S = 5.0                # after a failed demotion, eviction may drop for this long
 STARVED_S = 0.5                  # after eviction deferred to demotion, demote below the watermark
 
@@ -123,7 +124,8 @@ class ClusterTiering:
     def on_cold_hit(self, obj: Obj) -> None:
         obj.cold_hits += 1
         mode = self.svc.config.promotion
-        if mode == "on-hit" or (mode == "on-second-hit" and obj.cold_hits >= 2):
+        if (mode == "on-hit" or (mode == "on-second-hit" and obj.cold_hits >= 2)) \
+                and len(self._promote) < MAX_QUEUED_PROMOTIONS:
             self._promote.append(obj.key)
 
     def on_demoted(self, obj: Obj) -> None:

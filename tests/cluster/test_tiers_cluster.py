@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from support.cluster import CLI, store, wait_nodes
+from support.net import free_port
 from support.procs import wait_until
 
 VALUE = 100_000          # 120 of these are ~1.5x an 8 MB DRAM segment
@@ -104,6 +105,25 @@ def _tear_last_record(path: str, keys: list[str]) -> str:
     key = max((k for k in keys if k in where), key=lambda k: where[k].offset)
     os.truncate(os.path.join(path, DATA_NAME), where[key].offset + where[key].length // 2)
     return key
+
+
+def test_restarted_master_rebuilds_cold_copies(cluster, tmp_path):
+    """Nothing is persisted on the master: a new one learns the SSD copies from the node."""
+    port = free_port()
+    m = cluster.master("--promotion", "off", port=port)
+    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:64MB", dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = _fill(s)
+        cold = [k for k, t in _tiers(s, vals).items() if t == "ssd"]
+        assert cold
+        m.kill()
+        cluster.master("--promotion", "off", port=port)
+        wait_until(lambda: all(s.exists(k) for k in cold), what="cold copies re-registered")
+        for k in cold:   # (a DRAM record not yet invalidated may be found too: same bytes)
+            assert [c["tier"] for c in s._index.stat(k)["cold"]] == ["ssd"], k
+        for k, v in vals.items():
+            assert s.get(k) == v, k
 
 
 def test_promotion_on_hit(cluster, tmp_path):
