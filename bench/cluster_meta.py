@@ -1,23 +1,33 @@
 """Cluster metadata throughput and master index memory.
 
-Runs a MasterService in this process (real RPC over 127.0.0.1) with one mounted
-segment that no bytes are written to, and times batched metadata calls from a
-RemoteIndex client: batch_put_start + batch_put_end, batch_exists,
-batch_get_replicas (keys/s). Then measures the master's memory per object
-(tracemalloc over building an index of N objects). Usage:
+Throughput (default): runs a MasterService in this process (real RPC over
+127.0.0.1) with one mounted segment that no bytes are written to, and times
+batched metadata calls from a RemoteIndex client: batch_put_start +
+batch_put_end, batch_exists, batch_get_replicas (keys/s, one batch per call).
+
+Memory (--memory): fills an ObjectIndex with N objects (default 1,000,000) of
+one replica each, keys of 20-40 bytes, and reports bytes per object three ways:
+tracemalloc over the index structures (keys made beforehand, so their text is
+not counted), split into the eviction policy's share and the rest; the key text
+itself; and the RSS growth of a fill that makes its keys as it goes (what a
+master process pays, keys included). Usage:
 
     python bench/cluster_meta.py [--keys 200000] [--batch 1024]
+    python bench/cluster_meta.py --memory [--objects 1000000] [--policy prefix-lfru]
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import json
+import os
+import sys
 import time
 import tracemalloc
 
 from mooncake_store.client.cluster import MasterClient, RemoteIndex
 from mooncake_store.config import Config
+from mooncake_store.master.index import ObjectIndex
 from mooncake_store.master.service import MasterService
 
 
@@ -28,11 +38,7 @@ def timed(fn, keys: list[str], batch: int) -> float:
     return len(keys) / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--keys", type=int, default=200_000)
-    ap.add_argument("--batch", type=int, default=1024)
-    a = ap.parse_args()
+def throughput(a: argparse.Namespace) -> dict:
     cfg = Config(global_segment_size=0, lease_ttl_ms=0, high_watermark=1.0)
     svc = MasterService(cfg).start()
     svc.index.add_segment("127.0.0.1:1", 64 << 30)
@@ -45,26 +51,77 @@ def main() -> None:
         ix.batch_put_start(chunk, sizes[:len(chunk)])
         ix.batch_put_end(chunk)
 
-    out["batch_put_keys_per_s"] = timed(put, keys, a.batch)
-    out["batch_exists_keys_per_s"] = timed(ix.batch_exists, keys, a.batch)
-    out["batch_get_replicas_keys_per_s"] = timed(ix.batch_get_replicas, keys, a.batch)
-    svc.close()
+    try:
+        out["batch_put_keys_per_s"] = timed(put, keys, a.batch)
+        out["batch_exists_keys_per_s"] = timed(ix.batch_exists, keys, a.batch)
+        out["batch_get_replicas_keys_per_s"] = timed(ix.batch_get_replicas, keys, a.batch)
+    finally:
+        svc.close()
+    return out
 
-    # Memory: the index alone (no RPC), N objects of one replica each.
-    gc.collect()
-    tracemalloc.start()
-    svc2 = MasterService(cfg)
-    svc2.index.add_segment("127.0.0.1:1", 64 << 30)
-    base = tracemalloc.get_traced_memory()[0]
+
+def key_of(i: int) -> str:
+    """20-40 byte keys shaped like KV-cache block ids (tenant / hash-ish / block)."""
+    return f"t{i % 97:02d}/{(i * 2654435761) % (1 << 32):08x}/{i:0{7 + i % 21}d}"
+
+
+def _fill(ix: ObjectIndex, keys) -> None:
     for k in keys:
-        svc2.index.put_start(k, 4096)
-        svc2.index.put_end(k)
-    used = tracemalloc.get_traced_memory()[0] - base
+        ix.put_start(k, 4096)
+        ix.put_end(k)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory(a: argparse.Namespace) -> dict:
+    n = a.objects
+    cfg = Config(global_segment_size=0, lease_ttl_ms=0, high_watermark=1.0,
+                 eviction_policy=a.policy)
+    out: dict = {"objects": n, "policy": a.policy, "replica_num": 1}
+
+    # 1. RSS growth of a fill that creates its keys on the way (key text included).
+    gc.collect()
+    rss0 = _rss()
+    ix = ObjectIndex(cfg)
+    ix.add_segment("10.0.0.1:7000", 1 << 40)
+    _fill(ix, (key_of(i) for i in range(n)))
+    gc.collect()
+    out["rss_bytes_per_object_with_keys"] = (_rss() - rss0) / n
+    del ix
+    gc.collect()
+
+    # 2. tracemalloc over the structures alone (keys made beforehand), split by module.
+    keys = [key_of(i) for i in range(n)]
+    out["key_len_min_max"] = [min(map(len, keys)), max(map(len, keys))]
+    out["key_text_bytes_per_object"] = sum(map(sys.getsizeof, keys)) / n
+    tracemalloc.start()
+    ix = ObjectIndex(cfg)
+    ix.add_segment("10.0.0.1:7000", 1 << 40)
+    base = tracemalloc.get_traced_memory()[0]
+    _fill(ix, keys)
+    total = tracemalloc.get_traced_memory()[0] - base
+    snap = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    svc2.rpc.close()
-    out["index_bytes_per_object"] = used / a.keys
-    out["key_bytes"] = len(keys[0])
-    print(json.dumps(out))
+    policy = sum(st.size for st in snap.statistics("filename")
+                 if st.traceback[0].filename.endswith(os.path.join("master", "policy.py")))
+    out["index_bytes_per_object"] = total / n
+    out["policy_bytes_per_object"] = policy / n
+    out["index_without_policy_bytes_per_object"] = (total - policy) / n
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--memory", action="store_true", help="measure index memory instead")
+    ap.add_argument("--objects", type=int, default=1_000_000)
+    ap.add_argument("--policy", default="prefix-lfru")
+    a = ap.parse_args()
+    print(json.dumps(memory(a) if a.memory else throughput(a)))
 
 
 if __name__ == "__main__":

@@ -99,9 +99,9 @@ def test_access_counts_once_per_request_and_promotes():
     p.hint_prefix(["s", "a"])
     for _ in range(3):
         p.on_access("s")
-    assert p._state["s"][1] == 1
+    assert p._unpack(p._state["s"])[1] == 1
     request(p, ["s", "a", "c"], 2)
-    assert p._state["s"][1] == 2 and p._state["a"][1] == 2
+    assert p._unpack(p._state["s"])[1] == 2 and p._unpack(p._state["a"])[1] == 2
 
 
 def test_reused_tail_leaves_the_tail_class():
@@ -167,7 +167,7 @@ def test_a_block_back_after_eviction_resumes_its_use_count():
     request(p, ["s", "a", "t2"], 2)           # s and a used twice
     p.on_remove("a")                          # evicted ...
     request(p, ["s", "a", "t3"], 1)           # ... and needed again: third use
-    assert p._state["a"][1] == 3
+    assert p._unpack(p._state["a"])[1] == 3
     for i in range(4):                        # newer once-used traffic
         request(p, [f"u{i}", f"u{i}x", f"u{i}t"], 0)
     got = order(p)

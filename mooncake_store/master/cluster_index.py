@@ -81,7 +81,7 @@ class ClusterIndex:
                     ix._objects[key] = obj
                     ix.policy.on_insert(key, size)
                 else:
-                    obj.replicas.append(replica)
+                    obj.replicas = (*obj.replicas, replica)
                 n += 1
         for skey, offset, length, flags in stripes:   # outside the lock: it takes it itself
             n += self.striped.adopt_stripe(segment, skey, offset, length, flags)
@@ -114,7 +114,7 @@ class ClusterIndex:
             obj = ix._objects.get(key)
             if ok and obj is not None and obj.replicas and sl.segment in ix.segments \
                     and sum(s.length for s in obj.replicas[0]) == sl.length:
-                obj.replicas.append((sl,))
+                obj.replicas = (*obj.replicas, (sl,))
                 return True
             ix._free_replicas([(sl,)])
             return False
@@ -252,7 +252,7 @@ class StripedPuts:
                 ix._objects[key] = obj
                 ix.policy.on_insert(key, total)
             elif obj.size == total:
-                obj.replicas.append(replica)
+                obj.replicas = (*obj.replicas, replica)
             else:
                 ix._free_replicas([replica])
             return True

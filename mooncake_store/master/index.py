@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from ..codec import header_size
 from ..config import Config
@@ -31,32 +31,12 @@ from ..errors import (
 )
 from ..replica import Replica, ReplicateConfig, Slice
 from .allocator import Allocator
+from .objmeta import PIN_HARD, PIN_NONE, PIN_SOFT, Obj
 from .policy import make_policy
 
-PIN_NONE, PIN_SOFT, PIN_HARD = 0, 1, 2
-
-
-class Obj:
-    """One object's metadata. __slots__ keeps the index small at millions of objects."""
-
-    __slots__ = ("key", "size", "replicas", "complete", "lease_until", "pin", "pin_until",
-                 "deadline", "flags", "tier", "cold", "busy", "cold_hits")
-
-    def __init__(self, key: str, size: int, replicas: list[Replica], pin: int, pin_until: float,
-                 deadline: float) -> None:
-        self.key = key
-        self.size = size
-        self.replicas = replicas
-        self.complete = False
-        self.lease_until = 0.0
-        self.pin = pin
-        self.pin_until = pin_until
-        self.deadline = deadline
-        self.flags = 0
-        self.tier = "dram"      # where reads go: "dram" (replicas) or a cold tier's name
-        self.cold: tuple[str, ...] = ()   # cold tiers holding a verified copy
-        self.busy = False       # a demotion or promotion copy is in flight
-        self.cold_hits = 0
+# Obj lives in objmeta.py (packed layout); re-exported here for the modules that import it.
+__all__ = ["Obj", "ObjectIndex", "Lookup", "SegmentInfo", "TieringHooks",
+           "PIN_NONE", "PIN_SOFT", "PIN_HARD"]
 
 
 @dataclass
@@ -75,9 +55,10 @@ class SegmentInfo:
         return self.allocator.used
 
 
-@dataclass(frozen=True)
-class Lookup:
-    """What a reader needs: the value size and where replicas live."""
+class Lookup(NamedTuple):
+    """What a reader needs: the value size and where replicas live. (A NamedTuple: one is
+    made per key of every batch read, and a tuple builds several times faster than a
+    frozen dataclass.)"""
 
     size: int
     replicas: tuple[Replica, ...]
@@ -105,6 +86,12 @@ class ObjectIndex:
         self.on_free: Callable[[Slice], None] | None = None
         self.counters = {"hits": 0, "misses": 0, "evictions": 0, "evicted_bytes": 0,
                          "puts": 0, "removes": 0, "reclaimed_puts": 0}
+        # Hot objects (set by the master service): key -> how many replicas it keeps when
+        # its extra read replicas go. Under pressure those extras are freed before any
+        # object loses its last replica; the keys whose extras went wait in `cooled` for
+        # the service to lower their wanted replica count.
+        self.hot: dict[str, int] = {}
+        self.cooled: list[str] = []
 
     # ---- segments -----------------------------------------------------------------------
     def add_segment(self, name: str, capacity: int, tier: str = "dram", node: str = "",
@@ -183,12 +170,28 @@ class ObjectIndex:
                 self._put_end_locked(key, flags)
             self._maybe_evict_locked()
 
+    def batch_put_end_codes(self, keys: Sequence[str], flags: int = 0) -> list[int]:
+        """put_end for many keys under one lock: per key 0 or the error code."""
+        out: list[int] = []
+        with self.lock:
+            for key in keys:
+                try:
+                    self._put_end_locked(key, flags)
+                    out.append(0)
+                except StoreError as e:
+                    out.append(int(e.code))
+            self._maybe_evict_locked()
+        return out
+
     def _put_end_locked(self, key: str, flags: int) -> None:
+        if type(flags) is not int or not 0 <= flags <= 0xFF:
+            raise InvalidParams(f"flags must be an int in [0, 255] (a header byte), got {flags!r}")
         obj = self._pending.pop(key, None)
         if obj is None:
             raise ObjectNotFound(f"no put in progress for key {key!r}")
-        obj.complete = True
         obj.flags = flags
+        obj.complete = True
+        obj.settle()
         old = self._objects.get(key)
         if old is not None:
             self._drop(old, keep_until=old.lease_until)
@@ -215,10 +218,10 @@ class ObjectIndex:
                 raise ObjectNotFound(f"key {key!r} not found")
             self.counters["hits"] += 1
             obj.lease_until = now + self.lease_s
-            if obj.tier != "dram":
+            if obj._x is not None and obj.tier != "dram":
                 return self._cold_lookup(obj)
             self.policy.on_access(key)
-            return Lookup(obj.size, tuple(obj.replicas), obj.flags)
+            return Lookup(obj.size, obj.replicas, obj.flags)
 
     def batch_get_replicas(self, keys: Sequence[str]) -> list[Lookup | None]:
         now = self.clock()
@@ -235,11 +238,40 @@ class ObjectIndex:
                     continue
                 self.counters["hits"] += 1
                 obj.lease_until = until
-                if obj.tier != "dram":
+                if obj._x is not None and obj.tier != "dram":
                     out.append(self._cold_lookup(obj))
                     continue
                 policy.on_access(key)
-                out.append(Lookup(obj.size, tuple(obj.replicas), obj.flags))
+                out.append(Lookup(obj.size, obj.replicas, obj.flags))
+        return out
+
+    def batch_get_packed(self, keys: Sequence[str]) -> list[int | Lookup | None]:
+        """batch_get_replicas for the wire: an object whose replica is one packed slice
+        comes back as its packed bits (objmeta.unpack_loc reads them), any other as a
+        Lookup, a missing one as None. Saves building a Lookup and Slice per key."""
+        until = self.clock() + self.lease_s
+        out: list[int | Lookup | None] = []
+        with self.lock:
+            self.policy.hint_prefix(keys)
+            objects, on_access = self._objects, self.policy.on_access
+            hits = 0
+            for key in keys:
+                obj = objects.get(key)
+                if obj is None:
+                    out.append(None)
+                    continue
+                hits += 1
+                obj.lease_until = until
+                if obj._x is None:
+                    on_access(key)
+                    out.append(obj._loc)
+                elif obj.tier != "dram":
+                    out.append(self._cold_lookup(obj))
+                else:
+                    on_access(key)
+                    out.append(Lookup(obj.size, obj.replicas, obj.flags))
+            self.counters["hits"] += hits
+            self.counters["misses"] += len(keys) - hits
         return out
 
     def exists(self, key: str) -> bool:
@@ -436,13 +468,52 @@ class ObjectIndex:
             self._remove_locked(obj)
             return True
 
+    def mark_hot(self, key: str, keep: int) -> None:
+        """key gets extra read replicas beyond its first `keep`, the first to go under pressure."""
+        with self.lock:
+            self.hot[key] = max(1, keep)
+
+    def unmark_hot(self, key: str) -> None:
+        with self.lock:
+            self.hot.pop(key, None)
+
+    def take_cooled(self) -> list[str]:
+        """Keys whose hot extras eviction dropped since the last call."""
+        with self.lock:
+            out, self.cooled = self.cooled, []
+            return out
+
+    def _drop_hot_extras(self, target: int) -> int:
+        """Free extra replicas of hot objects, least recently read first, until `target`
+        bytes are free. Freed at once even under a read lease: a reader whose replica
+        goes fails its record check and reads the next replica, and the kept ones stay."""
+        freed = 0
+        hot = self.hot
+        for key in sorted(hot, key=lambda k: getattr(self._objects.get(k), "lease_until", 0.0)):
+            if freed >= target:
+                break
+            keep = hot.pop(key)
+            self.cooled.append(key)
+            obj = self._objects.get(key)
+            if obj is None or len(obj.replicas) <= keep or obj.busy:
+                continue
+            extra, obj.replicas = obj.replicas[keep:], obj.replicas[:keep]
+            freed += sum(s.length for r in extra for s in r)
+            self._free_replicas(extra)
+            self.counters["hot_extras_dropped"] = \
+                self.counters.get("hot_extras_dropped", 0) + len(extra)
+        return freed
+
     def _evict_locked(self, need: int) -> int:
-        """Free at least `need` bytes plus eviction_ratio of capacity; returns bytes freed."""
+        """Free at least `need` bytes plus eviction_ratio of capacity; returns bytes freed.
+        Extra replicas of hot objects go first; whole objects only when that is not enough."""
         target = need + int(self.config.eviction_ratio * self.capacity)
+        freed = extras = self._drop_hot_extras(target) if self.hot else 0
+        if freed >= target:
+            return freed
         now = self.clock()
         chosen: list[Obj] = []
         soft: list[Obj] = []
-        freed = 0
         for key in self.policy.victims():
             obj = self._objects.get(key)
             if obj is None or obj.pin == PIN_HARD or obj.lease_until > now or obj.busy \
@@ -473,7 +544,7 @@ class ObjectIndex:
             del self._objects[obj.key]
             self._free_replicas(obj.replicas)
         self.counters["evictions"] += len(chosen)
-        self.counters["evicted_bytes"] += freed
+        self.counters["evicted_bytes"] += freed - extras
         return freed
 
     @staticmethod
@@ -534,8 +605,10 @@ class TieringHooks:
                 obj = ix._objects.get(key)
                 if obj is None or obj.busy or obj.cold or obj.tier != "dram" or not obj.replicas:
                     continue
-                obj.busy = True
-                out.append((key, obj.replicas[0], obj.size, obj.flags))
+                # The replica handed out is also the busy token: finish_copy_down knows
+                # the object is still this one when it finds the very same token.
+                obj.busy = replica = obj.replicas[0]
+                out.append((key, replica, obj.size, obj.flags))
                 total += obj.size
                 if total >= max_bytes:
                     break
@@ -548,7 +621,10 @@ class TieringHooks:
         ix = self.ix
         with ix.lock:
             obj = ix._objects.get(key)
-            if obj is None or not obj.replicas or obj.replicas[0] is not replica:
+            # A demotion marked the object busy with this replica as token; a write-through
+            # (persist) did not, and compares the replica itself.
+            if obj is None or not obj.replicas or obj.replicas[0] != replica \
+                    or (obj.busy and obj.busy is not replica):
                 return not ok
             obj.busy = False
             if not ok:

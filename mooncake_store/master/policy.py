@@ -100,9 +100,12 @@ class PrefixLFRUPolicy:
             self.credit_scale = float(credit_scale)
         # One FIFO per class: 0 = chain tails as written, 1 = used by one request,
         # c >= 2 = used by 2**(c-1) .. 2**c - 1 requests (credit c - 1 = floor(log2 uses)).
-        self._queues: list[OrderedDict[str, None]] = [OrderedDict()
-                                                       for _ in range(self._MAX_CLASS + 1)]
-        self._state: dict[str, list[int]] = {}   # key -> [last_tick, uses, depth, class]
+        # Plain dicts keep insertion order and moving a key to the end (delete + insert) is
+        # all a queue needs; they cost half an OrderedDict per key (master index memory).
+        self._queues: list[dict[str, None]] = [{} for _ in range(self._MAX_CLASS + 1)]
+        # key -> last_tick, uses, depth and class packed in one int (_pack/_unpack): one
+        # int per key instead of a list of four (master index memory at millions of keys).
+        self._state: dict[str, int] = {}
         self._tick = 0
         # The request in progress, as the last hinted chain: key -> depth.
         self._chain: dict[str, int] = {}
@@ -135,6 +138,15 @@ class PrefixLFRUPolicy:
         return self._tick, depth
 
     @staticmethod
+    def _pack(tick: int, uses: int, depth: int, cls: int) -> int:
+        return ((tick << 40 | min(uses, _M40)) << 32 | min(depth, _M32)) << 5 | cls
+
+    @staticmethod
+    def _unpack(st: int) -> tuple[int, int, int, int]:
+        """(last_tick, uses, depth, class) of a packed state."""
+        return st >> 77, (st >> 37) & _M40, (st >> 5) & _M32, st & 31
+
+    @staticmethod
     def _class_of(uses: int) -> int:
         return min(uses.bit_length(), PrefixLFRUPolicy._MAX_CLASS) if uses > 1 else 1
 
@@ -149,7 +161,7 @@ class PrefixLFRUPolicy:
             cls = self._class_of(uses)
         else:
             cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
-        self._state[key] = [tick, uses, depth, cls]
+        self._state[key] = self._pack(tick, uses, depth, cls)
         self._queues[cls][key] = None
 
     def on_access(self, key: str) -> None:
@@ -157,18 +169,20 @@ class PrefixLFRUPolicy:
         if st is None:
             return
         tick, depth = self._now(key)
-        if st[0] != tick:  # count each request once, however many calls it makes
-            st[1] += 1
-        st[0], st[2] = tick, depth
-        del self._queues[st[3]][key]
-        st[3] = self._class_of(st[1])
-        self._queues[st[3]][key] = None
+        last, uses, _depth, cls = self._unpack(st)
+        if last != tick:  # count each request once, however many calls it makes
+            uses += 1
+        del self._queues[cls][key]
+        cls = self._class_of(uses)
+        self._state[key] = self._pack(tick, uses, depth, cls)
+        self._queues[cls][key] = None
 
     def on_remove(self, key: str) -> None:
         st = self._state.pop(key, None)
         if st is not None:
-            del self._queues[st[3]][key]
-            self._ghost[key] = st[1]
+            _tick, uses, _depth, cls = self._unpack(st)
+            del self._queues[cls][key]
+            self._ghost[key] = uses
             if len(self._ghost) > max(1, len(self._state)):
                 self._ghost.popitem(last=False)
 
@@ -185,8 +199,8 @@ class PrefixLFRUPolicy:
         """Age of the oldest once-used key (else of the oldest key), at least 1."""
         once = self._queues[self._ONCE]
         if once:
-            return max(1, self._tick - self._state[next(iter(once))][0])
-        heads = [self._state[next(iter(q))][0] for q in self._queues[1:] if q]
+            return max(1, self._tick - (self._state[next(iter(once))] >> 77))
+        heads = [self._state[next(iter(q))] >> 77 for q in self._queues[1:] if q]
         return max(1, self._tick - min(heads)) if heads else 1
 
     def _ordered(self, cls: int, credit: float) -> Iterator[tuple[float, int, str]]:
@@ -199,7 +213,7 @@ class PrefixLFRUPolicy:
         run_tick = None
         streaming = False
         for key in self._queues[cls]:
-            tick, _uses, depth, _cls = state[key]
+            tick, _uses, depth, _cls = self._unpack(state[key])
             if tick != run_tick:
                 run.sort()
                 yield from run
@@ -216,6 +230,8 @@ class PrefixLFRUPolicy:
         run.sort()
         yield from run
 
+
+_M32, _M40 = (1 << 32) - 1, (1 << 40) - 1   # depth and use-count fields of a packed state
 
 POLICIES: dict[str, Callable[[], EvictionPolicy]] = {"lru": LRUPolicy,
                                                      "prefix-lfru": PrefixLFRUPolicy}

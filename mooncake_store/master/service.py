@@ -28,7 +28,7 @@ from .cluster_tiers import ClusterTiering
 from . import stripe_repair
 from .index import ObjectIndex
 from .tombstones import Tombstones
-from .wire import lookup_to_wire, rc_from_wire, replicas_to_wire
+from .wire import lookup_to_wire, packed_to_wire, rc_from_wire, replicas_to_wire
 
 log = logging.getLogger("mooncake_store.master")
 
@@ -201,8 +201,7 @@ class MasterService:
     def rpc_put_start(self, key: str, size: int, rc: Any = None, upsert: bool = False) -> Any:
         cfg = rc_from_wire(rc)
         stripe = self.config.stripe_size
-        if stripe and isinstance(size, int) and size > stripe and len(self.segdesc) > 1 \
-                and not (cfg and (cfg.preferred_segment or cfg.preferred_segments)):
+        if self._stripes(size, cfg):
             if size > self.config.max_value_size:
                 raise InvalidParams(f"value of {size} bytes exceeds max_value_size")
             replicas = self.cluster.striped.put_start(_str(key), size, cfg or ReplicateConfig(), stripe,
@@ -214,9 +213,30 @@ class MasterService:
                 self.want[key] = cfg.replica_num
         return replicas_to_wire(replicas)
 
+    def _stripes(self, size: Any, cfg: ReplicateConfig | None) -> bool:
+        stripe = self.config.stripe_size
+        return bool(stripe and isinstance(size, int) and size > stripe and len(self.segdesc) > 1
+                    and not (cfg and (cfg.preferred_segment or cfg.preferred_segments)))
+
     def rpc_batch_put_start(self, keys: list, sizes: list, rc: Any = None,
                             upsert: bool = False) -> list:
         """Per key: [0, replicas|None] or [code, message]."""
+        try:
+            cfg, fast = rc_from_wire(rc), True
+        except InvalidParams:
+            cfg, fast = None, False   # the per-key path reports it for every key
+        if fast and isinstance(keys, list) and isinstance(sizes, list) and len(keys) == len(sizes) \
+                and all(type(k) is str for k in keys) and all(type(n) is int for n in sizes) \
+                and not any(self._stripes(n, cfg) for n in sizes):
+            # The common batch: one index call under one lock, no per-key RPC plumbing.
+            got = self.index.batch_put_start(keys, sizes, cfg, bool(upsert))
+            if cfg is not None and cfg.replica_num > 1:
+                with self._lock:
+                    for key, r in zip(keys, got):
+                        if isinstance(r, list):
+                            self.want[key] = cfg.replica_num
+            return [[int(r.code), str(r)] if isinstance(r, Exception) else [0, replicas_to_wire(r)]
+                    for r in got]
         out = []
         for key, size in zip(keys, sizes):
             try:
@@ -229,6 +249,8 @@ class MasterService:
         self.index.put_end(_str(key), flags)
 
     def rpc_batch_put_end(self, keys: list, flags: int = 0) -> list:
+        if isinstance(keys, list) and all(type(k) is str for k in keys):
+            return self.index.batch_put_end_codes(keys, flags)
         out = []
         for key in keys:
             try:
@@ -252,7 +274,16 @@ class MasterService:
         return self._spread(key, self.index.get_replicas(_str(key)))
 
     def rpc_batch_get_replicas(self, keys: list) -> list:
-        return [self._spread(k, x) for k, x in zip(keys, self.index.batch_get_replicas(keys))]
+        out = []
+        count = self.hot_threshold > 0
+        for k, x in zip(keys, self.index.batch_get_packed(keys)):
+            if type(x) is int:   # one packed replica: straight to the wire, nothing to rotate
+                if count:
+                    self._count_read(k)
+                out.append(packed_to_wire(x))
+            else:
+                out.append(self._spread(k, x))
+        return out
 
     def _spread(self, key: str, look: Any) -> list | None:
         """Count the read (hot-object detection) and rotate the replica order, so readers of
@@ -263,7 +294,7 @@ class MasterService:
             self._count_read(key)
         w = lookup_to_wire(look)
         reps = w[1]
-        if len(reps) > 1:
+        if len(w) == 4 and len(reps) > 1:   # the 5-item form is one replica
             self._rotate += 1
             k = self._rotate % len(reps)
             w[1] = reps[k:] + reps[:k]
@@ -282,6 +313,7 @@ class MasterService:
             if replicas and len(replicas[0]) == 1 and len(replicas) < self.hot_cap:
                 with self._lock:
                     self._hot[key] = max(len(replicas), self.want.get(key, 1))
+                    self.index.mark_hot(key, self._hot[key])   # its extras go first under pressure
                     self.want[key] = min(self.hot_cap, len(self.segdesc))
                     self._repair[key] = None
                     self.counters["hot_promotions"] = self.counters.get("hot_promotions", 0) + 1
@@ -297,6 +329,7 @@ class MasterService:
             del self._heat[key]
             base = self._hot.pop(key, None)
             if base is not None:
+                self.index.unmark_hot(key)
                 with self._lock:
                     self.want[key] = base
                     if base <= 1:
@@ -501,7 +534,20 @@ class MasterService:
                 self.cluster.add_replica_end(task.key, task.slice, False)
                 self._repair[task.key] = None
 
+    def _absorb_cooled(self) -> None:
+        """Hot objects whose extra replicas eviction dropped: want only their base count again
+        (or the repair planner would copy the extras right back)."""
+        for key in self.index.take_cooled():
+            base = self._hot.pop(key, None)
+            if base is not None:
+                with self._lock:
+                    self.want[key] = base
+                    if base <= 1:
+                        self.want.pop(key, None)
+
     def _plan_repairs(self, now: float) -> None:
+        if self.index.cooled:
+            self._absorb_cooled()
         with self._lock:
             if not self._repair:
                 return

@@ -1,0 +1,109 @@
+"""The packed per-object metadata (master/objmeta.py) and the compact wire forms."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from mooncake_store.config import Config
+from mooncake_store.errors import InvalidParams
+from mooncake_store.master.index import PIN_HARD, PIN_NONE, Lookup, ObjectIndex
+from mooncake_store.master.objmeta import Obj, unpack_loc
+from mooncake_store.master.wire import (lookup_from_wire, lookup_to_wire, packed_to_wire,
+                                        replicas_from_wire, replicas_to_wire)
+from mooncake_store.replica import ReplicateConfig, Slice
+
+
+def test_plain_object_is_one_packed_int_after_put_end():
+    ix = ObjectIndex(Config(global_segment_size=0))
+    ix.add_segment("n1:7000", 1 << 20)
+    reps = ix.put_start("k", 1000)
+    obj = ix._pending["k"]
+    assert obj._x is not None and not obj.complete and obj.deadline > 0   # a write in flight
+    ix.put_end("k", flags=1)
+    obj = ix._objects["k"]
+    assert obj._x is None and type(obj._loc) is int                       # nothing rare left
+    assert obj.complete and obj.size == 1000 and obj.flags == 1 and obj.tier == "dram"
+    assert obj.replicas == tuple(reps) and obj.cold == () and obj.pin == PIN_NONE
+    look = ix.get_replicas("k")
+    assert look == Lookup(1000, tuple(reps), 1)
+
+
+def test_rare_fields_round_trip_and_fall_back_to_packed():
+    a, b = Slice("a:1", 64, 200), Slice("b:1", 128, 200)
+    obj = Obj("k", 100, [(a,)], PIN_HARD, 0.0, 5.0)
+    obj.complete = True
+    obj.settle()
+    assert obj._x is not None and obj.pin == PIN_HARD       # hard pin is rare: kept aside
+    obj.pin = PIN_NONE
+    assert obj._x is None and obj.replicas == ((a,),)
+    obj.replicas = [(a,), (b,)]                             # two replicas: not packable
+    assert obj._x is not None and obj.replicas == ((a,), (b,))
+    obj.cold = ("ssd",)
+    obj.tier = "ssd"
+    obj.replicas = []
+    assert obj.replicas == () and obj.tier == "ssd" and obj.size == 100
+    obj.tier, obj.cold = "dram", ()
+    obj.replicas = [(b,)]
+    assert obj._x is None and obj.replicas == ((b,),)
+    striped = (Slice("a:1", 0, 10), Slice("b:1", 0, 10))
+    obj.replicas = [striped]
+    assert obj.replicas == (striped,)
+    obj.busy = True
+    obj.cold_hits = 3
+    assert obj.busy and obj.cold_hits == 3
+
+
+def test_out_of_range_values_are_kept_unpacked_or_refused():
+    huge = Slice("a:1", 1 << 50, 10)                        # offset beyond the packed field
+    obj = Obj("k", 10, [(huge,)], PIN_NONE, 0.0, 0.0)
+    obj.complete = True
+    assert obj.replicas == ((huge,),) and obj._x is not None
+    with pytest.raises(ValueError):
+        obj.flags = 256
+    ix = ObjectIndex(Config(global_segment_size=0))
+    ix.add_segment("n1:1", 1 << 20)
+    ix.put_start("k", 10)
+    with pytest.raises(InvalidParams):
+        ix.put_end("k", flags=300)
+    assert ix.batch_put_end_codes(["k", "nope"], 0) == [0, int(ix_code("nope", ix))]
+
+
+def ix_code(key: str, ix: ObjectIndex) -> int:
+    try:
+        ix.put_end(key)
+    except Exception as e:  # noqa: BLE001
+        return e.code
+    raise AssertionError("put_end of an unknown key succeeded")
+
+
+def test_batch_get_packed_matches_batch_get_replicas():
+    ix = ObjectIndex(Config(global_segment_size=0))
+    ix.add_segment("n1:1", 1 << 20)
+    ix.add_segment("n2:1", 1 << 20)
+    ix.put_start("one", 100)
+    ix.put_end("one", 1)
+    ix.put_start("two", 100, ReplicateConfig(replica_num=2))
+    ix.put_end("two")
+    got = ix.batch_get_packed(["one", "two", "missing"])
+    assert type(got[0]) is int and isinstance(got[1], Lookup) and got[2] is None
+    size, flags, seg, off, length = unpack_loc(got[0])
+    assert (size, flags) == (100, 1)
+    assert ix.batch_get_replicas(["one"])[0].replicas == ((Slice(seg, off, length),),)
+    # Both wire forms decode to what batch_get_replicas returns, after a msgpack trip.
+    looks = ix.batch_get_replicas(["one", "two"])
+    wires = msgpack.unpackb(msgpack.packb([packed_to_wire(got[0]), lookup_to_wire(got[1])]))
+    assert [lookup_from_wire(w) for w in wires] == looks
+    assert len(wires[0]) == 5 and len(wires[1]) == 4
+
+
+def test_replicas_wire_forms():
+    one = [(Slice("a:1", 0, 10),)]
+    two = [(Slice("a:1", 0, 10),), (Slice("b:1", 64, 10),)]
+    striped = [(Slice("a:1", 0, 10), Slice("b:1", 0, 10))]
+    for reps in (one, two, striped, []):
+        w = msgpack.unpackb(msgpack.packb(replicas_to_wire(reps)))
+        assert replicas_from_wire(w) == reps
+    assert replicas_to_wire(one) == ["a:1", 0, 10]          # flat: the common case
+    assert replicas_to_wire(None) is None and replicas_from_wire(None) is None
+    with pytest.raises(InvalidParams):
+        replicas_from_wire(["a:1", 0])          # a flat replica missing its length
