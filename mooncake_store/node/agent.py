@@ -12,6 +12,7 @@ that contribute a segment (global_segment_size > 0).
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import uuid
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ class NodeAgent:
                          "master_errors": 0, "zapped": 0, "zap_skipped": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Cold-tier tasks run on their own thread, in order: a slow SSD or S3 must never
+        # hold up the heartbeats (a silent node is declared dead).
+        self._cold_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cold_thread: threading.Thread | None = None
         for m in mounted:
             rc = engine.register_memory(m.segment.base, m.segment.size, fd=m.segment.fd)
             if rc != 0:
@@ -59,6 +64,10 @@ class NodeAgent:
             log.warning("node %s: first registration failed: %s", self.node_id, e)
         self._thread = threading.Thread(target=self._loop, name="mcs-node-agent", daemon=True)
         self._thread.start()
+        if self.cold is not None:
+            self._cold_thread = threading.Thread(target=self._cold_loop, name="mcs-node-cold",
+                                                 daemon=True)
+            self._cold_thread.start()
         return self
 
     def register(self) -> None:
@@ -76,6 +85,9 @@ class NodeAgent:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._cold_thread is not None:
+            self._cold_thread.join(timeout=30)
+            self._cold_thread = None
         if leave and self.registered:
             try:
                 self.master.call("leave", self.node_id, timeout_ms=1000)
@@ -99,7 +111,8 @@ class NodeAgent:
                 tasks = reply.get("tasks", ())
                 for task in tasks:
                     self._run_task(task)
-                busy = bool(tasks)   # more may be queued (demotions): ask again at once
+                # More may be queued (demotions): ask again at once while the cold worker keeps up.
+                busy = bool(tasks) and self._cold_q.qsize() < 64
                 if reply.get("zaps"):
                     self._run_zaps(reply["zaps"])
             except StoreError as e:
@@ -129,19 +142,38 @@ class NodeAgent:
         kind = task.get("kind", "repair")
         if kind == "repair":
             self._repair(task)
-            return
-        if self.cold is None:
-            ok = False
-        elif kind == "forget":
+        elif self.cold is not None:
+            self._cold_q.put(task)
+        elif kind != "forget":
+            self.master.call("task_done", self.node_id, task["id"], False)
+
+    def _cold_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                task = self._cold_q.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._run_cold(task)
+            except StoreError as e:
+                self.counters["master_errors"] += 1
+                log.debug("node %s: cold task answer failed: %s", self.node_id, e)
+            except Exception:  # noqa: BLE001 - the worker must survive a bad task
+                log.exception("cold-tier task failed")
+
+    def _run_cold(self, task: dict) -> None:
+        kind = task.get("kind")
+        if kind == "forget":
             self.cold.forget(task["key"])
             return   # no answer expected
+        m = self.mounted.get(task["segment"])
+        if m is None:
+            ok = False
+        elif kind == "demote":
+            ok = self.cold.demote(m.segment, task["offset"], task["length"], task["key"])
         else:
-            m = self.mounted.get(task["segment"])
-            ok = m is not None and (
-                self.cold.demote(m.segment, task["offset"], task["length"], task["key"])
-                if kind == "demote" else
-                self.cold.promote(m.segment, task["offset"], task["length"], task["key"],
-                                  task["tier"]))
+            ok = self.cold.promote(m.segment, task["offset"], task["length"], task["key"],
+                                   task["tier"])
         self.counters["tasks_ok" if ok else "tasks_failed"] += 1
         self.master.call("task_done", self.node_id, task["id"], ok)
 

@@ -64,7 +64,7 @@ class NodeCold:
         self.order = [n for n, _ in backends]
         self.backends = dict(backends)
         self._lru: dict[str, OrderedDict[str, None]] = {n: OrderedDict() for n in self.order}
-        self._lock = threading.RLock()      # tier moves vs stage reads, LRU, report, tickets
+        self._lock = threading.RLock()      # LRU lists, report, staging tickets (never held for I/O)
         self._report: dict[str, list] = {}   # key -> ["moved", src, dst] | ["dropped", tier]
         self.counters = {"demoted": 0, "promoted": 0, "forgotten": 0, "pushed_down": 0,
                          "cold_dropped": 0, "staged": 0, "stage_failures": 0,
@@ -134,7 +134,9 @@ class NodeCold:
             for k, *ev in report.get("events", ()):
                 self._report.setdefault(k, ev)
 
-    # ---- master tasks ------------------------------------------------------------------------------
+    # ---- master tasks (all on the agent's one cold worker thread, in order) -----------------------
+    # Tier I/O runs without the lock, so a slow SSD or a frozen S3 stalls only this worker:
+    # the lock covers the LRU lists, the report and the staging tickets, briefly.
     def demote(self, segment: DramSegment, offset: int, length: int, key: str) -> bool:
         if offset < 0 or length <= 0 or offset + length > segment.size:
             return False
@@ -144,14 +146,14 @@ class NodeCold:
             hdr = verified_record(ptr, length)
             if hdr is None or hdr.key != _kb(key):
                 return False
+            self._make_room(tier, hdr.header_len + hdr.value_len)
+            store_record(self.backends[tier], hdr, ptr, self.config.cold_codec)
             with self._lock:
-                self._make_room(tier, hdr.header_len + hdr.value_len)
-                store_record(self.backends[tier], hdr, ptr, self.config.cold_codec)
-                for other in self.order[1:]:
-                    if self._lru[other].pop(key, 1) is None:
-                        self.backends[other].remove(hdr.key)
+                stale = [t for t in self.order[1:] if self._lru[t].pop(key, 1) is None]
                 self._report.pop(key, None)   # an older move/drop of this key is moot now
                 self._touch(tier, key)
+            for t in stale:                   # one cold copy per key on a node
+                self.backends[t].remove(hdr.key)
             self.counters["demoted"] += 1
             return True
         except StoreError as e:
@@ -165,11 +167,12 @@ class NodeCold:
             return False
         kb = _kb(key)
         try:
+            hdr = backend.header(kb)
+            tmp = bytearray(max(hdr.raw_len, 1))
+            _, n = read_value(backend, kb, ffi.from_buffer(tmp), len(tmp))
             with self._lock:
-                hdr = backend.header(kb)
-                tmp = bytearray(max(hdr.raw_len, 1))
-                _, n = read_value(backend, kb, ffi.from_buffer(tmp), len(tmp))
-                self._touch(tier, key)
+                if key in self._lru[tier]:
+                    self._touch(tier, key)
             rc = lib.mcs_rec_write(segment.ptr + offset, length, kb, len(kb), ffi.from_buffer(tmp),
                                    n, hdr.epoch, 0, hdr.flags, 0)
             ok = rc > 0
@@ -183,12 +186,11 @@ class NodeCold:
         return ok
 
     def forget(self, key: str) -> None:
-        kb = _kb(key)
         with self._lock:
-            for tier in self.order:
-                if self._lru[tier].pop(key, 1) is None:
-                    self.backends[tier].remove(kb)
+            held = [t for t in self.order if self._lru[t].pop(key, 1) is None]
             self._report.pop(key, None)
+        for tier in held:
+            self.backends[tier].remove(_kb(key))
         self.counters["forgotten"] += 1
 
     # ---- cold reads (RPC from clients) -------------------------------------------------------------------
@@ -202,24 +204,26 @@ class NodeCold:
         kb = _kb(key)
         with self._lock:
             if key not in self._lru[tier]:
-                # Pushed down (or up) since the master last heard: one copy per node, serve it.
+                # Pushed down since the master last heard: one copy per node, serve it.
                 tier = next((t for t in self.order if key in self._lru[t]), None)
                 if tier is None:
                     raise ObjectNotFound(f"key {key!r} is not in this node's cold tiers")
-            backend = self.backends[tier]
-            hdr = backend.header(kb)
-            addr, own = self._stage_room(max(hdr.raw_len, 1))
-            try:
-                _, n = read_value(backend, kb, ffi.cast("char *", addr), max(hdr.raw_len, 1))
-            except BaseException as e:
-                self._unstage(addr, max(hdr.raw_len, 1), own)
-                self.counters["stage_failures"] += 1
-                if isinstance(e, ChecksumMismatch):
-                    self._drop_corrupt(tier, key)
-                raise
             self._touch(tier, key)
+        backend = self.backends[tier]
+        hdr = backend.header(kb)
+        size = max(hdr.raw_len, 1)
+        addr, own = self._stage_room(size)
+        try:
+            _, n = read_value(backend, kb, ffi.cast("char *", addr), size)
+        except BaseException as e:
+            self._unstage(addr, size, own)
+            self.counters["stage_failures"] += 1
+            if isinstance(e, ChecksumMismatch):
+                self._drop_corrupt(tier, key)
+            raise
+        with self._lock:
             ticket = next(self._ticket_ids)
-            self._tickets[ticket] = (addr, max(hdr.raw_len, 1), time.monotonic() + TICKET_TTL_S, own)
+            self._tickets[ticket] = (addr, size, time.monotonic() + TICKET_TTL_S, own)
         self.counters["staged"] += 1
         crc = lib.mcs_crc32c(0, ffi.cast("char *", addr), n)
         return {"endpoint": self.engine.get_local_hostname(), "addr": addr, "len": n, "crc": crc,
@@ -234,15 +238,16 @@ class NodeCold:
             return True
 
     def _stage_room(self, n: int) -> tuple[int, bool]:
-        off = self._stage_alloc.alloc(n)
-        if off is None:
-            now = time.monotonic()
-            for tid in [t for t, v in self._tickets.items() if v[2] <= now]:
-                v = self._tickets.pop(tid)
-                self._unstage(v[0], v[1], v[3])
+        with self._lock:
             off = self._stage_alloc.alloc(n)
-        if off is not None:
-            return self._stage.base + off, False
+            if off is None:
+                now = time.monotonic()
+                for tid in [t for t, v in self._tickets.items() if v[2] <= now]:
+                    v = self._tickets.pop(tid)
+                    self._unstage(v[0], v[1], v[3])
+                off = self._stage_alloc.alloc(n)
+            if off is not None:
+                return self._stage.base + off, False
         # Larger than the staging area (or it is full of live tickets): a buffer of its own.
         return self.engine.allocate_managed_buffer(n), True
 
@@ -250,11 +255,13 @@ class NodeCold:
         if own:
             self.engine.free_managed_buffer(addr, n)
         else:
-            self._stage_alloc.free(addr - self._stage.base, n)
+            with self._lock:
+                self._stage_alloc.free(addr - self._stage.base, n)
 
     # ---- tier housekeeping ---------------------------------------------------------------------------------
     def _make_room(self, tier: str, need: int) -> None:
-        """Push the tier's least recently used records one tier down until `need` fits."""
+        """Push the tier's least recently used records one tier down until `need` fits.
+        The record stays readable where it was until its copy below is complete."""
         backend = self.backends[tier]
         cap = backend.capacity
         if not cap:
@@ -262,10 +269,10 @@ class NodeCold:
         i = self.order.index(tier)
         nxt = self.order[i + 1] if i + 1 < len(self.order) else None
         for _ in range(1 << 20):   # bounded: every pass removes one record
-            if backend.used + need <= _COLD_HIGH * cap or not self._lru[tier]:
-                return
-            key = next(iter(self._lru[tier]))
-            del self._lru[tier][key]
+            with self._lock:
+                if backend.used + need <= _COLD_HIGH * cap or not self._lru[tier]:
+                    return
+                key = next(iter(self._lru[tier]))
             kb = _kb(key)
             moved = False
             if nxt is not None:
@@ -276,14 +283,15 @@ class NodeCold:
                     moved = True
                 except StoreError as e:
                     log.warning("push-down of %r from %s failed: %s", key, tier, e)
+            with self._lock:
+                self._lru[tier].pop(key, None)
+                if moved:
+                    self._touch(nxt, key)
+                    self._note(key, ["moved", tier, nxt])
+                else:
+                    self._note(key, ["dropped", tier])
             backend.remove(kb)
-            if moved:
-                self._touch(nxt, key)
-                self._note(key, ["moved", tier, nxt])
-                self.counters["pushed_down"] += 1
-            else:
-                self._note(key, ["dropped", tier])
-                self.counters["cold_dropped"] += 1
+            self.counters["pushed_down" if moved else "cold_dropped"] += 1
 
     def _note(self, key: str, event: list) -> None:
         prev = self._report.get(key)
@@ -295,10 +303,11 @@ class NodeCold:
 
     def _drop_corrupt(self, tier: str, key: str) -> None:
         with self._lock:
-            self._lru[tier].pop(key, None)
-            self.backends[tier].remove(_kb(key))
+            if self._lru[tier].pop(key, 1) is not None:
+                return   # moved or forgotten meanwhile: not this copy's fault
             self._note(key, ["dropped", tier])
-            self.counters["cold_dropped"] += 1
+        self.backends[tier].remove(_kb(key))
+        self.counters["cold_dropped"] += 1
 
     def _touch(self, tier: str, key: str) -> None:
         lru = self._lru[tier]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -164,3 +165,37 @@ def test_ssd_full_pushes_down_to_s3(cluster, tmp_path, seaweedfs, s3_bucket, mon
         assert "s3" in tiers.values() and "ssd" in tiers.values()
         for k, v in vals.items():
             assert s.get(k) == v, (k, tiers[k])
+
+
+def test_s3_frozen_node_keeps_heartbeating(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    """Push-downs to a frozen S3 stall only the node's cold worker: the node stays a member
+    and its DRAM and SSD objects stay readable; once S3 is back everything is readable."""
+    monkeypatch.setenv("MOONCAKE_S3_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("MOONCAKE_S3_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    m = cluster.master("--promotion", "off")
+    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:2MB", "--s3-bucket", s3_bucket,
+                 "--s3-endpoint-url", seaweedfs.endpoint, "--s3-region", seaweedfs.region,
+                 "--cold-codec", "none", dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = _fill(s, 100)         # the SSD (2 MB) is full: more demotions push down to S3
+        wait_until(lambda: s.stats()["cold"]["cold_moves"] > 0, what="a push-down to S3")
+        seaweedfs.pause()
+        try:
+            more = {}
+            for i in range(100, 106):  # DRAM still has room; their demotions need S3
+                v = os.urandom(VALUE)
+                s.put(f"k{i}", v)
+                more[f"k{i}"] = v
+            time.sleep(2.5)            # well past node_ttl (1 s) of the test master
+            st = s.stats()
+            assert len(st["nodes"]) == 1 and st["cold"]["tasks_in_flight"] > 0
+            readable = {k: t for k, t in _tiers(s, vals).items() if t in ("dram", "ssd")}
+            assert "ssd" in readable.values()
+            for k in readable:
+                assert s.get(k) == vals[k]
+        finally:
+            seaweedfs.resume()
+        vals.update(more)
+        for k, v in vals.items():
+            assert s.get(k) == v, k
