@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from support.cluster import CLI, store, wait_nodes
 from support.net import free_port
 from support.procs import wait_until
