@@ -90,15 +90,19 @@ class ColdReader:
 
     def demote_now(self, need: int) -> None:
         """A put found no room: the master keeps objects a node is about to demote, so wait
-        (bounded) until some DRAM segment has a free extent the record fits in."""
+        (bounded) until some DRAM segment has a free extent the record fits in; at once
+        NoSpace when no node has a cold tier to demote to (a DRAM-only cluster)."""
         self.counters["put_room_waits"] += 1
         deadline = time.monotonic() + ROOM_WAIT_S
         delay = 0.01
         while time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
-            if self.session.master.call("room", need):
+            answer = self.session.master.call("room", need)
+            if answer == "yes":
                 return
+            if answer != "wait":   # no node can demote to make room: fail now
+                raise NoSpace(f"no DRAM room for {need} bytes and no cold tier to make it")
         raise NoSpace(f"no DRAM room for {need} bytes after waiting {ROOM_WAIT_S:.0f} s "
                       "for demotions")
 

@@ -406,11 +406,20 @@ class ClusterTiering:
             ix.counters["demotions"] = ix.counters.get("demotions", 0) + 1
             return True, False
 
-    def room(self, need: int) -> bool:
-        ix = self.ix
+    def room(self, need: int) -> str:
+        """For a put that found no room: "yes" (a DRAM extent fits it now), "wait" (a healthy
+        tiered node can demote to make it) or "no" (waiting cannot help: fail at once)."""
+        ix, now = self.ix, self.svc.clock()
         with ix.lock:
-            return any(s.tier == "dram" and s.allocator.largest_free() >= s.allocator.round(need)
-                       for s in ix.segments.values())
+            segs = [s for s in ix.segments.values() if s.tier == "dram"]
+            if any(s.allocator.largest_free() >= s.allocator.round(need) for s in segs):
+                return "yes"
+            for s in segs:
+                node = self.nodes.get(s.node)
+                if node is not None and node.unhealthy_until <= now and s.capacity >= need:
+                    self._starved = now    # demote below the watermark: someone waits
+                    return "wait"
+            return "no"
 
     # ---- introspection ------------------------------------------------------------------------------------
     def describe(self, key: str) -> dict:

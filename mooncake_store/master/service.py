@@ -380,8 +380,8 @@ class MasterService:
         return {"key": key, "size": size, "replicas": reps, "replica_num": want,
                 "lease_ms": self.index.lease_remaining_ms(key), **self.tiers.describe(key)}
 
-    def rpc_room(self, need: int) -> bool:
-        """Whether a record of `need` bytes fits in some DRAM segment now (put backpressure
+    def rpc_room(self, need: int) -> str:
+        """Whether a record of `need` bytes fits in DRAM now: yes / wait / no (put backpressure
         while nodes demote: client/cold_read.py)."""
         return self.tiers.room(int(need))
 

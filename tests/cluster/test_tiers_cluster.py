@@ -197,3 +197,24 @@ def test_s3_frozen_node_keeps_heartbeating(cluster, tmp_path, seaweedfs, s3_buck
         vals.update(more)
         for k, v in vals.items():
             assert s.get(k) == v, k
+
+
+def test_put_that_cannot_fit_fails_without_waiting_for_demotions(cluster, tmp_path):
+    """Backpressure only where a cold tier can make room: a value larger than any DRAM
+    segment gets NoSpace at once, on a DRAM-only node as on a tiered one."""
+    from mooncake_store.errors import NoSpace
+
+    m = cluster.master("--stripe-size", "64MB")
+    cluster.node(m.addr, dram="8MB")
+    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:64MB", dram="8MB")
+    wait_nodes(m.addr, 2)
+    with store(m.addr) as s:
+        try:
+            s.put("big", b"x" * (12 << 20))
+        except NoSpace:
+            pass
+        else:
+            raise AssertionError("a 12 MB value fitted into 8 MB segments")
+        assert s.stats()["put_room_waits"] == 1   # asked once, told "no", not retried
+        s.put("small", b"y" * 1000)
+        assert s.get("small") == b"y" * 1000
