@@ -21,6 +21,7 @@ class Allocator:
         self._by_start: dict[int, int] = {}
         self._by_end: dict[int, int] = {}
         self._classes: list[dict[int, None]] = [dict() for _ in range(64)]
+        self._nonempty = 0      # bit c set <=> size class c has a block: no scan of empty ones
         if self.capacity:
             self._add(base, self.capacity)
 
@@ -85,10 +86,10 @@ class Allocator:
     def _find(self, size: int) -> int | None:
         cls = size.bit_length() - 1
         # Any block in a higher class fits; take from the smallest such class.
-        for c in range(cls + 1, len(self._classes)):
-            bucket = self._classes[c]
-            if bucket:
-                return next(iter(bucket))
+        higher = self._nonempty >> (cls + 1)
+        if higher:
+            c = cls + (higher & -higher).bit_length()
+            return next(iter(self._classes[c]))
         # Same class: sizes in [2^cls, 2^(cls+1)) may or may not fit; scan a bounded few.
         by_start = self._by_start
         for n, start in enumerate(self._classes[cls]):
@@ -101,10 +102,16 @@ class Allocator:
     def _add(self, start: int, size: int) -> None:
         self._by_start[start] = size
         self._by_end[start + size] = start
-        self._classes[size.bit_length() - 1][start] = None
+        c = size.bit_length() - 1
+        self._classes[c][start] = None
+        self._nonempty |= 1 << c
 
     def _remove(self, start: int) -> int:
         size = self._by_start.pop(start)
         del self._by_end[start + size]
-        del self._classes[size.bit_length() - 1][start]
+        c = size.bit_length() - 1
+        bucket = self._classes[c]
+        del bucket[start]
+        if not bucket:
+            self._nonempty &= ~(1 << c)
         return size

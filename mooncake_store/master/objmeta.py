@@ -159,8 +159,13 @@ class Obj:
 
     @replicas.setter
     def replicas(self, replicas: Sequence[Replica]) -> None:
-        reps = tuple(tuple(r) for r in replicas)
-        bits = pack_slice(reps[0][0]) if len(reps) == 1 and len(reps[0]) == 1 else None
+        if len(replicas) == 1 and len(replicas[0]) == 1:   # the common case: no copying
+            reps: tuple = ()
+            bits = pack_slice(replicas[0][0])
+            if bits is None:
+                reps = (tuple(replicas[0]),)
+        else:
+            reps, bits = tuple(tuple(r) for r in replicas), None
         if bits is not None or not reps:
             self._loc = (self._loc & _SIZE_FLAGS) | (bits or 0)
             if self._x is not None:

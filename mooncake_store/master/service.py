@@ -227,7 +227,7 @@ class MasterService:
             cfg, fast = None, False   # the per-key path reports it for every key
         if fast and isinstance(keys, list) and isinstance(sizes, list) and len(keys) == len(sizes) \
                 and all(type(k) is str for k in keys) and all(type(n) is int for n in sizes) \
-                and not any(self._stripes(n, cfg) for n in sizes):
+                and not (sizes and self._stripes(max(sizes), cfg)):
             # The common batch: one index call under one lock, no per-key RPC plumbing.
             got = self.index.batch_put_start(keys, sizes, cfg, bool(upsert))
             if cfg is not None and cfg.replica_num > 1:
