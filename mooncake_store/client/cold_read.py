@@ -27,6 +27,7 @@ log = logging.getLogger("mooncake_store.client")
 
 ROOM_WAIT_S = 5.0        # how long a put waits for demotions to make room
 MAX_PENDING_RELEASES = 64
+PERSIST_WAIT_S = 60.0    # a write-through to S3 retries for up to 30 s on the node
 
 
 class ColdReader:
@@ -107,7 +108,20 @@ class ColdReader:
                       "for demotions")
 
     def persist(self, key: str, replica: Any) -> None:
-        """Write-through to a cold tier is not offered on cluster nodes yet (docs/tiers.md)."""
+        """Write-through (ReplicateConfig.persist): the node holding the new replica copies it
+        to its most durable tier; return once the master recorded that copy. TransferFailed
+        when it failed (Store then withdraws the object). A cluster whose node has no cold
+        tier keeps the put as it is, like an embedded store without tiers."""
+        state = self.session.master.call("persist", key)
+        deadline = time.monotonic() + PERSIST_WAIT_S
+        delay = 0.005
+        while state in ("pending", "busy") and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            state = self.session.master.call("persisted" if state == "pending" else "persist", key)
+        if state not in ("ok", "none"):
+            raise TransferFailed(f"write-through of {key!r} to a durable tier "
+                                 f"{'timed out' if state == 'pending' else 'failed'}")
 
     def stats(self) -> dict:
         return dict(self.counters)

@@ -62,7 +62,7 @@ class ColdNode:
 
 @dataclass
 class ColdTask:
-    kind: str                     # demote | promote
+    kind: str                     # demote | persist (demote keeping DRAM) | promote
     key: str
     node_id: str
     obj: Obj
@@ -85,6 +85,7 @@ class ClusterTiering:
         self._forget: deque[tuple[str, tuple[str, ...]]] = deque()
         self._lock = threading.Lock()
         self._starved = -1e9            # last time eviction deferred to a demotion
+        self._persist: dict[str, str] = {}   # key -> pending | ok | failed (write-through)
         self.counters = {"demotions": 0, "demote_failures": 0, "promotions": 0,
                          "promote_failures": 0, "cold_moves": 0, "cold_drops": 0, "cold_lost": 0,
                          "forgets": 0}
@@ -187,6 +188,8 @@ class ClusterTiering:
             for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
                 task = self._tasks.pop(tid)
                 task.obj.busy = False
+                if task.kind == "persist" and task.key in self._persist:
+                    self._persist[task.key] = "failed"
                 if task.slice is not None:
                     ix._free_replicas([(task.slice,)])
             for key, obj in list(ix._objects.items()):
@@ -380,6 +383,8 @@ class ClusterTiering:
                 ix._free_replicas([(task.slice,)])
                 self.counters["promote_failures"] += not ok
                 return False, False
+            if task.kind == "persist":
+                return self._finish_persist(task, ok, current and task.replica in obj.replicas)
             if node is not None:
                 node.demoting = max(0, node.demoting - 1)
             if not current or task.replica not in obj.replicas:
@@ -405,6 +410,62 @@ class ClusterTiering:
             self.counters["demotions"] += 1
             ix.counters["demotions"] = ix.counters.get("demotions", 0) + 1
             return True, False
+
+    # ---- write-through (ReplicateConfig.persist) ---------------------------------------------------------
+    def persist(self, key: str) -> str:
+        """Copy a just-written object to the most durable tier of a node holding it, keeping
+        its DRAM. "pending" (poll `persisted`), or "none": no node holding it has a tier (as
+        an embedded store without tiers, the put stands as it is)."""
+        with self.svc._lock:
+            ix, now = self.ix, self.svc.clock()
+            with ix.lock:
+                obj = ix._objects.get(key)
+                if obj is None:
+                    return "failed"
+                if obj.cold:
+                    return "ok"        # demoted already: a node's tier holds it
+                if obj.busy:
+                    return "busy"      # a demotion is copying it right now: ask again
+                pick = None
+                for r in obj.replicas:
+                    seg = ix.segments.get(r[0].segment)
+                    node = self.nodes.get(seg.node) if seg is not None else None
+                    if node is not None and len(r) == 1:
+                        pick = (r, node)
+                        break
+                if pick is None:
+                    return "none"
+                (sl,), node = pick[0], pick[1]
+                obj.busy = True
+                tid = next(self.svc._task_ids)
+                tier = node.tiers[-1]
+                self._tasks[tid] = ColdTask("persist", key, node.node_id, obj,
+                                            now + 2 * self.svc.config.node_ttl_ms / 1000.0 + 40.0,
+                                            replica=pick[0], tier=f"{tier}@{node.rpc}")
+                self._persist[key] = "pending"
+            self._send(node.node_id, {"kind": "demote", "id": tid, "key": key, "tier": tier,
+                                      "segment": sl.segment, "offset": sl.offset,
+                                      "length": sl.length})
+            return "pending"
+
+    def persisted(self, key: str) -> str:
+        """pending | ok | failed; a final answer is given once."""
+        with self.svc._lock:
+            state = self._persist.get(key, "failed")
+            if state != "pending":
+                self._persist.pop(key, None)
+            return state
+
+    def _finish_persist(self, task: ColdTask, ok: bool, current: bool) -> tuple[bool, bool]:
+        """Under the index lock: record the durable copy; the DRAM stays."""
+        obj = task.obj
+        if ok and current:
+            obj.cold = obj.cold + (task.tier,)
+            self.counters["persisted"] = self.counters.get("persisted", 0) + 1
+        if task.key in self._persist:
+            # Replaced meanwhile: the newer put decides about its own durability.
+            self._persist[task.key] = "ok" if ok or not current else "failed"
+        return ok and current, ok and not current
 
     def room(self, need: int) -> str:
         """For a put that found no room: "yes" (a DRAM extent fits it now), "wait" (a healthy

@@ -129,7 +129,7 @@ class MasterService:
         names = ("ping", "put_start", "put_end", "put_revoke", "get_replicas", "batch_get_replicas",
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
-                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "room",
+                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "room", "persist", "persisted",
                  "register_node", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
 
@@ -384,6 +384,13 @@ class MasterService:
         """Whether a record of `need` bytes fits in DRAM now: yes / wait / no (put backpressure
         while nodes demote: client/cold_read.py)."""
         return self.tiers.room(int(need))
+
+    def rpc_persist(self, key: str) -> str:
+        """Write-through of a just-written object to a node's durable tier (cluster_tiers.py)."""
+        return self.tiers.persist(_str(key))
+
+    def rpc_persisted(self, key: str) -> str:
+        return self.tiers.persisted(_str(key))
 
     def rpc_stats(self) -> dict:
         st = self.index.stats()

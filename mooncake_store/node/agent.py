@@ -170,7 +170,8 @@ class NodeAgent:
         if m is None:
             ok = False
         elif kind == "demote":
-            ok = self.cold.demote(m.segment, task["offset"], task["length"], task["key"])
+            ok = self.cold.demote(m.segment, task["offset"], task["length"], task["key"],
+                                  task.get("tier"))
         else:
             ok = self.cold.promote(m.segment, task["offset"], task["length"], task["key"],
                                    task["tier"])

@@ -137,10 +137,14 @@ class NodeCold:
     # ---- master tasks (all on the agent's one cold worker thread, in order) -----------------------
     # Tier I/O runs without the lock, so a slow SSD or a frozen S3 stalls only this worker:
     # the lock covers the LRU lists, the report and the staging tickets, briefly.
-    def demote(self, segment: DramSegment, offset: int, length: int, key: str) -> bool:
+    def demote(self, segment: DramSegment, offset: int, length: int, key: str,
+               tier: str | None = None) -> bool:
+        """Copy a DRAM record into `tier` (default: the first; write-through names the last)."""
         if offset < 0 or length <= 0 or offset + length > segment.size:
             return False
-        tier = self.order[0]
+        tier = tier or self.order[0]
+        if tier not in self.backends:
+            return False
         ptr = segment.ptr + offset
         try:
             hdr = verified_record(ptr, length)
@@ -149,7 +153,7 @@ class NodeCold:
             self._make_room(tier, hdr.header_len + hdr.value_len)
             store_record(self.backends[tier], hdr, ptr, self.config.cold_codec)
             with self._lock:
-                stale = [t for t in self.order[1:] if self._lru[t].pop(key, 1) is None]
+                stale = [t for t in self.order if t != tier and self._lru[t].pop(key, 1) is None]
                 self._report.pop(key, None)   # an older move/drop of this key is moot now
                 self._touch(tier, key)
             for t in stale:                   # one cold copy per key on a node

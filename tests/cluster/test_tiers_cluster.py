@@ -218,3 +218,26 @@ def test_put_that_cannot_fit_fails_without_waiting_for_demotions(cluster, tmp_pa
         assert s.stats()["put_room_waits"] == 1   # asked once, told "no", not retried
         s.put("small", b"y" * 1000)
         assert s.get("small") == b"y" * 1000
+
+
+def test_persist_writes_through_to_the_nodes_durable_tier(cluster, tmp_path, seaweedfs, s3_bucket,
+                                                          monkeypatch):
+    """ReplicateConfig(persist=True): the put returns once the node holding the replica has
+    copied it to its last tier (S3 here); the DRAM copy stays and serves reads."""
+    from mooncake_store import ReplicateConfig
+
+    monkeypatch.setenv("MOONCAKE_S3_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("MOONCAKE_S3_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    m = cluster.master("--promotion", "off")
+    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:64MB", "--s3-bucket", s3_bucket,
+                 "--s3-endpoint-url", seaweedfs.endpoint, "--s3-region", seaweedfs.region,
+                 dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        v = os.urandom(VALUE)
+        s.put("durable", v, ReplicateConfig(persist=True))
+        st = s._index.stat("durable")
+        assert st["tier"] == "dram" and [c["tier"] for c in st["cold"]] == ["s3"]
+        assert s.get("durable") == v
+        s.put("plain", v)
+        assert s._index.stat("plain")["cold"] == []
