@@ -129,7 +129,8 @@ class MasterService:
         names = ("ping", "put_start", "put_end", "put_revoke", "get_replicas", "batch_get_replicas",
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
-                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "room", "persist", "persisted",
+                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat",
+                 "room", "persist", "persisted",
                  "register_node", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
 
