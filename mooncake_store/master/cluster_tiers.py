@@ -99,14 +99,13 @@ class ClusterTiering:
         self._tasks.clear()
         self._promote.clear()
         self._forget.clear()
+        self._persist.clear()
 
     @property
     def ix(self) -> Any:
         return self.svc.index
 
     # ---- index hooks (called under the index lock: never block, never take svc._lock) -------------
-    healthy = True
-
     def keeps(self, obj: Obj) -> bool:
         segs = self.ix.segments
         if not obj.replicas or len(obj.replicas[0]) != 1:
