@@ -142,6 +142,10 @@ typedef struct mcs_peer {
     uint64_t down_until_ns;  /* after a failed connect, fail fast until then */
     mcs_stream streams[MCS_MAX_STREAMS];
     int nstreams;
+    /* tcp inline lane (transport_tcp.c): small lone requests run in the caller's thread */
+    atomic_int inline_busy;  /* one caller at a time; others use the streams */
+    int inline_fd1;          /* its connection's fd + 1; 0: none (calloc'd peers start so) */
+    uint64_t inline_ids;     /* request ids on it (inline_busy holder only) */
     /* shm */
     pthread_rwlock_t shm_lock;
     mcs_shm_map_t maps[MCS_MAX_SHM_MAPS];

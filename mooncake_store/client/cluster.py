@@ -65,6 +65,9 @@ class MasterClient:
         self._current = addresses[0] if addresses else ""
         self._ok = False      # the current master answered the last call: no need to ask etcd
         self._lock = threading.Lock()
+        # One fixed master: calls go straight to its client (no leader to look for).
+        self._single = self._client(addresses[0]) if len(addresses) == 1 and resolve is None \
+            else None
 
     @property
     def current(self) -> str:
@@ -98,6 +101,8 @@ class MasterClient:
         return out, etcd_failed
 
     def call(self, method: str, *args: Any, timeout_ms: int | None = None) -> Any:
+        if self._single is not None:
+            return self._single.call(method, *args, timeout_ms=timeout_ms)
         timeout = self.timeout_ms if timeout_ms is None else timeout_ms
         single = len(self._addrs) <= 1 and self.resolve is None
         window = timeout if single else max(timeout, FAILOVER_WINDOW_MS)

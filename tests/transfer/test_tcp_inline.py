@@ -1,0 +1,109 @@
+"""The tcp inline lane: a batch of one small request runs in the submitting thread on the
+peer's inline connection (csrc/transport_tcp.c). Same results and error codes as the
+streams; one connection reused; a stalled peer fails within the timeout."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from mooncake_store.errors import ErrorCode
+from mooncake_store.transfer import READ, TransferEngine
+
+KiB = 1 << 10
+
+
+def test_lone_small_requests_are_exact_and_reuse_one_connection(shared_target):
+    base, size = shared_target.regions["plain"]
+    before = shared_target.stats()["conns_accepted"]
+    te = TransferEngine(use_shm=False, streams=2, timeout_ms=10_000)
+    with te:
+        rng = np.random.default_rng(5)
+        for _ in range(150):
+            n = int(rng.integers(1, 64 * KiB + 1))
+            off = int(rng.integers(0, size - n))
+            src = rng.integers(0, 256, size=n, dtype=np.uint8)
+            assert te.transfer_sync_write(shared_target.name, src, base + off, n) == 0
+            out = np.zeros(n, dtype=np.uint8)
+            assert te.transfer_sync_read(shared_target.name, out, base + off, n) == 0
+            assert np.array_equal(src, out)
+        # Larger than the inline cap: the streams, as before.
+        big = rng.integers(0, 256, size=1 << 20, dtype=np.uint8)
+        assert te.transfer_sync_write(shared_target.name, big, base, big.nbytes) == 0
+        back = np.zeros_like(big)
+        assert te.transfer_sync_read(shared_target.name, back, base, big.nbytes) == 0
+        assert np.array_equal(big, back)
+    # 300 lone requests, yet only the streams' connections and one inline connection.
+    assert shared_target.stats()["conns_accepted"] - before <= 2 + 1
+
+
+def test_refused_lone_request_then_the_next_one_works(shared_target):
+    base, size = shared_target.regions["plain"]
+    te = TransferEngine(use_shm=False, timeout_ms=10_000)
+    with te:
+        buf = np.arange(4096, dtype=np.uint32).view(np.uint8)[:4096].copy()
+        name = shared_target.name
+        for _ in range(3):
+            assert te.transfer_sync_read(name, buf, base + size - 100, 4096) == \
+                ErrorCode.BUFFER_OVERFLOW
+            assert te.transfer_sync_write(name, buf, 4096, 4096) == ErrorCode.INVALID_PARAMS
+            assert te.transfer_sync_write(name, buf, base + 8192, 4096) == 0
+            out = np.zeros(4096, dtype=np.uint8)
+            assert te.transfer_sync_read(name, out, base + 8192, 4096) == 0
+            assert np.array_equal(buf, out)
+
+
+def test_lone_requests_from_many_threads(shared_target):
+    """One thread holds the inline connection at a time; the others go through the
+    streams meanwhile. Every result is exact."""
+    base, size = shared_target.regions["plain"]
+    te = TransferEngine(use_shm=False, timeout_ms=10_000)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            rng = np.random.default_rng(40 + i)
+            at = base + i * (size // 4)
+            for _ in range(100):
+                n = int(rng.integers(1, 16 * KiB))
+                src = rng.integers(0, 256, size=n, dtype=np.uint8)
+                assert te.transfer_sync_write(shared_target.name, src, at, n) == 0
+                out = np.zeros(n, dtype=np.uint8)
+                bid = te.submit(shared_target.name, READ, [out], [at], [n])
+                assert [s.state for s in te.wait(bid)] == ["completed"]
+                assert np.array_equal(src, out)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    with te:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_stalled_peer_times_out_once_then_recovers(make_target):
+    target = make_target(size=8 << 20)
+    base, _ = target.regions["plain"]
+    te = TransferEngine(use_shm=False, timeout_ms=1000)
+    with te:
+        buf = np.ones(4096, dtype=np.uint8)
+        assert te.transfer_sync_write(target.name, buf, base, 4096) == 0
+        os.kill(target.proc.pid, signal.SIGSTOP)
+        time.sleep(0.3)   # the signal lands asynchronously
+        try:
+            t0 = time.monotonic()
+            rc = te.transfer_sync_read(target.name, buf, base, 4096)
+            took = time.monotonic() - t0
+        finally:
+            os.kill(target.proc.pid, signal.SIGCONT)
+        assert rc == ErrorCode.RPC_TIMEOUT and took < 5   # not twice the timeout, no hang
+        out = np.zeros(4096, dtype=np.uint8)
+        assert te.transfer_sync_read(target.name, out, base, 4096) == 0
+        assert np.array_equal(out, np.ones(4096, dtype=np.uint8))
