@@ -31,8 +31,8 @@ def test_plain_object_is_one_packed_int_after_put_end():
 def test_rare_fields_round_trip_and_fall_back_to_packed():
     a, b = Slice("a:1", 64, 200), Slice("b:1", 128, 200)
     obj = Obj("k", 100, [(a,)], PIN_HARD, 0.0, 5.0)
-    obj.complete = True
-    obj.settle()
+    obj.finish(0)
+    assert obj.complete and obj.deadline == 0.0
     assert obj._x is not None and obj.pin == PIN_HARD       # hard pin is rare: kept aside
     obj.pin = PIN_NONE
     assert obj._x is None and obj.replicas == ((a,),)

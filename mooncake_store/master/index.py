@@ -189,9 +189,7 @@ class ObjectIndex:
         obj = self._pending.pop(key, None)
         if obj is None:
             raise ObjectNotFound(f"no put in progress for key {key!r}")
-        obj.flags = flags
-        obj.complete = True
-        obj.settle()
+        obj.finish(flags)
         old = self._objects.get(key)
         if old is not None:
             self._drop(old, keep_until=old.lease_until)

@@ -193,10 +193,12 @@ class Obj:
     busy = _rare("busy", False)
     cold_hits = _rare("cold_hits", 0)
 
-    def settle(self) -> None:
-        """Drop what only a pending write needs (put_end): the object may pack again."""
+    def finish(self, flags: int) -> None:
+        """put_end: record the flags and complete the object; it packs again when nothing
+        rare is left (flags already checked by the caller: one byte)."""
+        self._loc = (self._loc & ~(0xFF << _FLAGS_SHIFT)) | flags << _FLAGS_SHIFT
         x = self._x
         if x is not None:
-            x.deadline = 0.0
+            x.complete, x.deadline = True, 0.0
             if x.plain():
                 self._x = None
