@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..codec import header_size
 from ..config import Config
@@ -31,10 +31,10 @@ from ..errors import (
 )
 from ..replica import Replica, ReplicateConfig, Slice
 from .allocator import Allocator
-from .objmeta import PIN_HARD, PIN_NONE, PIN_SOFT, Obj
+from .objmeta import PIN_HARD, PIN_NONE, PIN_SOFT, Lookup, Obj
 from .policy import make_policy
 
-# Obj lives in objmeta.py (packed layout); re-exported here for the modules that import it.
+# Obj and Lookup live in objmeta.py (packed layout); re-exported for the modules importing them.
 __all__ = ["Obj", "ObjectIndex", "Lookup", "SegmentInfo", "TieringHooks",
            "PIN_NONE", "PIN_SOFT", "PIN_HARD"]
 
@@ -53,17 +53,6 @@ class SegmentInfo:
     @property
     def used(self) -> int:
         return self.allocator.used
-
-
-class Lookup(NamedTuple):
-    """What a reader needs: the value size and where replicas live. (A NamedTuple: one is
-    made per key of every batch read, and a tuple builds several times faster than a
-    frozen dataclass.)"""
-
-    size: int
-    replicas: tuple[Replica, ...]
-    flags: int
-    tier: str = "dram"
 
 
 class ObjectIndex:
@@ -219,7 +208,7 @@ class ObjectIndex:
             if obj._x is not None and obj.tier != "dram":
                 return self._cold_lookup(obj)
             self.policy.on_access(key)
-            return Lookup(obj.size, obj.replicas, obj.flags)
+            return obj.lookup()
 
     def batch_get_replicas(self, keys: Sequence[str]) -> list[Lookup | None]:
         now = self.clock()
@@ -227,20 +216,22 @@ class ObjectIndex:
         out: list[Lookup | None] = []
         with self.lock:
             self.policy.hint_prefix(keys)
-            objects, policy = self._objects, self.policy
+            objects, on_access = self._objects, self.policy.on_access
+            hits = 0
             for key in keys:
                 obj = objects.get(key)
                 if obj is None:
-                    self.counters["misses"] += 1
                     out.append(None)
                     continue
-                self.counters["hits"] += 1
+                hits += 1
                 obj.lease_until = until
                 if obj._x is not None and obj.tier != "dram":
                     out.append(self._cold_lookup(obj))
                     continue
-                policy.on_access(key)
-                out.append(Lookup(obj.size, obj.replicas, obj.flags))
+                on_access(key)
+                out.append(obj.lookup())
+            self.counters["hits"] += hits
+            self.counters["misses"] += len(keys) - hits
         return out
 
     def batch_get_packed(self, keys: Sequence[str]) -> list[int | Lookup | None]:
@@ -267,7 +258,7 @@ class ObjectIndex:
                     out.append(self._cold_lookup(obj))
                 else:
                     on_access(key)
-                    out.append(Lookup(obj.size, obj.replicas, obj.flags))
+                    out.append(obj.lookup())
             self.counters["hits"] += hits
             self.counters["misses"] += len(keys) - hits
         return out

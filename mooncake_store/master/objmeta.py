@@ -13,7 +13,7 @@ tuple (assign a new sequence to change it).
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from ..replica import Replica, Slice
 
@@ -67,6 +67,17 @@ def unpack_loc(loc: int) -> tuple:
     sid1 = (loc >> _SEG_SHIFT) & 0xFFFF
     return (loc & _M48, (loc >> _FLAGS_SHIFT) & 0xFF, _seg_names[sid1 - 1] if sid1 else None,
             (loc >> _OFF_SHIFT) & _M48, loc >> _LEN_SHIFT)
+
+
+class Lookup(NamedTuple):
+    """What a reader needs: the value size and where replicas live. (A NamedTuple: one is
+    made per key of every batch read, and a tuple builds several times faster than a
+    frozen dataclass.)"""
+
+    size: int
+    replicas: tuple[Replica, ...]
+    flags: int
+    tier: str = "dram"
 
 
 class _Ext:
@@ -179,9 +190,10 @@ class Obj:
             x = self._x = _Ext()
         x.replicas = reps
 
-    def packed_slice(self) -> int:
-        """The inline slice bits (0: replicas are not one packed slice), for fast wire paths."""
-        return self._loc >> _SEG_SHIFT
+    def lookup(self) -> Lookup:
+        """The reader's view of a DRAM object (index.Lookup), built without per-field calls."""
+        loc = self._loc
+        return _new_tuple(Lookup, (loc & _M48, self.replicas, (loc >> _FLAGS_SHIFT) & 0xFF, "dram"))
 
     # ---- rare fields ------------------------------------------------------------------------
     complete = _rare("complete", True)
