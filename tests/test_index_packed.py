@@ -107,3 +107,27 @@ def test_replicas_wire_forms():
     assert replicas_to_wire(None) is None and replicas_from_wire(None) is None
     with pytest.raises(InvalidParams):
         replicas_from_wire(["a:1", 0])          # a flat replica missing its length
+
+
+def test_master_batch_handlers_fast_and_fallback_paths():
+    from mooncake_store.errors import ErrorCode
+    from mooncake_store.master.service import MasterService
+
+    svc = MasterService(Config(global_segment_size=0, lease_ttl_ms=0))
+    try:
+        svc.index.add_segment("n1:1", 1 << 20)
+        out = svc.rpc_batch_put_start(["a", "b", "a", "z"], [10, 20, 30, 0])
+        assert out[0][0] == 0 and out[0][1][0] == "n1:1" and len(out[0][1]) == 3   # flat form
+        assert out[1][0] == 0 and out[2] == [0, None]        # "a" is already being written
+        assert out[3][0] == int(ErrorCode.INVALID_PARAMS)    # size 0: that key alone fails
+        assert svc.rpc_batch_put_end(["a", "b", "nope"]) == [0, 0, int(ErrorCode.OBJECT_NOT_FOUND)]
+        got = svc.rpc_batch_get_replicas(["a", "missing", "b"])
+        assert got[1] is None and [lookup_from_wire(w).size for w in (got[0], got[2])] == [10, 20]
+        assert lookup_from_wire(got[0]).replicas == (tuple(replicas_from_wire(out[0][1])[0]),)
+        # Anything odd takes the per-key path and answers per key, as before.
+        bad_rc = svc.rpc_batch_put_start(["c"], [10], {"no_such_field": 1})
+        assert bad_rc[0][0] == int(ErrorCode.INVALID_PARAMS)
+        mixed = svc.rpc_batch_put_start(["d", 5], [10, 10])
+        assert mixed[0][0] == 0 and mixed[1][0] == int(ErrorCode.INVALID_PARAMS)
+    finally:
+        svc.rpc.close()
