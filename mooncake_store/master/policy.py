@@ -120,6 +120,10 @@ class PrefixLFRUPolicy:
         # block that comes back after eviction resumes its count instead of
         # restarting as a once-used block.
         self._ghost = _GhostCounts()
+        # The most keys cached so far sizes the ghost history. Not the current count: a
+        # batch put evicts for all its keys before it inserts any, so the current count
+        # dips by a batch and the history would depend on how a client batches its calls.
+        self._peak = 0
 
     # ---- structure learned from calls --------------------------------------------------------
     def hint_prefix(self, keys: Sequence[str]) -> None:
@@ -168,6 +172,8 @@ class PrefixLFRUPolicy:
             cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
         self._state[key] = self._pack(tick, uses, depth, cls)
         self._queues[cls][key] = None
+        if len(self._state) > self._peak:
+            self._peak = len(self._state)
 
     def on_access(self, key: str) -> None:
         st = self._state.get(key)
@@ -191,7 +197,7 @@ class PrefixLFRUPolicy:
         if st is not None:
             _tick, uses, _depth, cls = self._unpack(st)
             del self._queues[cls][key]
-            self._ghost.add(key, uses, max(1, len(self._state)))
+            self._ghost.add(key, uses, max(1, self._peak))
 
     def victims(self) -> Iterator[str]:
         yield from self._queues[self._DEAD]
