@@ -124,3 +124,15 @@ def test_phases_on_cuda():
     rows = [r for r in recs if r["test"] == "gpu_throughput"]
     assert len(rows) == 2 and all(r["fails"] == 0 for r in rows)
     assert all(r["x_copy"] > 0 for r in rows) and rows[1]["verified"] is True
+
+
+def test_a_failing_gpu_run_is_one_line_and_status_1(monkeypatch):
+    class Boom(_Recorder):
+        def run(self):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 16.00 MiB")
+
+    monkeypatch.setattr(gpu, "check_device", lambda device: None)
+    monkeypatch.setattr(gpu, "GpuRunner", Boom)
+    res = runner.invoke(app, ["bench", "--device", "cuda", "--sizes", "1M"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "RuntimeError: CUDA out of memory" in res.output

@@ -152,10 +152,11 @@ class GpuRunner:
             prefix = f"{self.run_id}/{size}"
             self.on_phase(f"{human_size(size)}: put_from of a {d.dev.type} tensor")
             r = self._put_phase(store, src, staging, prefix, n)
+            populate_fails = r.pop("populate_fails")
             self._emit_tp("put", size, r, ceil[FROM_DEVICE])
             self.on_phase(f"{human_size(size)}: get_into a {d.dev.type} tensor")
             r = self._get_phase(store, src, dst, staging, prefix, n)
-            self._emit_tp("get", size, r, ceil[TO_DEVICE])
+            self._emit_tp("get", size, r, ceil[TO_DEVICE], populate_fails=populate_fails)
             _remove(store, [f"{prefix}/{i}" for i in range(n)])
         finally:
             store.unregister_buffer(addr)
@@ -212,12 +213,16 @@ class GpuRunner:
         wall = now() - t_start - paused
         # Leave a full working set behind for the get phase (untimed).
         _remove(store, [f"{prefix}/{j}" for j in range(n)])
+        populate_fails = 0
         for j in range(n):
             staging.copy_(src[j % nslots])
             d.sync()
-            store.put_from(f"{prefix}/{j}", staging)
+            try:
+                store.put_from(f"{prefix}/{j}", staging)
+            except Exception:  # noqa: BLE001 - reported; the get phase then counts misses
+                populate_fails += 1
         return {"ops": ops, "fails": fails, "bytes": nbytes, "secs": round(wall, 4),
-                "calls": len(lat), **lat_stats(lat)}
+                "calls": len(lat), "populate_fails": populate_fails, **lat_stats(lat)}
 
     def _get_phase(self, store: Any, src: Any, dst: Any, staging: Any, prefix: str,
                    n: int) -> dict:
@@ -247,10 +252,10 @@ class GpuRunner:
         return {"ops": ops, "fails": fails, "bytes": nbytes, "secs": round(wall, 4),
                 "calls": len(lat), "verified": verified, **lat_stats(lat)}
 
-    def _emit_tp(self, op: str, size: int, r: dict, ceiling: float) -> None:
+    def _emit_tp(self, op: str, size: int, r: dict, ceiling: float, **extra: Any) -> None:
         rates = rate_fields(r["bytes"], r["ops"], r["secs"])
         self.emit({"test": "gpu_throughput", "op": op, "api": "zc", "path": "local",
-                   "device": str(self.d.dev), "value_size": size, **r, **rates,
+                   "device": str(self.d.dev), "value_size": size, **extra, **r, **rates,
                    "copy_GBps": ceiling,
                    "x_copy": round(rates["GBps"] / ceiling, 3) if ceiling else None})
 

@@ -19,6 +19,7 @@ from ..bench import gpu, mooncake_compare, report
 from ..bench.clients import BenchSetupError
 from ..bench.runner import Plan, Runner, count_phases, quick_plan, store_plan
 from ..bench.stats import parse_sizes
+from ..errors import StoreError
 
 bench_app = typer.Typer(help="Benchmarks, each next to raw ceilings measured in the same run. "
                              "With no subcommand: the quick embedded-store benchmark.")
@@ -130,7 +131,13 @@ def _run_gpu(device: str, sizes: Optional[list[int]], seconds: Optional[float], 
             prog.update(task, description=name)
             prog.advance(task)
 
-        gpu.GpuRunner(plan, emit, on_phase).run()
+        try:
+            gpu.GpuRunner(plan, emit, on_phase).run()
+        except (StoreError, RuntimeError, MemoryError) as e:
+            # e.g. a segment larger than memory, torch.cuda.OutOfMemoryError: one line.
+            Console(stderr=True).print(f"[red]error:[/] {type(e).__name__}: {e}",
+                                       soft_wrap=True)
+            raise typer.Exit(1) from None
     if not as_json:
         _finish(records, False)
 
