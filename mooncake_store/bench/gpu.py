@@ -248,7 +248,15 @@ class GpuRunner:
             lat.append(now() - t0)
             i += 1
         wall = now() - t_start
-        verified = bool(ops) and bool(d.torch.equal(dst[0], src[0]))
+        # Untimed check of one full round trip: key 0 holds src[0] (see _put_phase).
+        verified = False
+        try:
+            if store.get_into(f"{prefix}/0", staging) == size:
+                dst[0].copy_(staging)
+                d.sync()
+                verified = bool(d.torch.equal(dst[0], src[0]))
+        except Exception:  # noqa: BLE001 - an unreadable key is a failed check, not a crash
+            verified = False
         return {"ops": ops, "fails": fails, "bytes": nbytes, "secs": round(wall, 4),
                 "calls": len(lat), "verified": verified, **lat_stats(lat)}
 
