@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
 import zmq
@@ -91,10 +92,14 @@ class RpcServer:
         for fd in listeners:
             poller.register(fd, POLLIN)
         conns: dict[int, stream.ServerConn] = {}
+        spin_until = 0.0
         try:
             while not self._stop.is_set():
+                # Right after a stream request, look again without sleeping for a moment:
+                # a client calling in a loop sends its next one within microseconds.
+                wait = 0 if spin_until and time.perf_counter() < spin_until else 100
                 try:
-                    events = poller.poll(100)  # wake up to notice close()
+                    events = poller.poll(wait)  # 100 ms: wake up to notice close()
                 except zmq.ZMQError:
                     return
                 for obj, ev in events:
@@ -105,6 +110,7 @@ class RpcServer:
                         self._accept(listeners[obj], poller, conns)
                     else:
                         self._serve_stream(obj, ev, poller, conns)
+                        spin_until = time.perf_counter() + stream.SPIN_S
         finally:
             for c in conns.values():
                 c.close()
