@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +64,10 @@ static int flush_responses(serve_state *st) {
 #define MCS_SPIN_NS 60000ull
 
 /* Up to n bytes without blocking, retried for MCS_SPIN_NS: bytes read (0 when
- * none came), or -1 when the peer closed or the socket failed. */
+ * none came), or -1 when the peer closed or the socket failed. Each retry
+ * yields the CPU first: the thread that will send the bytes (the peer, or a
+ * third party it waits for) may be runnable on this very core, and spinners
+ * that do not yield keep it off for their whole window. */
 static ssize_t recv_spin(int fd, void *buf, size_t n) {
     uint64_t until = mcs_now_ns() + MCS_SPIN_NS;
     for (;;) {
@@ -72,6 +76,7 @@ static ssize_t recv_spin(int fd, void *buf, size_t n) {
         if (r == 0) return -1;
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return -1;
         if (mcs_now_ns() >= until) return 0;
+        sched_yield();
     }
 }
 

@@ -97,7 +97,10 @@ class RpcServer:
             while not self._stop.is_set():
                 # Right after a stream request, look again without sleeping for a moment:
                 # a client calling in a loop sends its next one within microseconds.
-                wait = 0 if spin_until and time.perf_counter() < spin_until else 100
+                wait = 100
+                if spin_until and time.perf_counter() < spin_until:
+                    wait = 0
+                    stream.yield_cpu()   # a spinner must not keep runnable threads off its core
                 try:
                     events = poller.poll(wait)  # 100 ms: wake up to notice close()
                 except zmq.ZMQError:

@@ -31,6 +31,7 @@ MAX_REQUEST = 1 << 20       # larger requests take the zmq lane
 # before blocking: waking a sleeping (v)CPU costs 20-40 us per hop on an idle VM, more than
 # the whole call. Bounded and short, so an idle peer costs nothing and a busy one little.
 SPIN_S = max(0, int(os.environ.get("MOONCAKE_RPC_SPIN_US", "60"))) / 1e6
+yield_cpu = getattr(os, "sched_yield", lambda: None)
 MAX_RESPONSE = 1 << 31      # a reply (e.g. a key listing) may be large, never this large
 _LEN = struct.Struct("<I")
 _IN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
@@ -218,6 +219,7 @@ class Lane:
                 n = self.sock.recv_into(view[got:])
             except (BlockingIOError, InterruptedError):
                 if time.perf_counter() < spin_until:
+                    yield_cpu()   # the server may be runnable on this very core
                     continue
                 left = _left_ms(deadline)
                 if left <= 0 or not self._poll.poll(left):
