@@ -73,6 +73,10 @@ class ObjectIndex:
         # Set by the cluster master (master/tombstones.py): told of every freed slice, so the
         # node can invalidate the record's header and a rebuilt index does not find it again.
         self.on_free: Callable[[Slice], None] | None = None
+        # Also set there: on a failed allocation, lends the header lines held for in-flight
+        # zaps that can safely be reused and retries (the callable given) before eviction.
+        self.on_no_room: Callable[[Callable[[], list[Replica] | None]],
+                                  list[Replica] | None] | None = None
         self.counters = {"hits": 0, "misses": 0, "evictions": 0, "evicted_bytes": 0,
                          "puts": 0, "removes": 0, "reclaimed_puts": 0}
         # Hot objects (set by the master service): key -> how many replicas it keeps when
@@ -390,6 +394,8 @@ class ObjectIndex:
         if replicas is None and self._graveyard:
             self._release_graveyard()
             replicas = self._try_allocate(record, segs, want)
+        if replicas is None and self.on_no_room is not None:
+            replicas = self.on_no_room(lambda: self._try_allocate(record, segs, want))
         if replicas is None:
             self._evict_locked(record * want)
             replicas = self._try_allocate(record, segs, want)

@@ -14,6 +14,18 @@ with one compare-and-swap (csrc/record.c mcs_rec_zap), then reports, and the
 master gives the line back. A line that was allocated again before the heartbeat
 is skipped: the new record's write overwrites the old header or value, which
 then fails its checksum anyway.
+
+A held line splits its hole, so a record of the freed size no longer fits there
+until the node reports. When an allocation finds no room, `no_room` gives back the
+held lines whose left neighbour is free before anything is evicted: such a line is
+then inside a free block, and since the allocator only hands out blocks from their
+start, no new record can begin on it. A late zap there finds the new record's
+value bytes (or the old header, not yet overwritten), never a header of the freed
+length, so it flips nothing live. That guarantee holds only while the line stays
+inside an allocation or a free block: lines still free after the retry are held
+again, and a line whose covering record is freed while its zap is still out is held
+again at that free. A line at the start of its hole (its left neighbour allocated)
+stays held: a same-size record there could carry the very header the zap expects.
 """
 from __future__ import annotations
 
@@ -35,16 +47,23 @@ class Tombstones:
         self.ix: Any = None
         self._queued: dict[str, deque] = {}
         self._held: dict[int, tuple[str, Any, int, float]] = {}   # id -> (segment, info, offset, until)
+        # Lines given back by no_room while their zap is out: id -> (segment, info, offset,
+        # until), and segment -> {offset: id} to find them when their cover is freed.
+        self._lent: dict[int, tuple[str, Any, int, float]] = {}
+        self._lent_at: dict[str, dict[int, int]] = {}
         self._ids = itertools.count(1)
         self.counters = {"zaps_queued": 0, "zaps_sent": 0, "zaps_done": 0, "zaps_skipped": 0,
-                         "zaps_dropped": 0}
+                         "zaps_dropped": 0, "zap_lines_lent": 0}
 
     def attach(self, index: Any) -> None:
         """Follow a (new) index; what was queued for the old one is forgotten with it."""
         self.ix = index
         self._queued = {}
         self._held = {}
+        self._lent = {}
+        self._lent_at = {}
         index.on_free = self._freed
+        index.on_no_room = self.no_room
 
     def _freed(self, sl: Slice) -> None:
         # Called under the index lock from every free: keep it to an append.
@@ -55,6 +74,8 @@ class Tombstones:
             self.counters["zaps_dropped"] += 1
         q.append((sl.offset, sl.length))
         self.counters["zaps_queued"] += 1
+        if self._lent:
+            self._rehold_within(sl)
 
     def take(self, segments: list[str]) -> list[list]:
         """Zaps for a heartbeating node: [id, segment, offset, length] each, header lines held."""
@@ -87,9 +108,13 @@ class Tombstones:
         n = 0
         with self.ix.lock:
             for zid in ids:
-                held = self._held.pop(zid, None) if isinstance(zid, int) else None
+                if not isinstance(zid, int):
+                    continue
+                held = self._held.pop(zid, None)
                 if held is not None:
                     self._release(held)
+                    n += 1
+                elif self._forget_lent(zid):
                     n += 1
         self.counters["zaps_done"] += n
         return n
@@ -100,9 +125,70 @@ class Tombstones:
         with self.ix.lock:
             for zid in [z for z, h in self._held.items() if h[3] <= now]:
                 self._release(self._held.pop(zid))
+            for zid in [z for z, h in self._lent.items() if h[3] <= now]:
+                self._forget_lent(zid)
 
     def pending(self) -> int:
-        return sum(len(q) for q in self._queued.values()) + len(self._held)
+        return sum(len(q) for q in self._queued.values()) + len(self._held) + len(self._lent)
+
+    def no_room(self, retry: Callable[[], Any]) -> Any:
+        """Called under the index lock when an allocation failed: lend out the held lines
+        that sit inside a free block once given back, run `retry` (the allocation again),
+        then hold again whatever it did not cover. Returns what `retry` returned."""
+        if not self._held:
+            return None
+        lent = []
+        for zid, held in list(self._held.items()):
+            name, info, off, _ = held
+            alloc = info.allocator
+            if self.ix.segments.get(name) is info and off in alloc._by_end:
+                del self._held[zid]
+                alloc.free(off, alloc.align)
+                lent.append((zid, held))
+        if not lent:
+            return None
+        got = retry()
+        for zid, held in lent:
+            name, info, off, _ = held
+            if _hold_at(info.allocator, off):
+                self._held[zid] = held
+            else:               # inside the new allocation: watched until the node reports
+                self._lent[zid] = held
+                self._lent_at.setdefault(name, {})[off] = zid
+                self.counters["zap_lines_lent"] += 1
+        return got
+
+    def _rehold_within(self, sl: Slice) -> None:
+        """A freed slice covers lent lines whose zaps are still out: hold them again before
+        anything can be allocated there (so no record of the freed length starts on them)."""
+        at = self._lent_at.get(sl.segment)
+        if not at:
+            return
+        info = self.ix.segments.get(sl.segment)
+        if info is None:
+            return
+        lo, hi, line = sl.offset, sl.offset + sl.length, info.allocator.align
+        if len(at) < sl.length // line:
+            offs = [off for off in at if lo <= off < hi]
+        else:
+            offs = [off for off in range(lo - lo % line, hi, line) if off in at]
+        for off in offs:
+            zid = at[off]
+            held = self._lent[zid]
+            self._forget_lent(zid)
+            if held[1] is info and _hold_at(info.allocator, off):
+                self._held[zid] = held
+
+    def _forget_lent(self, zid: int) -> bool:
+        held = self._lent.pop(zid, None)
+        if held is None:
+            return False
+        at = self._lent_at.get(held[0])
+        if at is not None:
+            at.pop(held[2], None)
+            if not at:
+                del self._lent_at[held[0]]
+        return True
 
     def _release(self, held: tuple) -> None:
         name, info, off, _ = held
@@ -110,6 +196,11 @@ class Tombstones:
         # the same segment name has a fresh one where this line was never held.
         if self.ix.segments.get(name) is info:
             info.allocator.free(off, info.allocator.align)
+
+
+def _hold_at(alloc: Any, off: int) -> bool:
+    """_hold_line for one line (a sort of the free-block starts: only on the rare paths)."""
+    return _hold_line(alloc, sorted(alloc._by_start), off)
 
 
 def _hold_line(alloc: Any, starts: list[int], off: int) -> bool:

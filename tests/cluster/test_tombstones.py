@@ -6,6 +6,7 @@ import pytest
 
 from mooncake_store import Config
 from mooncake_store._engine import ffi, lib
+from mooncake_store.errors import NoSpace
 from mooncake_store.master.index import ObjectIndex
 from mooncake_store.master.tombstones import Tombstones
 from mooncake_store.node import inventory
@@ -83,3 +84,62 @@ def test_node_side_reports_every_id(n):
     ids, zapped, skipped = inventory.zap_records({"s": m}, zaps)
     assert ids == [1, 2, 3, 99] and (zapped, skipped) == (3, 1)
     assert inventory.scan(m.segment.ptr, 1 << 16) == []
+
+
+def _filled(n_objects: int = 16, record: int = 4096):
+    """A segment exactly full of same-size records, all removed, their zaps in flight."""
+    ix = ObjectIndex(Config(high_watermark=1.0))
+    ts = Tombstones(lambda: 0.0)
+    ts.attach(ix)
+    ix.add_segment("s", n_objects * record)
+    value = record - 64 - 64           # header of a short key is one line; + one spare line
+    first = ix.put_start("o0", value)[0][0]
+    value += record - first.length     # land exactly on `record` bytes
+    ix.put_end("o0")
+    ix.remove("o0")
+    for i in range(n_objects):
+        assert ix.put_start(f"o{i}", value)[0][0].length == record
+        ix.put_end(f"o{i}")
+    for i in range(n_objects):
+        ix.remove(f"o{i}")
+    zaps = ts.take(["s"])
+    assert len(zaps) == n_objects and ts.counters["zaps_skipped"] == 1
+    return ix, ts, zaps, value
+
+
+def test_same_size_puts_reuse_space_while_zaps_are_in_flight():
+    ix, ts, zaps, value = _filled()
+    alloc = ix.segments["s"].allocator
+    freed = {(z[2], z[3]) for z in zaps}
+    # Every hole is one line short of a record while its zap is out; the lines whose left
+    # neighbour is free go back, so all but one record's worth of the space is usable.
+    got = []
+    for i in range(16):
+        try:
+            got.append(ix.put_start(f"n{i}", value)[0][0])
+        except NoSpace:
+            break
+    assert len(got) == 15
+    # No new record starts where a freed record of its length starts: a late zap there
+    # cannot match it.
+    assert not any((sl.offset, sl.length) in freed for sl in got)
+    # A new record freed while a zap it covers is still out: that line is held again.
+    victim = got[3]
+    covered = [z for z in zaps if victim.offset < z[2] < victim.offset + victim.length]
+    assert covered
+    ix.put_end("n3")
+    ix.remove("n3")
+    line = covered[0][2]
+    assert not any(s <= line < s + n for s, n in alloc._by_start.items())
+    again = ix.put_start("again", value)[0][0]
+    assert (again.offset, again.length) not in freed
+    # The node reports: every line is back, nothing is freed twice.
+    assert ts.done([z[0] for z in zaps]) == len(zaps)
+    for i, sl in enumerate(got):
+        if i != 3:
+            ix.put_end(f"n{i}")
+            ix.remove(f"n{i}")
+    ix.put_end("again")
+    ix.remove("again")
+    assert alloc.used == 0 and alloc.largest_free() == alloc.capacity
+    assert ts.pending() == 16    # the new records' own zaps, queued
