@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
@@ -152,6 +153,13 @@ class RemoteIndex:
         self.local_host = "127.0.0.1"
         self._same_names: list[str] = []
         self._same_at = -1e9
+        # The reservation for the next small put (master/reserve.py): (id, replicas, use
+        # until), whether a put is writing into it now, and one to give back when asking anew.
+        self._owner = uuid.uuid4().hex
+        self._rsv_lock = threading.Lock()
+        self._rsv: tuple[int, list[Replica], float] | None = None
+        self._rsv_busy = False
+        self._rsv_back = 0
 
     def _same_node(self, rc: ReplicateConfig | None) -> ReplicateConfig | None:
         """prefer_alloc_in_same_node: our own segment first, then other segments on our host."""
@@ -172,8 +180,73 @@ class RemoteIndex:
         rc = self._same_node(rc)
         return replicas_from_wire(self.m.call("put_start", key, size, rc_to_wire(rc), upsert))
 
-    def put_end(self, key: str, flags: int = 0) -> None:
-        self.m.call("put_end", key, flags)
+    def put_end(self, key: str, flags: int = 0, record: int = 0) -> None:
+        """record > 0: also ask for a reservation of that many bytes for the next put."""
+        ask = self._reserve_ask(record) if record else None
+        if ask is None:
+            self.m.call("put_end", key, flags)
+            return
+        t0 = time.monotonic()
+        self._keep(self.m.call("put_end", key, flags, ask), t0)
+
+    # ---- reservations: a small put is its write plus one put_commit ----------------------------
+    def take_reservation(self, record: int) -> tuple[int, list[Replica], float] | None:
+        """The held reservation if a record of this size fits it (the caller then writes
+        into it and must call put_commit), else None."""
+        with self._rsv_lock:
+            r = self._rsv
+            if r is None or self._rsv_busy or r[1][0][0].length < record:
+                return None
+            self._rsv = None
+            if time.monotonic() >= r[2]:   # too close to the master's deadline to use now
+                self._rsv_back = r[0]
+                return None
+            self._rsv_busy = True
+            return r
+
+    def drop_reservation(self, held: tuple[int, list[Replica], float]) -> None:
+        """The write into it failed: give it back with the next ask."""
+        with self._rsv_lock:
+            self._rsv_busy, self._rsv_back = False, held[0]
+
+    def put_commit(self, held: tuple[int, list[Replica], float], key: str, size: int,
+                   flags: int, upsert: bool, record: int) -> int:
+        """Name the reserved slice `key`: reserve.COMMITTED / EXISTED / GONE; asks for the
+        next reservation of `record` bytes."""
+        rid = held[0]
+        t0 = time.monotonic()
+        try:
+            code, nxt = self.m.call("put_commit", self._owner, rid, key, size, flags, upsert,
+                                    record)
+        except BaseException:
+            with self._rsv_lock:
+                self._rsv_busy, self._rsv_back = False, rid
+            raise
+        with self._rsv_lock:
+            self._rsv_busy = False
+            if code == 1:   # the key existed: the master keeps the slice ours
+                self._rsv = held
+        self._keep(nxt, t0)
+        return code
+
+    def _reserve_ask(self, record: int) -> list | None:
+        """put_end's reserve argument: ask unless a usable reservation is held or in use."""
+        with self._rsv_lock:
+            r = self._rsv
+            if self._rsv_busy or (r is not None and r[1][0][0].length >= record
+                                  and time.monotonic() < r[2]):
+                return None
+            back, self._rsv, self._rsv_back = (r[0] if r else self._rsv_back), None, 0
+            return [self._owner, record, back]
+
+    def _keep(self, got: Any, t0: float) -> None:
+        if not got:
+            return
+        rid, w, use_ms = got
+        # Usable for use_ms counted from before the ask (the master's put_timeout_ms leaves
+        # the rest for the write and the commit, so it never frees the slice under a writer).
+        with self._rsv_lock:
+            self._rsv = (rid, replicas_from_wire(w), t0 + use_ms / 1000.0)
 
     def put_revoke(self, key: str) -> None:
         self.m.call("put_revoke", key)
@@ -651,3 +724,38 @@ def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any]
                                                                flags)):
             out[i] = code
     return out
+
+
+# Values up to this size put through reservations (master/reserve.py keeps records up to
+# RESERVE_MAX, which leaves room for the header of a long key).
+RESERVED_PUT_MAX = 64 << 10
+_PLAIN = ReplicateConfig()
+
+
+def reserved_put_size(config: ReplicateConfig | None, n: int, kb: bytes) -> int:
+    """The record size a put may place in a reservation, or 0: small values with the
+    default placement only (one replica, no pins, no preferred segment)."""
+    if n > RESERVED_PUT_MAX or not (config is None or config == _PLAIN):
+        return 0
+    return header_size(len(kb)) + n
+
+
+def put_reserved(store: Any, key: str, kb: bytes, src: Any, record: int, upsert: bool,
+                 flags: int) -> bool:
+    """A put written into the held reservation and named by one put_commit. False: no
+    reservation fits, or it was gone: the caller puts the normal way."""
+    ix = store._index
+    held = ix.take_reservation(record)
+    if held is None:
+        return False
+    try:
+        # The record only: the rest of the reserved block goes back at commit.
+        sl = held[1][0][0]
+        store._write_replicas(kb, [(sl._replace(length=record),)], src.ptr, src.size, flags)
+    except StoreError:
+        ix.drop_reservation(held)
+        return False   # the node may have gone: the normal path finds another
+    except BaseException:
+        ix.drop_reservation(held)
+        raise
+    return ix.put_commit(held, key, src.size, flags, upsert, record) != 2

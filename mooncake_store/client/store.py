@@ -79,8 +79,11 @@ class Store:
 
     def _init_cluster(self, cfg: Config) -> None:
         """Cluster mode: index calls go to the master, bytes to the nodes (client/cluster.py)."""
-        from .cluster import ClusterSession
+        from .cluster import ClusterSession, put_reserved, reserved_put_size
         from .cold_read import ColdReader
+
+        # Small puts go through reservations: their write plus one round trip.
+        self._reserved = (reserved_put_size, put_reserved)
 
         self._registered = {}
         self._epoch = time.time_ns() & 0x7FFF_FFFF_FFFF_FFFF
@@ -251,6 +254,12 @@ class Store:
         key, kb = self._key(key)
         if src.size == 0:
             raise InvalidParams("value must not be empty")
+        record = 0
+        if self._remote is not None:
+            size_of, put_reserved = self._reserved
+            record = size_of(config, src.size, kb)
+            if record and put_reserved(self, key, kb, src, record, upsert, flags):
+                return
         self._maybe_reclaim()
         try:
             replicas = self._index.put_start(key, src.size, config, upsert=upsert)
@@ -272,7 +281,10 @@ class Store:
         except BaseException:
             self._index.put_revoke(key)
             raise
-        self._index.put_end(key, flags)
+        if record:
+            self._index.put_end(key, flags, record)   # and a reservation for the next put
+        else:
+            self._index.put_end(key, flags)
         if self._tiers is not None:
             if config is not None and config.persist:
                 self._persist(key, replicas[0])

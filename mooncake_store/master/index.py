@@ -33,6 +33,7 @@ from ..replica import Replica, ReplicateConfig, Slice
 from .allocator import Allocator
 from .objmeta import PIN_HARD, PIN_NONE, PIN_SOFT, Lookup, Obj
 from .policy import make_policy
+from .reserve import Reservations
 
 # Obj and Lookup live in objmeta.py (packed layout); re-exported for the modules importing them.
 __all__ = ["Obj", "ObjectIndex", "Lookup", "SegmentInfo", "TieringHooks",
@@ -78,13 +79,15 @@ class ObjectIndex:
         self.on_no_room: Callable[[Callable[[], list[Replica] | None]],
                                   list[Replica] | None] | None = None
         self.counters = {"hits": 0, "misses": 0, "evictions": 0, "evicted_bytes": 0,
-                         "puts": 0, "removes": 0, "reclaimed_puts": 0}
+                         "puts": 0, "removes": 0, "reclaimed_puts": 0,
+                         "reserved_puts": 0, "reclaimed_reservations": 0}
         # Hot objects (set by the master service): key -> how many replicas it keeps when
         # its extra read replicas go. Under pressure those extras are freed before any
         # object loses its last replica; the keys whose extras went wait in `cooled` for
         # the service to lower their wanted replica count.
         self.hot: dict[str, int] = {}
         self.cooled: list[str] = []
+        self.reservations = Reservations(self)   # slices clients write small puts into first
 
     # ---- segments -----------------------------------------------------------------------
     def add_segment(self, name: str, capacity: int, tier: str = "dram", node: str = "",
@@ -157,6 +160,26 @@ class ObjectIndex:
             self._put_end_locked(key, flags)
             self._maybe_evict_locked()
 
+    def put_end_reserve(self, key: str, flags: int, owner: str, record: int,
+                        give_back: int = 0) -> tuple[int, Slice] | None:
+        """put_end, then a reservation for the owner's next small put (reserve.py)."""
+        with self.lock:
+            self._put_end_locked(key, flags)
+            self._maybe_evict_locked()
+            return self.reservations.grant_locked(owner, record, give_back, self.clock())
+
+    def put_commit(self, owner: str, rid: int, key: str, size: int, flags: int = 0,
+                   upsert: bool = False, record: int = 0) -> tuple[int, tuple[int, Slice] | None]:
+        """A put into a reservation: (COMMITTED | EXISTED | GONE, the next reservation)."""
+        now = self.clock()
+        with self.lock:
+            code = self.reservations.commit_locked(owner, rid, key, size, flags, upsert, now)
+            nxt = None
+            if code == 0:
+                self._maybe_evict_locked()
+                nxt = self.reservations.grant_locked(owner, record, 0, now) if record else None
+            return code, nxt
+
     def batch_put_end(self, keys: Sequence[str], flags: int = 0) -> None:
         with self.lock:
             for key in keys:
@@ -182,6 +205,11 @@ class ObjectIndex:
         obj = self._pending.pop(key, None)
         if obj is None:
             raise ObjectNotFound(f"no put in progress for key {key!r}")
+        self._publish_locked(obj, flags)
+
+    def _publish_locked(self, obj: Obj, flags: int) -> None:
+        """Complete an object and make it the key's value (an old one goes, lease kept)."""
+        key = obj.key
         obj.finish(flags)
         old = self._objects.get(key)
         if old is not None:
@@ -376,13 +404,15 @@ class ObjectIndex:
                 del self._pending[obj.key]
                 self._free_replicas(obj.replicas)
             self.counters["reclaimed_puts"] += len(stale)
+            self.counters["reclaimed_reservations"] += self.reservations.reclaim_locked(now)
             self._sweep_graveyard(now)
             return len(stale)
 
     def stats(self) -> dict:
         with self.lock:
             return {"capacity": self.capacity, "used": self.used, "objects": len(self._objects),
-                    "pending": len(self._pending), "policy": self.policy.name, **self.counters}
+                    "pending": len(self._pending), "reserved": len(self.reservations),
+                    "policy": self.policy.name, **self.counters}
 
     # ---- allocation and eviction ------------------------------------------------------------------
     def _allocate(self, record: int, rc: ReplicateConfig) -> list[Replica]:

@@ -11,6 +11,7 @@ object that fell below its replica count gets a new replica on another node.
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
@@ -27,6 +28,7 @@ from .cluster_index import ClusterIndex
 from .cluster_tiers import ClusterTiering
 from . import stripe_repair
 from .index import ObjectIndex
+from .reserve import RESERVE_USE_MS
 from .tombstones import Tombstones
 from .wire import lookup_to_wire, packed_to_wire, rc_from_wire, replicas_to_wire
 
@@ -83,6 +85,7 @@ class MasterService:
         self.cluster = ClusterIndex(self.index)
         self.tombstones = Tombstones(clock)   # freed records, invalidated on their nodes
         self.tombstones.attach(self.index)
+        self._watch_zaps()
         self.tiers = ClusterTiering(self)      # cold tiers on nodes (demote/promote tasks)
         self.role = "leader"          # leader | recovering | standby (election: meta/election.py)
         self.leader_hint = ""
@@ -129,7 +132,7 @@ class MasterService:
         names = ("ping", "put_start", "put_end", "put_revoke", "get_replicas", "batch_get_replicas",
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
-                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat",
+                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "put_commit",
                  "room", "persist", "persisted",
                  "register_node", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
@@ -167,12 +170,38 @@ class MasterService:
         self.index = ObjectIndex(self.config)
         self.cluster = ClusterIndex(self.index)
         self.tombstones.attach(self.index)
+        self._watch_zaps()
         self.tiers.attach(self.index)
         self.nodes.clear()
         self.segdesc.clear()
         self.want.clear()
         self._repair.clear()
         self._tasks.clear()
+
+    def _watch_zaps(self) -> None:
+        """Reservations avoid freed records still waiting for their tombstone
+        (master/reserve.py); called under the index lock, where the queue changes."""
+        ts = self.tombstones
+        cache: dict[str, tuple[tuple, list[int]]] = {}   # segment -> (queue state, offsets)
+
+        def zap_due(seg: str, start: int, end: int) -> bool:
+            q = ts._queued.get(seg)
+            if not q:
+                return False
+            if len(q) <= 64:
+                return any(start <= off < end for off, _n in q)
+            # A long queue (after a mass removal) stays as it is between heartbeats: its
+            # offsets are sorted once per change (the queue only appends and pops from the
+            # left, so the counts of both identify its content).
+            c = ts.counters
+            state = (id(q), c["zaps_queued"], c["zaps_sent"] + c["zaps_skipped"])
+            got = cache.get(seg)
+            if got is None or got[0] != state:
+                got = cache[seg] = (state, sorted(off for off, _n in q))
+            offs = got[1]
+            i = bisect.bisect_left(offs, start)
+            return i < len(offs) and offs[i] < end
+        self.index.reservations.zap_due = zap_due
 
     def _check_recovered(self, now: float) -> None:
         with self._lock:
@@ -246,8 +275,35 @@ class MasterService:
                 out.append([int(getattr(e, "code", -1)), str(e)])
         return out
 
-    def rpc_put_end(self, key: str, flags: int = 0) -> None:
-        self.index.put_end(_str(key), flags)
+    def rpc_put_end(self, key: str, flags: int = 0, reserve: Any = None) -> Any:
+        """reserve = [owner, record bytes, reservation given back or 0]: the answer is then
+        the owner's next reservation (master/reserve.py) or None."""
+        if not (isinstance(reserve, list) and len(reserve) == 3) \
+                or self._stripes(reserve[1], None):
+            self.index.put_end(_str(key), flags)
+            return None
+        owner, record, give_back = reserve
+        return self._reservation(self.index.put_end_reserve(_str(key), flags, owner, record,
+                                                            give_back))
+
+    def rpc_put_commit(self, owner: str, rid: int, key: str, size: int, flags: int = 0,
+                       upsert: bool = False, record: int = 0) -> list:
+        """A put written into a reservation: [COMMITTED | EXISTED | GONE, next reservation]."""
+        if self._stripes(record, None):
+            record = 0
+        code, nxt = self.index.put_commit(_str(owner), rid, _str(key), size, flags,
+                                          bool(upsert), record)
+        return [code, self._reservation(nxt)]
+
+    def _reservation(self, got: Any) -> list | None:
+        if got is None:
+            return None
+        rid, sl = got
+        # How long the client may start writing into it, counted from before it asked: at
+        # most half the timeout (the rest covers the write and commit), and short, because
+        # a leader that took over knows nothing of it and may hand the slice out again.
+        use_ms = min(self.config.put_timeout_ms // 2, RESERVE_USE_MS)
+        return [rid, replicas_to_wire([(sl,)]), use_ms]
 
     def rpc_batch_put_end(self, keys: list, flags: int = 0) -> list:
         if isinstance(keys, list) and all(type(k) is str for k in keys):
