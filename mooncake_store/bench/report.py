@@ -178,7 +178,8 @@ def _print_small(records: list[dict], console: Console, mooncake: list[dict] | N
     for col in ("op", "path", "ops/s", "p50 us", "p99 us"):
         t.add_column(col, justify="left" if col in ("op", "path") else "right")
     if mooncake is not None:
-        for col in ("Mooncake ops/s", "Mooncake p50 us", "Mooncake path", "ours / Mooncake"):
+        for col in ("Mooncake ops/s", "Mooncake p50 us", "Mooncake p99 us", "Mooncake path",
+                    "ours / Mooncake"):
             t.add_column(col, justify="right")
     t.add_column("read")
     for r in rows:
@@ -187,7 +188,8 @@ def _print_small(records: list[dict], console: Console, mooncake: list[dict] | N
         if mooncake is not None:
             m = match(r, mooncake)
             cells += [_f(m and m.get("ops_per_s"), "{:,.0f}"), _f(m and m.get("p50_us"), "{:.1f}"),
-                      _path_cell(r, m), _ratio(r["ops_per_s"], m and m.get("ops_per_s"))]
+                      _f(m and m.get("p99_us"), "{:.1f}"), _path_cell(r, m),
+                      _ratio(r["ops_per_s"], m and m.get("ops_per_s"))]
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
