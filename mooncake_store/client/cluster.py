@@ -33,7 +33,7 @@ from ..master.wire import lookup_from_wire, rc_to_wire, replicas_from_wire
 from ..replica import Replica, ReplicateConfig, Slice
 from ..codec import FIXED_SIZE, encode_header, header_size
 from ..master.cluster_index import parse_stripe_key, stripe_key
-from ..rpc import RpcClient
+from ..rpc.client import RpcClient, RpcClients
 from ..transfer import READ, WRITE
 
 log = logging.getLogger("mooncake_store.client")
@@ -61,7 +61,7 @@ class MasterClient:
         self.timeout_ms = timeout_ms
         self.token = token
         self.resolve = resolve
-        self._clients: dict[str, RpcClient] = {}
+        self._clients = RpcClients(timeout_ms, token)
         self._addrs = addresses
         self._current = addresses[0] if addresses else ""
         self._ok = False      # the current master answered the last call: no need to ask etcd
@@ -75,11 +75,7 @@ class MasterClient:
         return self._current
 
     def _client(self, addr: str) -> RpcClient:
-        with self._lock:
-            c = self._clients.get(addr)
-            if c is None:
-                c = self._clients[addr] = RpcClient(addr, self.timeout_ms, token=self.token)
-            return c
+        return self._clients.get(addr)
 
     def _candidates(self, ask: bool = True) -> tuple[list[str], bool]:
         """Masters to try, in order, and whether etcd failed to answer. While the current
@@ -138,10 +134,7 @@ class MasterClient:
         raise _as_rpc_error(method, last, window)
 
     def close(self) -> None:
-        with self._lock:
-            for c in self._clients.values():
-                c.close()
-            self._clients.clear()
+        self._clients.close()
 
 
 class RemoteIndex:

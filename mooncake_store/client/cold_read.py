@@ -21,7 +21,7 @@ from typing import Any
 
 from .._engine import ffi, lib
 from ..errors import InvalidParams, NoSpace, RpcFailed, RpcTimeout, StoreError, TransferFailed
-from ..rpc import RpcClient
+from ..rpc.client import RpcClients
 
 log = logging.getLogger("mooncake_store.client")
 
@@ -35,18 +35,11 @@ class ColdReader:
         self.session = session
         self.timeout_ms = timeout_ms
         self.token = token
-        self._clients: dict[str, RpcClient] = {}
+        self._clients = RpcClients(timeout_ms, token)
         self._release: dict[str, list[int]] = {}   # node address -> tickets to hand back
         self._lock = threading.Lock()
         self.counters = {"cold_reads": 0, "cold_read_bytes": 0, "cold_read_failures": 0,
                          "put_room_waits": 0}
-
-    def _client(self, addr: str) -> RpcClient:
-        with self._lock:
-            c = self._clients.get(addr)
-            if c is None:
-                c = self._clients[addr] = RpcClient(addr, self.timeout_ms, token=self.token)
-            return c
 
     def read_into(self, tier_name: str, key: str, kb: bytes, dst: Any, dst_len: int,
                   size: int) -> int:
@@ -56,7 +49,7 @@ class ColdReader:
         with self._lock:
             release = self._release.pop(addr, [])
         try:
-            st = self._client(addr).call("stage", key, tier, release)
+            st = self._clients.get(addr).call("stage", key, tier, release)
         except (RpcFailed, RpcTimeout) as e:
             self.counters["cold_read_failures"] += 1
             raise TransferFailed(f"key {key!r}: the node holding its {tier} copy is "
@@ -127,7 +120,4 @@ class ColdReader:
         return dict(self.counters)
 
     def close(self) -> None:
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for c in clients:
-            c.close()
+        self._clients.close()

@@ -195,14 +195,7 @@ class ClusterTiering:
                 if not obj.cold or not any(t.endswith(suffix) for t in obj.cold):
                     continue
                 obj.cold = tuple(t for t in obj.cold if not t.endswith(suffix))
-                if obj.tier == "dram":
-                    continue
-                if obj.cold:
-                    obj.tier = obj.cold[0]
-                elif obj.replicas:
-                    obj.tier = "dram"
-                else:
-                    del ix._objects[key]
+                if obj.tier != "dram" and not _retier(ix, key, obj):
                     self.counters["cold_lost"] += 1
 
     def apply_report(self, node_id: str, report: dict) -> None:
@@ -233,14 +226,7 @@ class ClusterTiering:
                     continue
                 self.counters["cold_drops"] += 1
                 obj.cold = tuple(t for t in obj.cold if t != src)
-                if obj.tier != src:
-                    continue
-                if obj.cold:
-                    obj.tier = obj.cold[0]
-                elif obj.replicas:
-                    obj.tier = "dram"
-                else:
-                    del ix._objects[key]
+                if obj.tier == src and not _retier(ix, key, obj):
                     ix.counters["evictions"] += 1
 
     # ---- planning (the master's ticker) -----------------------------------------------------------------
@@ -500,3 +486,16 @@ class ClusterTiering:
         return {"nodes": {n.node_id: {"rpc": n.rpc, "tiers": n.usage, "demoting": n.demoting}
                           for n in self.nodes.values()},
                 "tasks_in_flight": len(self._tasks), **self.counters}
+
+
+def _retier(ix: Any, key: str, obj: Any) -> bool:
+    """Point reads at the copy that is left after one went away; False (and the object
+    dropped from the index) when none is left. Call under ix.lock."""
+    if obj.cold:
+        obj.tier = obj.cold[0]
+    elif obj.replicas:
+        obj.tier = "dram"
+    else:
+        del ix._objects[key]
+        return False
+    return True

@@ -243,35 +243,18 @@ class ObjectIndex:
             return obj.lookup()
 
     def batch_get_replicas(self, keys: Sequence[str]) -> list[Lookup | None]:
-        now = self.clock()
-        until = now + self.lease_s
-        out: list[Lookup | None] = []
-        with self.lock:
-            self.policy.hint_prefix(keys)
-            objects, on_access = self._objects, self.policy.on_access
-            hits = 0
-            for key in keys:
-                obj = objects.get(key)
-                if obj is None:
-                    out.append(None)
-                    continue
-                hits += 1
-                obj.lease_until = until
-                if obj._x is not None and obj.tier != "dram":
-                    out.append(self._cold_lookup(obj))
-                    continue
-                on_access(key)
-                out.append(obj.lookup())
-            self.counters["hits"] += hits
-            self.counters["misses"] += len(keys) - hits
-        return out
+        return self._batch_lookup(keys, packed=False)
 
     def batch_get_packed(self, keys: Sequence[str]) -> list[int | Lookup | None]:
         """batch_get_replicas for the wire: an object whose replica is one packed slice
         comes back as its packed bits (objmeta.unpack_loc reads them), any other as a
         Lookup, a missing one as None. Saves building a Lookup and Slice per key."""
+        return self._batch_lookup(keys, packed=True)
+
+    def _batch_lookup(self, keys: Sequence[str], packed: bool) -> list:
+        # One loop for both answers: it is the hottest batch path, so no per-key calls.
         until = self.clock() + self.lease_s
-        out: list[int | Lookup | None] = []
+        out: list = []
         with self.lock:
             self.policy.hint_prefix(keys)
             objects, on_access = self._objects, self.policy.on_access
@@ -285,7 +268,7 @@ class ObjectIndex:
                 obj.lease_until = until
                 if obj._x is None:
                     on_access(key)
-                    out.append(obj._loc)
+                    out.append(obj._loc if packed else obj.lookup())
                 elif obj.tier != "dram":
                     out.append(self._cold_lookup(obj))
                 else:

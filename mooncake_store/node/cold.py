@@ -36,7 +36,7 @@ from ..errors import ChecksumMismatch, InvalidParams, ObjectNotFound, StoreError
 from ..master.allocator import Allocator
 from .segment import DramSegment
 from .tier import TierBackend
-from .tiering import _COLD_HIGH, _header_bytes, read_value, store_record, verified_record
+from .tiering import _COLD_HIGH, push_down, read_value, store_record, verified_record
 
 log = logging.getLogger("mooncake_store.node")
 
@@ -278,15 +278,7 @@ class NodeCold:
                     return
                 key = next(iter(self._lru[tier]))
             kb = _kb(key)
-            moved = False
-            if nxt is not None:
-                try:
-                    hdr, value = backend.read_record(kb)
-                    self._make_room(nxt, hdr.header_len + hdr.value_len)
-                    self.backends[nxt].put(kb, value, header=_header_bytes(backend, kb, hdr))
-                    moved = True
-                except StoreError as e:
-                    log.warning("push-down of %r from %s failed: %s", key, tier, e)
+            moved = nxt is not None and push_down(self.backends, tier, nxt, kb, self._make_room)
             with self._lock:
                 self._lru[tier].pop(key, None)
                 if moved:

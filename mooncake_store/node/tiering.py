@@ -229,15 +229,7 @@ class TierManager:
                 key = next(iter(self._lru[tier]))
                 del self._lru[tier][key]
             kb = key.encode()
-            moved = False
-            if nxt is not None:
-                try:
-                    hdr, value = backend.read_record(kb)
-                    self._make_room(nxt, hdr.header_len + hdr.value_len)
-                    self.backends[nxt].put(kb, value, header=_header_bytes(backend, kb, hdr))
-                    moved = True
-                except StoreError as e:
-                    log.warning("push-down of %r from %s failed: %s", key, tier, e)
+            moved = nxt is not None and push_down(self.backends, tier, nxt, kb, self._make_room)
             if moved and self._move_cold(key, tier, nxt):
                 self.counters["pushed_down"] += 1
                 self._touch(nxt, key)
@@ -343,6 +335,19 @@ def read_value(backend: TierBackend, kb: bytes, dst: Any, dst_len: int) -> tuple
         raise InvalidParams(f"buffer of {dst_len} bytes is smaller than the value")
     ffi.memmove(dst, raw, len(raw))
     return hdr, len(raw)
+
+
+def push_down(backends: dict, tier: str, nxt: str, kb: bytes, make_room: Any) -> bool:
+    """Copy one verified record from `tier` to the next tier down, verbatim; False on failure."""
+    backend = backends[tier]
+    try:
+        hdr, value = backend.read_record(kb)
+        make_room(nxt, hdr.header_len + hdr.value_len)
+        backends[nxt].put(kb, value, header=_header_bytes(backend, kb, hdr))
+        return True
+    except StoreError as e:
+        log.warning("push-down of %r from %s failed: %s", kb, tier, e)
+        return False
 
 
 def _header_bytes(backend: TierBackend, kb: bytes, hdr: Any) -> bytes:

@@ -213,3 +213,26 @@ class RpcClient:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class RpcClients:
+    """One RpcClient per server address, made on first use and closed together."""
+
+    def __init__(self, timeout_ms: int, token: str = "") -> None:
+        self.timeout_ms = timeout_ms
+        self.token = token
+        self._clients: dict[str, RpcClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, addr: str) -> RpcClient:
+        with self._lock:
+            c = self._clients.get(addr)
+            if c is None:
+                c = self._clients[addr] = RpcClient(addr, self.timeout_ms, token=self.token)
+            return c
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for c in clients:
+            c.close()

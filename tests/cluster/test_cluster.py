@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 from mooncake_store import ReplicateConfig
 from mooncake_store.errors import ErrorCode, ObjectNotFound, RpcFailed, RpcTimeout, StoreError
 
-from support.cluster import store, wait_nodes
+from support.cluster import after_master_restart, store, wait_nodes
 from support.net import free_port
 from support.procs import wait_until
 
@@ -180,13 +179,7 @@ def test_master_restart_rebuilds_index_from_node_inventories(cluster):
     with store(m.addr) as s:
         for k, v in values.items():
             s.put(k, v, ReplicateConfig(replica_num=2 if k.endswith("7") else 1))
-    m.kill()
-    m2 = cluster.master(port=port)
-    with store(m2.addr) as s:
-        wait_until(lambda: len(s.stats()["nodes"]) == 2, what="nodes re-registered")
-        assert sorted(s.keys()) == sorted(values)
-        for k, v in values.items():
-            assert s.get(k) == v
+    with after_master_restart(cluster, m, port, values, nodes=2) as s:
         assert len(s._index.stat("inv/7")["replicas"]) == 2
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from mooncake_store import ReplicateConfig
 
-from support.cluster import store, wait_nodes
+from support.cluster import after_master_restart, store, wait_nodes
 from support.net import free_port
 from support.procs import wait_until
 
@@ -46,11 +46,6 @@ def test_striped_objects_regain_replicas_after_node_kill9(cluster):
         assert st["repairs_done"] >= 3 and st.get("lost", 0) == 0
     # A new master rebuilds from the inventories: replicas regrouped from parts written as
     # different replica numbers are reassembled whole.
-    m.kill()
-    m2 = cluster.master(port=port)
-    with store(m2.addr) as s:
-        wait_until(lambda: len(s.stats()["nodes"]) == 2, what="nodes re-registered")
-        assert sorted(s.keys()) == sorted(values)
-        for k, v in values.items():
+    with after_master_restart(cluster, m, port, values, nodes=2) as s:
+        for k in values:
             assert len(s._index.stat(k)["replicas"]) == 2, k
-            assert s.get(k) == v

@@ -148,7 +148,8 @@ def test_promotion_on_hit(cluster, tmp_path):
         assert s.stats()["cold"]["promotions"] >= len(cold)
 
 
-def test_ssd_full_pushes_down_to_s3(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch):
+def _ssd_over_s3_node(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    """A master (no promotion) and one node: 8 MB DRAM over a 2 MB SSD over SeaweedFS S3."""
     monkeypatch.setenv("MOONCAKE_S3_ACCESS_KEY_ID", seaweedfs.access_key)
     monkeypatch.setenv("MOONCAKE_S3_SECRET_ACCESS_KEY", seaweedfs.secret_key)
     m = cluster.master("--promotion", "off")
@@ -156,6 +157,11 @@ def test_ssd_full_pushes_down_to_s3(cluster, tmp_path, seaweedfs, s3_bucket, mon
                  "--s3-endpoint-url", seaweedfs.endpoint, "--s3-region", seaweedfs.region,
                  "--cold-codec", "none", dram="8MB")
     wait_nodes(m.addr, 1)
+    return m
+
+
+def test_ssd_full_pushes_down_to_s3(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch):
+    m = _ssd_over_s3_node(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch)
     with store(m.addr) as s:
         vals = _fill(s)
         wait_until(lambda: s.stats()["cold"]["cold_moves"] > 0, what="a push-down reported")
@@ -168,13 +174,7 @@ def test_ssd_full_pushes_down_to_s3(cluster, tmp_path, seaweedfs, s3_bucket, mon
 def test_s3_frozen_node_keeps_heartbeating(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch):
     """Push-downs to a frozen S3 stall only the node's cold worker: the node stays a member
     and its DRAM and SSD objects stay readable; once S3 is back everything is readable."""
-    monkeypatch.setenv("MOONCAKE_S3_ACCESS_KEY_ID", seaweedfs.access_key)
-    monkeypatch.setenv("MOONCAKE_S3_SECRET_ACCESS_KEY", seaweedfs.secret_key)
-    m = cluster.master("--promotion", "off")
-    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:2MB", "--s3-bucket", s3_bucket,
-                 "--s3-endpoint-url", seaweedfs.endpoint, "--s3-region", seaweedfs.region,
-                 "--cold-codec", "none", dram="8MB")
-    wait_nodes(m.addr, 1)
+    m = _ssd_over_s3_node(cluster, tmp_path, seaweedfs, s3_bucket, monkeypatch)
     with store(m.addr) as s:
         vals = _fill(s, 100)         # the SSD (2 MB) is full: more demotions push down to S3
         wait_until(lambda: s.stats()["cold"]["cold_moves"] > 0, what="a push-down to S3")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -112,6 +113,21 @@ def wait_nodes(master: str, n: int) -> None:
     """Until the master lists exactly n nodes."""
     with store(master) as s:
         wait_until(lambda: len(s.stats()["nodes"]) == n, what=f"{n} nodes registered")
+
+
+@contextmanager
+def after_master_restart(cluster: "Cluster", master: Proc, port: int, values: dict, nodes: int):
+    """kill -9 `master`, start a new one on the same port, and yield a client of it once
+    `nodes` nodes re-registered and every key of `values` reads back byte-exact (the index
+    was rebuilt from the nodes' inventories)."""
+    master.kill()
+    m2 = cluster.master(port=port)
+    with store(m2.addr) as s:
+        wait_until(lambda: len(s.stats()["nodes"]) == nodes, what="nodes re-registered")
+        assert sorted(s.keys()) == sorted(values)
+        for k, v in values.items():
+            assert s.get(k) == v, k
+        yield s
 
 
 class Etcd:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import numpy as np
 
 from mooncake_store.errors import ErrorCode
 from mooncake_store.transfer import READ, TransferEngine
+
+from support.procs import run_threads
+from support.transfer import sync_roundtrips
 
 KiB = 1 << 10
 
@@ -22,14 +24,7 @@ def test_lone_small_requests_are_exact_and_reuse_one_connection(shared_target):
     te = TransferEngine(use_shm=False, streams=2, timeout_ms=10_000)
     with te:
         rng = np.random.default_rng(5)
-        for _ in range(150):
-            n = int(rng.integers(1, 64 * KiB + 1))
-            off = int(rng.integers(0, size - n))
-            src = rng.integers(0, 256, size=n, dtype=np.uint8)
-            assert te.transfer_sync_write(shared_target.name, src, base + off, n) == 0
-            out = np.zeros(n, dtype=np.uint8)
-            assert te.transfer_sync_read(shared_target.name, out, base + off, n) == 0
-            assert np.array_equal(src, out)
+        sync_roundtrips(te, shared_target.name, base, size, rng, 150, 64 * KiB)
         # Larger than the inline cap: the streams, as before.
         big = rng.integers(0, 256, size=1 << 20, dtype=np.uint8)
         assert te.transfer_sync_write(shared_target.name, big, base, big.nbytes) == 0
@@ -61,31 +56,20 @@ def test_lone_requests_from_many_threads(shared_target):
     streams meanwhile. Every result is exact."""
     base, size = shared_target.regions["plain"]
     te = TransferEngine(use_shm=False, timeout_ms=10_000)
-    errors: list[BaseException] = []
-
     def work(i: int) -> None:
-        try:
-            rng = np.random.default_rng(40 + i)
-            at = base + i * (size // 4)
-            for _ in range(100):
-                n = int(rng.integers(1, 16 * KiB))
-                src = rng.integers(0, 256, size=n, dtype=np.uint8)
-                assert te.transfer_sync_write(shared_target.name, src, at, n) == 0
-                out = np.zeros(n, dtype=np.uint8)
-                bid = te.submit(shared_target.name, READ, [out], [at], [n])
-                assert [s.state for s in te.wait(bid)] == ["completed"]
-                assert np.array_equal(src, out)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        rng = np.random.default_rng(40 + i)
+        at = base + i * (size // 4)
+        for _ in range(100):
+            n = int(rng.integers(1, 16 * KiB))
+            src = rng.integers(0, 256, size=n, dtype=np.uint8)
+            assert te.transfer_sync_write(shared_target.name, src, at, n) == 0
+            out = np.zeros(n, dtype=np.uint8)
+            bid = te.submit(shared_target.name, READ, [out], [at], [n])
+            assert [s.state for s in te.wait(bid)] == ["completed"]
+            assert np.array_equal(src, out)
 
     with te:
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
+        run_threads(work, 4)
 
 
 def test_stalled_peer_times_out_once_then_recovers(make_target):

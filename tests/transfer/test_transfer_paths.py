@@ -1,7 +1,6 @@
 """Correctness of shm and tcp transfers against a target in another process."""
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -9,6 +8,9 @@ import pytest
 
 from mooncake_store.errors import ErrorCode
 from mooncake_store.transfer import READ, WRITE, TransferEngine
+
+from support.procs import run_threads
+from support.transfer import sync_roundtrips
 
 MiB = 1 << 20
 # (initiator uses shm?, target region): shm maps the memfd; "tcp" is forced;
@@ -70,37 +72,18 @@ def test_random_batches_read_after_write(path):
 
 def test_random_sizes_and_offsets_single(path):
     te, target, (base, size) = path
-    rng = np.random.default_rng(11)
-    for _ in range(12):
-        n = int(rng.integers(1, 4 * MiB))
-        off = int(rng.integers(0, size - n))
-        src = rng.integers(0, 256, size=n, dtype=np.uint8)
-        assert te.transfer_sync_write(target.name, src, base + off, n) == 0
-        out = np.empty(n, dtype=np.uint8)
-        assert te.transfer_sync_read(target.name, out, base + off, n) == 0
-        assert np.array_equal(src, out)
+    sync_roundtrips(te, target.name, base, size, np.random.default_rng(11), 12, 4 * MiB - 1)
 
 
 def test_threads_at_once(path):
     te, target, (base, size) = path
     quarter = size // 4
-    errors: list[BaseException] = []
-
     def work(i):
-        try:
-            rng = np.random.default_rng(100 + i)
-            for n, mx in ((16, 2 * MiB), (128, 64 << 10), (2, 8 * MiB)):
-                _roundtrip(te, target, base + i * quarter, quarter, rng, n, mx)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        rng = np.random.default_rng(100 + i)
+        for n, mx in ((16, 2 * MiB), (128, 64 << 10), (2, 8 * MiB)):
+            _roundtrip(te, target, base + i * quarter, quarter, rng, n, mx)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads)
+    run_threads(work, 4)
 
 
 def test_torch_and_bytes_buffers(path):
