@@ -1,5 +1,6 @@
-"""The CI-sized soak (bench/soak.py): ~10 s of mixed ops on an embedded store with
-an SSD tier under eviction pressure; every read verified, resources bounded."""
+"""The CI-sized soaks (bench/soak.py): 10 s of mixed ops on an embedded store and one
+minute on a 3-node cluster, both with SSD tiers under eviction pressure; every read
+verified, resources bounded."""
 from __future__ import annotations
 
 import os
@@ -36,10 +37,11 @@ def test_short_soak(monkeypatch):
 
 
 def test_short_cluster_soak(monkeypatch):
-    """The same workload through a master + 3 node processes, each with an SSD tier the
-    master demotes to (DRAM is a third of the working set)."""
+    """The CI's one-minute cluster soak: the same workload through a master + 3 node
+    processes, each with an SSD tier the master demotes to (DRAM is a third of the
+    working set)."""
     monkeypatch.delenv("MOONCAKE_AUTH_TOKEN", raising=False)
-    args = soak.argparse.Namespace(minutes=0, seconds=6, threads=2, keys=600, max_kib=32,
+    args = soak.argparse.Namespace(minutes=0, seconds=60, threads=2, keys=600, max_kib=32,
                                    dram="4MB", ssd="64MB", cluster=True, progress=False)
     out = soak.run(args)
     assert out["wrong_bytes"] == 0, out["wrong_examples"]
