@@ -11,7 +11,6 @@ object that fell below its replica count gets a new replica on another node.
 """
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import math
@@ -85,7 +84,6 @@ class MasterService:
         self.cluster = ClusterIndex(self.index)
         self.tombstones = Tombstones(clock)   # freed records, invalidated on their nodes
         self.tombstones.attach(self.index)
-        self._watch_zaps()
         self.tiers = ClusterTiering(self)      # cold tiers on nodes (demote/promote tasks)
         self.role = "leader"          # leader | recovering | standby (election: meta/election.py)
         self.leader_hint = ""
@@ -170,38 +168,12 @@ class MasterService:
         self.index = ObjectIndex(self.config)
         self.cluster = ClusterIndex(self.index)
         self.tombstones.attach(self.index)
-        self._watch_zaps()
         self.tiers.attach(self.index)
         self.nodes.clear()
         self.segdesc.clear()
         self.want.clear()
         self._repair.clear()
         self._tasks.clear()
-
-    def _watch_zaps(self) -> None:
-        """Reservations avoid freed records still waiting for their tombstone
-        (master/reserve.py); called under the index lock, where the queue changes."""
-        ts = self.tombstones
-        cache: dict[str, tuple[tuple, list[int]]] = {}   # segment -> (queue state, offsets)
-
-        def zap_due(seg: str, start: int, end: int) -> bool:
-            q = ts._queued.get(seg)
-            if not q:
-                return False
-            if len(q) <= 64:
-                return any(start <= off < end for off, _n in q)
-            # A long queue (after a mass removal) stays as it is between heartbeats: its
-            # offsets are sorted once per change (the queue only appends and pops from the
-            # left, so the counts of both identify its content).
-            c = ts.counters
-            state = (id(q), c["zaps_queued"], c["zaps_sent"] + c["zaps_skipped"])
-            got = cache.get(seg)
-            if got is None or got[0] != state:
-                got = cache[seg] = (state, sorted(off for off, _n in q))
-            offs = got[1]
-            i = bisect.bisect_left(offs, start)
-            return i < len(offs) and offs[i] < end
-        self.index.reservations.zap_due = zap_due
 
     def _check_recovered(self, now: float) -> None:
         with self._lock:

@@ -52,6 +52,7 @@ class Tombstones:
         self._lent: dict[int, tuple[str, Any, int, float]] = {}
         self._lent_at: dict[str, dict[int, int]] = {}
         self._ids = itertools.count(1)
+        self._sorted: dict[str, tuple[tuple, list[int]]] = {}   # segment -> (queue state, offsets)
         self.counters = {"zaps_queued": 0, "zaps_sent": 0, "zaps_done": 0, "zaps_skipped": 0,
                          "zaps_dropped": 0, "zap_lines_lent": 0}
 
@@ -62,8 +63,12 @@ class Tombstones:
         self._held = {}
         self._lent = {}
         self._lent_at = {}
+        self._sorted = {}
         index.on_free = self._freed
         index.on_no_room = self.no_room
+        # A reservation may stay unwritten for put_timeout_ms, so it must never cover a
+        # freed record whose zap is still queued (master/reserve.py).
+        index.reservations.zap_due = self.due_in
 
     def _freed(self, sl: Slice) -> None:
         # Called under the index lock from every free: keep it to an append.
@@ -76,6 +81,26 @@ class Tombstones:
         self.counters["zaps_queued"] += 1
         if self._lent:
             self._rehold_within(sl)
+
+    def due_in(self, seg: str, start: int, end: int) -> bool:
+        """Whether a freed record still queued for its zap starts inside [start, end) of
+        `seg`. Called under the index lock, where the queue changes."""
+        q = self._queued.get(seg)
+        if not q:
+            return False
+        if len(q) <= 64:
+            return any(start <= off < end for off, _n in q)
+        # A long queue (after a mass removal) stays as it is between heartbeats: its
+        # offsets are sorted once per change (the queue only appends and pops from the
+        # left, so the counts of both identify its content).
+        c = self.counters
+        state = (id(q), c["zaps_queued"], c["zaps_sent"] + c["zaps_skipped"])
+        got = self._sorted.get(seg)
+        if got is None or got[0] != state:
+            got = self._sorted[seg] = (state, sorted(off for off, _n in q))
+        offs = got[1]
+        i = bisect.bisect_left(offs, start)
+        return i < len(offs) and offs[i] < end
 
     def take(self, segments: list[str]) -> list[list]:
         """Zaps for a heartbeating node: [id, segment, offset, length] each, header lines held."""
