@@ -9,25 +9,16 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 import harness
 from harness import Load, cf, lost, report, value, verify
 
 from mooncake_store import ReplicateConfig, Store
 from mooncake_store.errors import StoreError
-from mooncake_store.rpc import RpcClient
+
+from support.cluster import master_role
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TWO = ReplicateConfig(replica_num=2)
-
-
-def _role(addr: str) -> str:
-    try:
-        with RpcClient(addr, timeout_ms=500) as c:
-            return c.call("ping")["role"]
-    except Exception:  # noqa: BLE001 - a dead master has no role
-        return "dead"
 
 
 def _preload(s, n: int, prefix: str) -> set[str]:
@@ -70,7 +61,7 @@ def test_storage_node_kill9_under_load(cluster):
 def test_master_leader_kill9_with_standby(cluster, etcd):
     ttl = ["--node-ttl-ms", "2000"]
     masters = [cluster.master("--etcd", etcd.endpoint, *ttl) for _ in range(2)]
-    leader = cf.wait_until(lambda: next((x for x in masters if _role(x.addr) == "leader"), None),
+    leader = cf.wait_until(lambda: next((x for x in masters if master_role(x.addr) == "leader"), None),
                            what="a leader")
     standby = next(x for x in masters if x is not leader)
     for _ in range(2):
@@ -84,7 +75,7 @@ def test_master_leader_kill9_with_standby(cluster, etcd):
         time.sleep(2)
         leader.kill()
         t_kill = time.monotonic()
-        harness.wait_recovered(lambda: _role(standby.addr) == "leader", timeout=20)
+        harness.wait_recovered(lambda: master_role(standby.addr) == "leader", timeout=20)
         # Recovered: a put and a get through the new leader succeed.
         harness.wait_recovered(lambda: (s.upsert("probe", value("probe")), verify("probe", s.get("probe")))[1],
                                timeout=20)
@@ -168,7 +159,7 @@ def test_etcd_kill9_10s_then_restart_under_load(cluster, etcd):
     ttl = ["--node-ttl-ms", "2000"]
     timeout_ms = 2000
     masters = [cluster.master("--etcd", etcd.endpoint, *ttl) for _ in range(2)]
-    cf.wait_until(lambda: any(_role(x.addr) == "leader" for x in masters), what="a leader")
+    cf.wait_until(lambda: any(master_role(x.addr) == "leader" for x in masters), what="a leader")
     for _ in range(2):
         cluster.node("etcd", "--etcd", etcd.endpoint, *ttl)
     s = Store(master="etcd", metadata_server=etcd.endpoint, global_segment_size=0,
@@ -187,7 +178,7 @@ def test_etcd_kill9_10s_then_restart_under_load(cluster, etcd):
         restart_s = harness.restart_etcd(etcd)
         recovery = harness.wait_recovered(
             lambda: (s.upsert("probe", value("probe")), verify("probe", s.get("probe")))[1]
-            and any(_role(x.addr) == "leader" for x in masters), timeout=30)
+            and any(master_role(x.addr) == "leader" for x in masters), timeout=30)
         time.sleep(2)
         load.stop()
         gone = lost(s, pre | load.acked)

@@ -8,19 +8,11 @@ import pytest
 
 from mooncake_store import ReplicateConfig, Store
 from mooncake_store.meta.etcd import EtcdClient, leader_key
-from mooncake_store.rpc import RpcClient
 
+from support.cluster import master_role
 from support.procs import wait_until
 
 TTL = ["--node-ttl-ms", "2000"]
-
-
-def _role(addr: str) -> str:
-    try:
-        with RpcClient(addr, timeout_ms=500) as c:
-            return c.call("ping")["role"]
-    except Exception:  # noqa: BLE001 - a dead master has no role
-        return "dead"
 
 
 def _etcd_store(etcd, **kw) -> Store:
@@ -47,10 +39,10 @@ def test_etcd_client_basics(etcd):
 
 def test_leader_failover_keeps_every_object(cluster, etcd):
     masters = [cluster.master("--etcd", etcd.endpoint, *TTL) for _ in range(2)]
-    leader = wait_until(lambda: next((m for m in masters if _role(m.addr) == "leader"), None),
+    leader = wait_until(lambda: next((m for m in masters if master_role(m.addr) == "leader"), None),
                         what="a leader elected")
     standby = next(m for m in masters if m is not leader)
-    assert _role(standby.addr) == "standby"
+    assert master_role(standby.addr) == "standby"
     assert EtcdClient(etcd.endpoint).get(leader_key("default")) == leader.addr
     for _ in range(2):
         cluster.node("etcd", "--etcd", etcd.endpoint, *TTL)
@@ -62,7 +54,7 @@ def test_leader_failover_keeps_every_object(cluster, etcd):
             s.put(k, v, ReplicateConfig(replica_num=2 if i % 4 == 0 else 1))
         leader.kill()                                     # kill -9 the leader
         t0 = time.monotonic()
-        wait_until(lambda: _role(standby.addr) in ("leader", "recovering"), timeout=15,
+        wait_until(lambda: master_role(standby.addr) in ("leader", "recovering"), timeout=15,
                    what="standby takes over")
         takeover_s = time.monotonic() - t0
         # The same client follows the new leader by itself; nothing reads as missing.
@@ -79,7 +71,7 @@ def test_leader_failover_keeps_every_object(cluster, etcd):
 
 def test_node_lease_expiry_drops_the_node(cluster, etcd):
     m = cluster.master("--etcd", etcd.endpoint, "--node-ttl-ms", "60000")   # heartbeats alone: slow
-    wait_until(lambda: _role(m.addr) == "leader", what="leader")
+    wait_until(lambda: master_role(m.addr) == "leader", what="leader")
     nodes = [cluster.node("etcd", "--etcd", etcd.endpoint, *TTL) for _ in range(2)]
     s = _etcd_store(etcd)
     try:
@@ -101,7 +93,7 @@ def test_removed_objects_stay_removed_after_failover(cluster, etcd):
     from mooncake_store.errors import ObjectNotFound
 
     masters = [cluster.master("--etcd", etcd.endpoint, *TTL) for _ in range(2)]
-    leader = wait_until(lambda: next((m for m in masters if _role(m.addr) == "leader"), None),
+    leader = wait_until(lambda: next((m for m in masters if master_role(m.addr) == "leader"), None),
                         what="a leader elected")
     standby = next(m for m in masters if m is not leader)
     for _ in range(2):
@@ -133,7 +125,7 @@ def test_removed_objects_stay_removed_after_failover(cluster, etcd):
         evicted = {f"ev/{i}" for i in range(80)} - before
         assert evicted and kept.keys() <= before
         leader.kill()                                     # kill -9 the leader
-        wait_until(lambda: _role(standby.addr) == "leader", timeout=15, what="standby leads")
+        wait_until(lambda: master_role(standby.addr) == "leader", timeout=15, what="standby leads")
         for k in removed + sorted(evicted):
             assert not s.exists(k)
             with pytest.raises(ObjectNotFound):

@@ -115,6 +115,18 @@ def wait_nodes(master: str, n: int) -> None:
         wait_until(lambda: len(s.stats()["nodes"]) == n, what=f"{n} nodes registered")
 
 
+def master_role(addr: str) -> str:
+    """What a master says it is ("leader", "standby", "recovering"), or "dead" when it
+    does not answer within half a second."""
+    from mooncake_store.rpc import RpcClient
+
+    try:
+        with RpcClient(addr, timeout_ms=500) as c:
+            return c.call("ping")["role"]
+    except Exception:  # noqa: BLE001 - a dead master has no role
+        return "dead"
+
+
 @contextmanager
 def after_master_restart(cluster: "Cluster", master: Proc, port: int, values: dict, nodes: int):
     """kill -9 `master`, start a new one on the same port, and yield a client of it once
