@@ -79,7 +79,8 @@ class Store:
 
     def _init_cluster(self, cfg: Config) -> None:
         """Cluster mode: index calls go to the master, bytes to the nodes (client/cluster.py)."""
-        from .cluster import ClusterSession, put_reserved, reserved_put_size
+        from .cluster import ClusterSession
+        from .put_batch import put_reserved, reserved_put_size
         from .cold_read import ColdReader
 
         # Small puts go through reservations: their write plus one round trip.
