@@ -28,6 +28,7 @@ log = logging.getLogger("mooncake_store.client")
 ROOM_WAIT_S = 5.0        # how long a put waits for demotions to make room
 MAX_PENDING_RELEASES = 64
 PERSIST_WAIT_S = 60.0    # a write-through to S3 retries for up to 30 s on the node
+MAX_FALLBACKS = 4        # other cold copies a read tries after the one its lookup named
 
 
 class ColdReader:
@@ -39,10 +40,46 @@ class ColdReader:
         self._release: dict[str, list[int]] = {}   # node address -> tickets to hand back
         self._lock = threading.Lock()
         self.counters = {"cold_reads": 0, "cold_read_bytes": 0, "cold_read_failures": 0,
-                         "put_room_waits": 0}
+                         "cold_read_fallbacks": 0, "put_room_waits": 0}
 
     def read_into(self, tier_name: str, key: str, kb: bytes, dst: Any, dst_len: int,
                   size: int) -> int:
+        """Read the copy the lookup named; when that fails (its node died and the master
+        has not noticed yet, the copy was dropped or fails verification), ask the master
+        for the object's other cold copies and read one of those. Every copy is checked
+        against its CRC, so a fallback never serves other bytes than the first would have."""
+        try:
+            return self._read_copy(tier_name, key, dst, dst_len)
+        except InvalidParams:
+            raise
+        except StoreError as first:
+            tried = {tier_name}
+            for _ in range(MAX_FALLBACKS):
+                other = self._other_copy(key, tried)
+                if other is None:
+                    break
+                tried.add(other)
+                try:
+                    n = self._read_copy(other, key, dst, dst_len)
+                except InvalidParams:
+                    raise
+                except StoreError:
+                    continue
+                self.counters["cold_read_fallbacks"] += 1
+                return n
+            raise first
+
+    def _other_copy(self, key: str, tried: set[str]) -> str | None:
+        """A cold copy of key not tried yet, from the master (raises ObjectNotFound when the
+        object is gone meanwhile)."""
+        st = self.session.master.call("stat", key)
+        for c in st.get("cold") or ():
+            name = f"{c.get('tier')}@{c.get('address')}"
+            if name not in tried:
+                return name
+        return None
+
+    def _read_copy(self, tier_name: str, key: str, dst: Any, dst_len: int) -> int:
         tier, _, addr = tier_name.partition("@")
         if not addr:
             raise TransferFailed(f"key {key!r}: tier {tier_name!r} names no node")

@@ -40,6 +40,8 @@ DEMOTE_TASKS_PER_NODE = 256      # in flight per node
 SCAN_PER_TICK = 20_000           # LRU entries looked at per tick when choosing victims
 PROMOTIONS_PER_TICK = 64
 MAX_QUEUED_PROMOTIONS = 4096     # hits beyond it are not queued (a later hit tries again)
+COLD_REPAIRS_PER_TICK = 64
+COLD_REPAIR_RETRY_S = 2.0        # a failed cold copy is tried again after this
 UNHEALTHY_S = 5.0                # after a failed demotion, eviction may drop for this long
 STARVED_S = 0.5                  # after eviction deferred to demotion, demote below the watermark
 
@@ -70,6 +72,7 @@ class ColdTask:
     replica: Replica | None = None   # demote: the DRAM replica copied
     slice: Slice | None = None       # promote: the reserved DRAM room
     tier: str = ""                   # qualified tier name
+    src: str = ""                    # fetch: the qualified tier copied from
 
 
 class ClusterTiering:
@@ -86,9 +89,13 @@ class ClusterTiering:
         self._lock = threading.Lock()
         self._starved = -1e9            # last time eviction deferred to a demotion
         self._persist: dict[str, str] = {}   # key -> pending | ok | failed (write-through)
+        self._durable: set[str] = set()      # keys written through: keep a cold copy
+        self._cold_repair: dict[str, None] = {}   # keys that may lack cold copies (ordered)
+        self._cold_later: deque[tuple[float, str]] = deque()   # failed copies, retried later
         self.counters = {"demotions": 0, "demote_failures": 0, "promotions": 0,
                          "promote_failures": 0, "cold_moves": 0, "cold_drops": 0, "cold_lost": 0,
-                         "forgets": 0}
+                         "forgets": 0, "cold_copies_lost": 0, "cold_repairs": 0,
+                         "cold_repair_failures": 0, "striped_demotions": 0}
         self.attach(svc.index)
 
     def attach(self, index: Any) -> None:
@@ -100,6 +107,9 @@ class ClusterTiering:
         self._promote.clear()
         self._forget.clear()
         self._persist.clear()
+        self._durable.clear()
+        self._cold_repair.clear()
+        self._cold_later.clear()
 
     @property
     def ix(self) -> Any:
@@ -107,19 +117,54 @@ class ClusterTiering:
 
     # ---- index hooks (called under the index lock: never block, never take svc._lock) -------------
     def keeps(self, obj: Obj) -> bool:
-        segs = self.ix.segments
-        if not obj.replicas or len(obj.replicas[0]) != 1:
-            return False   # striped: no single node can demote it
+        if not obj.replicas:
+            return False
         now = self.svc.clock()
-        for r in obj.replicas:
-            seg = segs.get(r[0].segment)
-            node = self.nodes.get(seg.node) if seg is not None else None
-            if node is not None and node.unhealthy_until <= now:
-                # Eviction wanted this space: demote now even below the watermark (free
-                # space may be too fragmented for the record that needs it).
-                self._starved = now
-                return True
+        if any(self._demoter(r, now) is not None for r in obj.replicas):
+            # Eviction wanted this space: demote now even below the watermark (free
+            # space may be too fragmented for the record that needs it).
+            self._starved = now
+            return True
         return False
+
+    def _demoter(self, replica: Replica, now: float | None, busy_ok: bool = True) -> ColdNode | None:
+        """The healthy tiered node that demotes this replica: the node of a single-slice
+        replica; for a striped one, the tiered node holding most of its bytes (it gathers
+        the other parts from their nodes). None when no such node exists."""
+        segs = self.ix.segments
+        held: dict[str, int] = {}
+        for sl in replica:
+            seg = segs.get(sl.segment)
+            if seg is None:
+                return None          # a part is gone: stripe repair regroups it first
+            node = self.nodes.get(seg.node)
+            if node is not None and (now is None or node.unhealthy_until <= now) \
+                    and (busy_ok or node.demoting < DEMOTE_TASKS_PER_NODE):
+                held[node.node_id] = held.get(node.node_id, 0) + sl.length
+        if not held:
+            return None
+        return self.nodes[max(held, key=held.__getitem__)]
+
+    def _demote_task(self, key: str, obj: Obj, replica: Replica, node: ColdNode, tid: int,
+                     tier: str | None = None) -> dict | None:
+        """The node task copying `replica` into the node's tier: `demote` for one record of
+        its own segment, `gather` for a striped replica (parts read from their nodes).
+        Call with svc._lock held (segment descriptors)."""
+        if len(replica) == 1:
+            sl = replica[0]
+            task = {"kind": "demote", "id": tid, "key": key, "segment": sl.segment,
+                    "offset": sl.offset, "length": sl.length}
+        else:
+            parts = []
+            for sl in replica:
+                d = self.svc.segdesc.get(sl.segment)
+                if d is None:
+                    return None
+                parts.append([sl.segment, d.endpoint, d.base + sl.offset, sl.length])
+            task = {"kind": "gather", "id": tid, "key": key, "size": obj.size, "parts": parts}
+        if tier is not None:
+            task["tier"] = tier
+        return task
 
     def on_cold_hit(self, obj: Obj) -> None:
         obj.cold_hits += 1
@@ -133,6 +178,7 @@ class ClusterTiering:
 
     def forget(self, key: str, tiers: tuple[str, ...]) -> None:
         self._forget.append((key, tuple(tiers)))
+        self._durable.discard(key)   # removed or replaced: a new put asks again
 
     # ---- nodes ---------------------------------------------------------------------------------------
     def add_node(self, node_id: str, cold: dict) -> int:
@@ -146,7 +192,11 @@ class ClusterTiering:
             self.node_lost(old)
         self.nodes[node_id] = ColdNode(node_id, rpc, tiers, dict(cold.get("usage") or {}))
         self._by_rpc[rpc] = node_id
-        return self._adopt(node_id, rpc, cold.get("inventory") or {})
+        n = self._adopt(node_id, rpc, cold.get("inventory") or {})
+        # A new tiered node may be the room a cold object short of copies waits for.
+        for key in list(self.svc.want)[:1 << 16]:
+            self._cold_repair[key] = None
+        return n
 
     def _adopt(self, node_id: str, rpc: str, inventory: dict) -> int:
         """Records found in the node's tiers become readable again (warm restart). A record
@@ -175,28 +225,48 @@ class ClusterTiering:
         return n
 
     def node_lost(self, node_id: str) -> None:
-        """Its cold copies are gone with it; objects with no copy left are lost.
+        """A node died or left (before its segments are unmounted). Its cold copies are gone
+        with it: dropped from the index, so neither reads nor `mstore stat` name them; an
+        object with another copy reads from that one and is queued to get its copy count
+        back; an object with no copy left is removed (counted in `cold_lost`), never served.
         Called with svc._lock held."""
         node = self.nodes.pop(node_id, None)
-        if node is None:
-            return
-        self._by_rpc.pop(node.rpc, None)
-        suffix = "@" + node.rpc
         ix = self.ix
+        segs = {name for name, seg in ix.segments.items() if seg.node == node_id}
         with ix.lock:
-            for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
-                task = self._tasks.pop(tid)
-                task.obj.busy = False
-                if task.kind == "persist" and task.key in self._persist:
-                    self._persist[task.key] = "failed"
-                if task.slice is not None:
-                    ix._free_replicas([(task.slice,)])
+            if node is not None:
+                self._by_rpc.pop(node.rpc, None)
+                self._drop_tasks(node_id)
+            suffix = "@" + node.rpc if node is not None else None
             for key, obj in list(ix._objects.items()):
-                if not obj.cold or not any(t.endswith(suffix) for t in obj.cold):
-                    continue
-                obj.cold = tuple(t for t in obj.cold if not t.endswith(suffix))
-                if obj.tier != "dram" and not _retier(ix, key, obj):
-                    self.counters["cold_lost"] += 1
+                if not obj.cold:
+                    continue   # DRAM-only objects: the segment's unmount deals with them
+                if suffix is not None and any(t.endswith(suffix) for t in obj.cold):
+                    obj.cold = tuple(t for t in obj.cold if not t.endswith(suffix))
+                    self.counters["cold_copies_lost"] += 1
+                    if obj.tier != "dram" and not _retier(ix, key, obj):
+                        self.counters["cold_lost"] += 1
+                        ix.counters["lost"] = ix.counters.get("lost", 0) + 1
+                        continue
+                    self._cold_repair[key] = None
+                if obj.cold and obj.tier == "dram" and obj.replicas \
+                        and all(any(sl.segment in segs for sl in r) for r in obj.replicas):
+                    # Every DRAM replica goes with the node but a cold copy lives elsewhere:
+                    # read that one (the unmount keeps an object whose tier is not DRAM).
+                    obj.tier = obj.cold[0]
+                    self._cold_repair[key] = None
+
+    def _drop_tasks(self, node_id: str) -> None:
+        """Tasks of a lost node are void; their objects are free for new tasks (ix.lock held)."""
+        for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
+            task = self._tasks.pop(tid)
+            task.obj.busy = False
+            if task.kind == "persist" and task.key in self._persist:
+                self._persist[task.key] = "failed"
+            if task.slice is not None:
+                self.ix._free_replicas([(task.slice,)])
+            if task.kind == "fetch":
+                self._cold_repair[task.key] = None
 
     def apply_report(self, node_id: str, report: dict) -> None:
         """A node's heartbeat: its tiers' usage and the moves/drops it made itself."""
@@ -240,7 +310,8 @@ class ClusterTiering:
                 forgets = self._drain_forgets()
                 demotes = self._plan_demotions(now)
                 promotes = self._plan_promotions(now)
-            for node_id, task in forgets + demotes + promotes:
+                copies = self._plan_cold_repairs(now)
+            for node_id, task in forgets + demotes + promotes + copies:
                 self._send(node_id, task)
 
     def _send(self, node_id: str, task: dict) -> None:
@@ -281,28 +352,30 @@ class ClusterTiering:
                 break
             obj = ix._objects.get(key)
             if obj is None or obj.busy or obj.cold or obj.tier != "dram" or not obj.replicas \
-                    or len(obj.replicas[0]) != 1 or obj.pin == PIN_HARD \
-                    or (obj.pin == PIN_SOFT and obj.pin_until > now):
+                    or obj.pin == PIN_HARD or (obj.pin == PIN_SOFT and obj.pin_until > now):
                 continue
-            replica = next((r for r in obj.replicas if r[0].segment in budget), None)
+            replica = next((r for r in obj.replicas if any(s.segment in budget for s in r)), None)
             if replica is None:
                 continue
-            sl = replica[0]
-            seg = ix.segments[sl.segment]
-            node = self.nodes[seg.node]
-            if node.demoting >= DEMOTE_TASKS_PER_NODE:
-                budget.pop(sl.segment, None)
+            node = self._demoter(replica, now, busy_ok=False)
+            if node is None:
+                if len(replica) == 1:   # its node has its hands full
+                    budget.pop(replica[0].segment, None)
+                continue
+            tid = next(self.svc._task_ids)
+            task = self._demote_task(key, obj, replica, node, tid)
+            if task is None:
                 continue
             obj.busy = True
             node.demoting += 1
-            tid = next(self.svc._task_ids)
-            self._tasks[tid] = ColdTask("demote", key, seg.node, obj, now + 2 * ttl + 10.0,
+            self._tasks[tid] = ColdTask("demote", key, node.node_id, obj, now + 2 * ttl + 10.0,
                                         replica=replica, tier=f"{node.tiers[0]}@{node.rpc}")
-            out.append((seg.node, {"kind": "demote", "id": tid, "key": key, "segment": sl.segment,
-                                   "offset": sl.offset, "length": sl.length}))
-            budget[sl.segment] -= sl.length
-            if budget[sl.segment] <= 0:
-                del budget[sl.segment]
+            out.append((node.node_id, task))
+            for sl in replica:
+                if sl.segment in budget:
+                    budget[sl.segment] -= sl.length
+                    if budget[sl.segment] <= 0:
+                        del budget[sl.segment]
         return out
 
     def _plan_promotions(self, now: float) -> list[tuple[str, dict]]:
@@ -334,6 +407,59 @@ class ClusterTiering:
             out.append((node_id, {"kind": "promote", "id": tid, "key": key, "tier": tier,
                                   "segment": name, "offset": off, "length": length}))
         return out
+
+    def _plan_cold_repairs(self, now: float) -> list[tuple[str, dict]]:
+        """Objects short of cold copies get one more: a cold-only object wants as many copies,
+        on distinct nodes, as its replica_num; a written-through DRAM object wants one durable
+        copy. The new copy is made by a tiered node holding none (`fetch` from a node that
+        has one, or a write-through from a DRAM replica). svc._lock and ix.lock held."""
+        while self._cold_later and self._cold_later[0][0] <= now:
+            self._cold_repair[self._cold_later.popleft()[1]] = None
+        ix, out = self.ix, []
+        ttl = self.svc.config.node_ttl_ms / 1000.0
+        for _ in range(min(COLD_REPAIRS_PER_TICK, len(self._cold_repair))):
+            key = next(iter(self._cold_repair))
+            del self._cold_repair[key]
+            obj = ix._objects.get(key)
+            if obj is None or not obj.complete:
+                continue
+            if obj.busy:
+                self._cold_later.append((now + COLD_REPAIR_RETRY_S, key))
+                continue
+            if obj.replicas:
+                if key in self._durable and not obj.cold and not self._persist_task(key, obj, now):
+                    self._cold_later.append((now + COLD_REPAIR_RETRY_S, key))
+                continue
+            holders = {self._by_rpc.get(split_tier(t)[1]): t for t in obj.cold}
+            holders.pop(None, None)
+            if not holders or len(holders) >= self.svc.want.get(key, 1):
+                continue
+            target = self._copy_target(set(holders), now)
+            if target is None:
+                continue   # no tiered node without a copy: a joining one re-queues it
+            src = next(iter(holders.values()))
+            tid = next(self.svc._task_ids)
+            obj.busy = True
+            tier = f"{target.tiers[0]}@{target.rpc}"
+            self._tasks[tid] = ColdTask("fetch", key, target.node_id, obj, now + 2 * ttl + 30.0,
+                                        tier=tier, src=src)
+            src_tier, src_rpc = split_tier(src)
+            out.append((target.node_id, {"kind": "fetch", "id": tid, "key": key, "src": src_rpc,
+                                         "src_tier": src_tier}))
+        return out
+
+    def _copy_target(self, exclude: set[str], now: float) -> ColdNode | None:
+        """A healthy tiered node (not in `exclude`) with the most free room in its first tier."""
+        best, room = None, -1
+        for node in self.nodes.values():
+            if node.node_id in exclude or node.unhealthy_until > now \
+                    or node.node_id not in self.svc.nodes:
+                continue
+            u = node.usage.get(node.tiers[0]) or {}
+            free = int(u.get("capacity", 0)) - int(u.get("used", 0))
+            if free > room:
+                best, room = node, free
+        return best
 
     def _expire(self, now: float) -> None:
         for tid in [t for t, task in self._tasks.items() if task.deadline <= now]:
@@ -370,6 +496,8 @@ class ClusterTiering:
                 return False, False
             if task.kind == "persist":
                 return self._finish_persist(task, ok, current and task.replica in obj.replicas)
+            if task.kind == "fetch":
+                return self._finish_fetch(task, ok, current)
             if node is not None:
                 node.demoting = max(0, node.demoting - 1)
             if not current or task.replica not in obj.replicas:
@@ -393,8 +521,30 @@ class ClusterTiering:
             replicas, obj.replicas, obj.tier = obj.replicas, [], task.tier
             ix._graveyard_or_free(replicas, obj.lease_until)
             self.counters["demotions"] += 1
+            self.counters["striped_demotions"] += len(task.replica) > 1
             ix.counters["demotions"] = ix.counters.get("demotions", 0) + 1
+            if self.svc.want.get(task.key, 1) > 1:
+                self._cold_repair[task.key] = None   # replica_num > 1: as many cold copies
             return True, False
+
+    def _finish_fetch(self, task: ColdTask, ok: bool, current: bool) -> tuple[bool, bool]:
+        """Under the index lock: record the copied cold copy (unless the object changed)."""
+        obj = task.obj
+        if not ok:
+            self.counters["cold_repair_failures"] += 1
+            if current:
+                self._cold_later.append((self.svc.clock() + COLD_REPAIR_RETRY_S, task.key))
+            return False, False
+        if not current:
+            # Removed or replaced meanwhile: the copy holds an old value (a same-object check,
+            # so a source copy that moved or died meanwhile does not matter).
+            newer = self.ix._objects.get(task.key)
+            return False, not (newer is not None and task.tier in newer.cold)
+        if task.tier not in obj.cold:
+            obj.cold = obj.cold + (task.tier,)
+        self.counters["cold_repairs"] += 1
+        self._cold_repair[task.key] = None   # still short? planned again
+        return True, False
 
     # ---- write-through (ReplicateConfig.persist) ---------------------------------------------------------
     def persist(self, key: str) -> str:
@@ -411,27 +561,31 @@ class ClusterTiering:
                     return "ok"        # demoted already: a node's tier holds it
                 if obj.busy:
                     return "busy"      # a demotion is copying it right now: ask again
-                pick = None
-                for r in obj.replicas:
-                    seg = ix.segments.get(r[0].segment)
-                    node = self.nodes.get(seg.node) if seg is not None else None
-                    if node is not None and len(r) == 1:
-                        pick = (r, node)
-                        break
-                if pick is None:
+                if not self._persist_task(key, obj, now):
                     return "none"
-                (sl,), node = pick[0], pick[1]
-                obj.busy = True
-                tid = next(self.svc._task_ids)
-                tier = node.tiers[-1]
-                self._tasks[tid] = ColdTask("persist", key, node.node_id, obj,
-                                            now + 2 * self.svc.config.node_ttl_ms / 1000.0 + 40.0,
-                                            replica=pick[0], tier=f"{tier}@{node.rpc}")
                 self._persist[key] = "pending"
-            self._send(node.node_id, {"kind": "demote", "id": tid, "key": key, "tier": tier,
-                                      "segment": sl.segment, "offset": sl.offset,
-                                      "length": sl.length})
             return "pending"
+
+    def _persist_task(self, key: str, obj: Obj, now: float) -> bool:
+        """Send the write-through copy of a DRAM object to the last tier of a node holding
+        (part of) a replica. False: no node holding it has a tier. svc._lock and ix.lock held."""
+        for r in obj.replicas:
+            node = self._demoter(r, None)   # health aside: a write-through is asked for now
+            if node is None:
+                continue
+            tid = next(self.svc._task_ids)
+            tier = node.tiers[-1]
+            task = self._demote_task(key, obj, r, node, tid, tier)
+            if task is None:
+                continue
+            obj.busy = True
+            self._durable.add(key)
+            self._tasks[tid] = ColdTask("persist", key, node.node_id, obj,
+                                        now + 2 * self.svc.config.node_ttl_ms / 1000.0 + 40.0,
+                                        replica=r, tier=f"{tier}@{node.rpc}")
+            self._send(node.node_id, task)
+            return True
+        return False
 
     def persisted(self, key: str) -> str:
         """pending | ok | failed; a final answer is given once."""
@@ -456,8 +610,11 @@ class ClusterTiering:
         """For a put that found no room: "yes" (a DRAM extent fits it now), "wait" (a healthy
         tiered node can demote to make it) or "no" (waiting cannot help: fail at once)."""
         ix, now = self.ix, self.svc.clock()
+        stripe = self.svc.config.stripe_size
         with ix.lock:
             segs = [s for s in ix.segments.values() if s.tier == "dram"]
+            if stripe and need > stripe and len(segs) > 1:
+                return self._stripe_room(need, stripe, segs, now)
             if any(s.allocator.largest_free() >= s.allocator.round(need) for s in segs):
                 return "yes"
             for s in segs:
@@ -466,6 +623,21 @@ class ClusterTiering:
                     self._starved = now    # demote below the watermark: someone waits
                     return "wait"
             return "no"
+
+    def _stripe_room(self, need: int, stripe: int, segs: list, now: float) -> str:
+        """room() for a value that is striped: k parts of about need/k bytes (plus a header)
+        anywhere in the DRAM segments. Counts whole parts per segment's largest free extent
+        (now) or capacity (after demotions)."""
+        k = -(-need // stripe)
+        part = -(-need // k) + 4160          # the part's header, rounded up generously
+        if sum(s.allocator.largest_free() // part for s in segs) >= k:
+            return "yes"
+        if any(self.nodes.get(s.node) is not None
+               and self.nodes[s.node].unhealthy_until <= now for s in segs) \
+                and sum(s.capacity // part for s in segs) >= k:
+            self._starved = now
+            return "wait"
+        return "no"
 
     # ---- introspection ------------------------------------------------------------------------------------
     def describe(self, key: str) -> dict:

@@ -166,8 +166,13 @@ class NodeAgent:
         if kind == "forget":
             self.cold.forget(task["key"])
             return   # no answer expected
-        m = self.mounted.get(task["segment"])
-        if m is None:
+        m = self.mounted.get(task.get("segment"))
+        if kind == "gather":     # a striped object, joined into one cold record (node/cold.py)
+            ok = self.cold.gather(self.mounted, task["key"], task["size"], task["parts"],
+                                  task.get("tier"))
+        elif kind == "fetch":    # a cold copy from another node's tier
+            ok = self.cold.fetch(task["key"], task["src"], task["src_tier"], task.get("tier"))
+        elif m is None:
             ok = False
         elif kind == "demote":
             ok = self.cold.demote(m.segment, task["offset"], task["length"], task["key"],

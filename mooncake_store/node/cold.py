@@ -9,6 +9,11 @@ serves cold reads without the master in the byte path:
     the node's DRAM segment the master reserved;
   * `forget` (a master task): drop the node's cold copy of a key (removed or
     replaced object);
+  * `gather` (a master task): demote a striped object: read its parts from the
+    nodes holding them, verify each, store the joined value as one record;
+  * `fetch` (a master task): copy a cold object from another node's tier (its
+    staging RPC, then the transfer engine) into this node's first tier, so an
+    object keeps its copy count when a node dies;
   * a full tier pushes its least recently used records one tier down, or drops
     them in the last tier; those moves are reported to the master with the
     next heartbeat (`take_report`);
@@ -31,17 +36,22 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from .._engine import ffi, lib
+from ..codec import FIXED_SIZE, MAX_KEY_LEN, encode_header
 from ..config import Config
-from ..errors import ChecksumMismatch, InvalidParams, ObjectNotFound, StoreError
+from ..errors import (ChecksumMismatch, InvalidParams, ObjectNotFound, StoreError,
+                      TransferFailed)
 from ..master.allocator import Allocator
+from . import inventory
 from .segment import DramSegment
 from .tier import TierBackend
-from .tiering import _COLD_HIGH, push_down, read_value, store_record, verified_record
+from .tiering import (_COLD_HIGH, _codec, _elem_size, push_down, read_value, store_record,
+                      verified_record)
 
 log = logging.getLogger("mooncake_store.node")
 
 TICKET_TTL_S = 10.0          # a staged value not released by then is freed anyway
 MAX_REPORT = 4096            # moves/drops reported per heartbeat
+MAX_PARTS = 4096             # parts of one striped object a gather accepts
 
 
 def _kb(key: str) -> bytes:
@@ -68,7 +78,8 @@ class NodeCold:
         self._report: dict[str, list] = {}   # key -> ["moved", src, dst] | ["dropped", tier]
         self.counters = {"demoted": 0, "promoted": 0, "forgotten": 0, "pushed_down": 0,
                          "cold_dropped": 0, "staged": 0, "stage_failures": 0,
-                         "demote_failures": 0, "promote_failures": 0}
+                         "demote_failures": 0, "promote_failures": 0, "gathered": 0,
+                         "fetched": 0}
         self._stage = DramSegment(stage_bytes, "mcs-stage")
         rc = engine.register_memory(self._stage.base, self._stage.size, fd=self._stage.fd)
         if rc != 0:
@@ -77,6 +88,7 @@ class NodeCold:
         self._stage_alloc = Allocator(stage_bytes, 64)
         self._tickets: dict[int, tuple[int, int, float, bool]] = {}  # id -> (addr, len, until, own)
         self._ticket_ids = itertools.count(1)
+        self._peers: Any = None              # RPC clients of other nodes (fetch)
         self.inventory = self._scan()
         self.rpc = RpcServer({"stage": self.rpc_stage, "release": self.rpc_release},
                              host, 0, config.auth_token)
@@ -152,12 +164,7 @@ class NodeCold:
                 return False
             self._make_room(tier, hdr.header_len + hdr.value_len)
             store_record(self.backends[tier], hdr, ptr, self.config.cold_codec)
-            with self._lock:
-                stale = [t for t in self.order if t != tier and self._lru[t].pop(key, 1) is None]
-                self._report.pop(key, None)   # an older move/drop of this key is moot now
-                self._touch(tier, key)
-            for t in stale:                   # one cold copy per key on a node
-                self.backends[t].remove(hdr.key)
+            self._placed(tier, key)
             self.counters["demoted"] += 1
             return True
         except StoreError as e:
@@ -197,6 +204,143 @@ class NodeCold:
             self.backends[tier].remove(_kb(key))
         self.counters["forgotten"] += 1
 
+    # ---- values that come from elsewhere: striped objects, a peer's cold copy -------------------
+    def gather(self, mounted: dict, key: str, size: int, parts: list, tier: str | None = None) -> bool:
+        """Demote (or persist) a striped object: read its k part records, from this node's
+        segment or over the transfer engine from the nodes holding them, check that each
+        verifies and names part i of k of `key`, `size` bytes in all, and store the joined
+        value as one ordinary record of `key`. One record keeps cold reads, promotion,
+        push-down and warm restart exactly as for any other object.
+        `parts`: [segment, endpoint, address, length] per part, in order."""
+        tier = tier or self.order[0]
+        try:
+            if tier not in self.backends or not _parts_ok(key, size, parts):
+                raise InvalidParams(f"malformed gather task for {key!r}")
+            raw = bytearray(sum(p[3] for p in parts))
+            spans = self._read_parts(mounted, raw, parts)
+            views, crc, flags, epoch = [], 0, 0, 0
+            mv = memoryview(raw)
+            base = ffi.from_buffer(raw)
+            info = ffi.new("mcs_rec_info *")
+            for i, (at, length) in enumerate(spans):
+                if not inventory.verify_part(base + at, length, key, [i, len(parts), size]) \
+                        or lib.mcs_rec_check_header(base + at, length, ffi.NULL, 0, info) != 0 \
+                        or info.codec != 0:
+                    raise ChecksumMismatch(f"part {i} of {key!r} failed verification")
+                hlen, vlen = info.header_len, info.value_len
+                views.append(mv[at + hlen:at + hlen + vlen])
+                crc = lib.mcs_crc32c_combine(crc, info.value_crc, vlen) if i else info.value_crc
+                flags, epoch = info.flags, max(epoch, info.epoch)
+            if sum(len(v) for v in views) != size:
+                raise ChecksumMismatch(f"the parts of {key!r} do not add up to {size} bytes")
+            self._store_value(tier, key, views, size, crc, flags, epoch)
+            self.counters["gathered"] += 1
+            return True
+        except StoreError as e:
+            self.counters["demote_failures"] += 1
+            log.warning("gathering striped %r into %s failed: %s", key, tier, e)
+            return False
+
+    def _read_parts(self, mounted: dict, raw: bytearray, parts: list) -> list[tuple[int, int]]:
+        """Copy every part record into `raw`, back to back: local parts with a memcpy, the
+        others in one transfer batch per node, all submitted before any is waited on."""
+        from ..transfer import READ
+
+        base = ffi.from_buffer(raw)
+        addr0 = int(ffi.cast("uintptr_t", base))
+        local = self.engine.get_local_hostname()
+        by_peer: dict[str, list] = {}
+        spans, at = [], 0
+        for seg, endpoint, addr, length in parts:
+            m = mounted.get(seg)
+            if m is not None and endpoint == local:
+                off = addr - m.segment.base
+                if off < 0 or off + length > m.segment.size:
+                    raise InvalidParams(f"part at {addr:#x} lies outside segment {seg}")
+                ffi.memmove(base + at, m.segment.ptr + off, length)
+            else:
+                by_peer.setdefault(endpoint, []).append((addr0 + at, addr, length))
+            spans.append((at, length))
+            at += length
+        pending = []
+        try:
+            for endpoint, reqs in by_peer.items():
+                pending.append(self.engine.submit(endpoint, READ, [r[0] for r in reqs],
+                                                  [r[1] for r in reqs], [r[2] for r in reqs]))
+        finally:
+            statuses = [self.engine.wait(bid) for bid in pending]
+        if any(x.state != "completed" for st in statuses for x in st):
+            raise TransferFailed("reading a part from its node failed")
+        return spans
+
+    def fetch(self, key: str, src: str, src_tier: str, tier: str | None = None) -> bool:
+        """Copy `key` from the cold tier of the node whose staging RPC is `src` into our
+        `tier` (default: the first): stage there, read over the transfer engine, check the
+        CRC, store. Re-replication of a cold object after a node holding a copy died."""
+        tier = tier or self.order[0]
+        if tier not in self.backends or not isinstance(key, str) or not isinstance(src, str):
+            return False
+        try:
+            peer = self._peer(src)
+            st = peer.call("stage", key, src_tier, [])
+            n = int(st["len"])
+            try:
+                buf = bytearray(max(n, 1))
+                self.engine.read(st["endpoint"], int(ffi.cast("uintptr_t", ffi.from_buffer(buf))),
+                                 int(st["addr"]), n)
+            finally:
+                peer.call("release", st["ticket"])
+            crc = lib.mcs_crc32c(0, ffi.from_buffer(buf), n)
+            if crc != st["crc"]:
+                raise ChecksumMismatch(f"the staged copy of {key!r} changed in transit")
+            self._store_value(tier, key, [memoryview(buf)[:n]], n, crc, int(st.get("flags", 0)),
+                              int(st.get("epoch", 0)))
+            self.counters["fetched"] += 1
+            return True
+        except StoreError as e:
+            self.counters["demote_failures"] += 1
+            log.warning("fetching %r from %s (%s) failed: %s", key, src, src_tier, e)
+            return False
+
+    def _peer(self, addr: str) -> Any:
+        """An RPC client of another node's staging server (cold worker thread only)."""
+        if self._peers is None:
+            from ..rpc.client import RpcClients
+
+            self._peers = RpcClients(max(1000, self.config.rpc_timeout_ms), self.config.auth_token)
+        return self._peers.get(addr)
+
+    def _store_value(self, tier: str, key: str, views: list, size: int, crc: int, flags: int,
+                     epoch: int) -> None:
+        """Store a verified value (parts stored concatenated) as the key's one cold copy on
+        this node: compressed when the codec saves enough, else verbatim under a header
+        whose CRC the tier re-checks while copying."""
+        kb = _kb(key)
+        backend = self.backends[tier]
+        self._make_room(tier, 4096 + size)
+        codec = _codec()
+        done = False
+        if codec is not None and self.config.cold_codec != "none":
+            value = views[0] if len(views) == 1 else b"".join(views)
+            cid, payload = codec.encode(value, elem_size=_elem_size(flags, value),
+                                        codec=self.config.cold_codec)
+            if cid != 0:
+                backend.put(kb, payload, codec=cid, raw_len=size, flags=flags, epoch=epoch)
+                done = True
+            views = [value]
+        if not done:
+            backend.put(kb, views, header=encode_header(kb, size, crc, epoch=epoch, flags=flags))
+        self._placed(tier, key)
+
+    def _placed(self, tier: str, key: str) -> None:
+        """`key` now has its copy in `tier`: one cold copy per key on a node."""
+        with self._lock:
+            stale = [t for t in self.order if t != tier and self._lru[t].pop(key, 1) is None]
+            self._report.pop(key, None)   # an older move/drop of this key is moot now
+            self._touch(tier, key)
+        for t in stale:
+            self.backends[t].remove(_kb(key))
+
     # ---- cold reads (RPC from clients) -------------------------------------------------------------------
     def rpc_stage(self, key: str, tier: str, release: list | None = None) -> dict:
         for t in release or ():
@@ -231,7 +375,7 @@ class NodeCold:
         self.counters["staged"] += 1
         crc = lib.mcs_crc32c(0, ffi.cast("char *", addr), n)
         return {"endpoint": self.engine.get_local_hostname(), "addr": addr, "len": n, "crc": crc,
-                "flags": hdr.flags, "ticket": ticket}
+                "flags": hdr.flags, "epoch": hdr.epoch, "ticket": ticket}
 
     def rpc_release(self, ticket: int) -> bool:
         with self._lock:
@@ -315,6 +459,8 @@ class NodeCold:
 
     def close(self) -> None:
         self.rpc.close()
+        if self._peers is not None:
+            self._peers.close()
         for b in self.backends.values():
             try:
                 b.close()
@@ -325,6 +471,20 @@ class NodeCold:
         except StoreError:
             pass
         self._stage.close()
+
+
+def _parts_ok(key: str, size: int, parts: list) -> bool:
+    """A gather task's numbers are sane: a size, 2..MAX_PARTS parts of plausible lengths."""
+    if not isinstance(key, str) or not isinstance(size, int) or size <= 0 \
+            or not isinstance(parts, list) or not 1 < len(parts) <= MAX_PARTS:
+        return False
+    most = size + len(parts) * (FIXED_SIZE + MAX_KEY_LEN + 128)   # values + their headers
+    for p in parts:
+        if not (isinstance(p, (list, tuple)) and len(p) == 4 and isinstance(p[0], str)
+                and isinstance(p[1], str) and isinstance(p[2], int) and p[2] > 0
+                and isinstance(p[3], int) and FIXED_SIZE < p[3] <= most):
+            return False
+    return size < sum(p[3] for p in parts) <= most
 
 
 def open_backends(cfg: Config, ssd: str = "") -> list[tuple[str, TierBackend]]:
