@@ -28,6 +28,7 @@ log = logging.getLogger("mooncake_store.client")
 ROOM_WAIT_S = 5.0        # how long a put waits for demotions to make room
 MAX_PENDING_RELEASES = 64
 PERSIST_WAIT_S = 60.0    # a write-through to S3 retries for up to 30 s on the node
+ROOM_AGAIN_S = 1.0       # a put asking again this soon after a "yes" needed more room
 MAX_FALLBACKS = 4        # other cold copies a read tries after the one its lookup named
 
 
@@ -39,6 +40,7 @@ class ColdReader:
         self._clients = RpcClients(timeout_ms, token)
         self._release: dict[str, list[int]] = {}   # node address -> tickets to hand back
         self._lock = threading.Lock()
+        self._last_room = (0, -1e9, 1)                # need, when answered "yes", copies asked
         self.counters = {"cold_reads": 0, "cold_read_bytes": 0, "cold_read_failures": 0,
                          "cold_read_fallbacks": 0, "put_room_waits": 0}
 
@@ -122,15 +124,22 @@ class ColdReader:
     def demote_now(self, need: int) -> None:
         """A put found no room: the master keeps objects a node is about to demote, so wait
         (bounded) until some DRAM segment has a free extent the record fits in; at once
-        NoSpace when no node has a cold tier to demote to (a DRAM-only cluster)."""
+        NoSpace when no node has a cold tier to demote to (a DRAM-only cluster).
+        Store does not say how many replicas the put wants, so a put that fails again right
+        after a "yes" for the same size asks for one more segment with room each time (a
+        replica_num=2 put waits for two)."""
         self.counters["put_room_waits"] += 1
-        deadline = time.monotonic() + ROOM_WAIT_S
+        now = time.monotonic()
+        last_need, last_at, copies = self._last_room
+        copies = copies + 1 if last_need == need and now - last_at < ROOM_AGAIN_S else 1
+        deadline = now + ROOM_WAIT_S
         delay = 0.01
         while time.monotonic() < deadline:
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
-            answer = self.session.master.call("room", need)
+            answer = self.session.master.call("room", need, copies)
             if answer == "yes":
+                self._last_room = (need, time.monotonic(), copies)
                 return
             if answer != "wait":   # no node can demote to make room: fail now
                 raise NoSpace(f"no DRAM room for {need} bytes and no cold tier to make it")

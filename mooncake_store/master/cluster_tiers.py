@@ -500,11 +500,20 @@ class ClusterTiering:
                 return self._finish_fetch(task, ok, current)
             if node is not None:
                 node.demoting = max(0, node.demoting - 1)
+            if current and ok and task.tier not in obj.cold:
+                if task.replica not in obj.replicas:
+                    # Same object, its DRAM evicted meanwhile (it had a cold copy already): the
+                    # node verified the record's key and CRC, so this is a copy of this value.
+                    obj.cold = obj.cold + (task.tier,)
+                    self._cold_repair[task.key] = None
+                    return True, False
             if not current or task.replica not in obj.replicas:
                 # Removed or replaced meanwhile (its record may already be invalidated, so a
                 # failure here is no fault of the node): a copy made is stale unless a newer
                 # one is on its way to the same node (which will overwrite it).
                 if not ok:
+                    if current:
+                        self._cold_repair[task.key] = None
                     return False, False
                 newer = ix._objects.get(task.key)
                 keep = newer is not None and (task.tier in newer.cold or any(
@@ -515,17 +524,50 @@ class ClusterTiering:
                 self.counters["demote_failures"] += 1
                 if node is not None:
                     node.unhealthy_until = self.svc.clock() + UNHEALTHY_S
+                if obj.cold:     # a second copy failed: the object is below, DRAM may go
+                    self._cold_repair[task.key] = None
                 return False, False
-            obj.cold = obj.cold + (task.tier,)
+            if task.tier not in obj.cold:
+                obj.cold = obj.cold + (task.tier,)
+            if self._demote_more(task.key, obj):
+                return True, False     # replica_num > 1: DRAM stays until the next copy is in
             ix.policy.on_remove(task.key)
             replicas, obj.replicas, obj.tier = obj.replicas, [], task.tier
             ix._graveyard_or_free(replicas, obj.lease_until)
             self.counters["demotions"] += 1
             self.counters["striped_demotions"] += len(task.replica) > 1
             ix.counters["demotions"] = ix.counters.get("demotions", 0) + 1
-            if self.svc.want.get(task.key, 1) > 1:
-                self._cold_repair[task.key] = None   # replica_num > 1: as many cold copies
             return True, False
+
+    def _demote_more(self, key: str, obj: Obj) -> bool:
+        """An object of replica_num > 1 got a cold copy: have another node holding one of its
+        DRAM replicas copy that one into its own tier (a local copy) before the DRAM goes, so
+        the object never has fewer copies than it asked for. False when no such node is free
+        (the fetch repair adds the missing copies later). svc._lock and ix.lock held."""
+        want = self.svc.want.get(key, 1)
+        if want <= 1:
+            return False
+        have = {self._by_rpc.get(split_tier(t)[1]) for t in obj.cold}
+        if len(have - {None}) >= want:
+            return False
+        now = self.svc.clock()
+        for r in obj.replicas:
+            node = self._demoter(r, now, busy_ok=False)
+            if node is None or node.node_id in have:
+                continue
+            tid = next(self.svc._task_ids)
+            task = self._demote_task(key, obj, r, node, tid)
+            if task is None:
+                continue
+            obj.busy = True
+            node.demoting += 1
+            self._tasks[tid] = ColdTask("demote", key, node.node_id, obj,
+                                        now + 2 * self.svc.config.node_ttl_ms / 1000.0 + 10.0,
+                                        replica=r, tier=f"{node.tiers[0]}@{node.rpc}")
+            self._send(node.node_id, task)
+            return True
+        self._cold_repair[key] = None
+        return False
 
     def _finish_fetch(self, task: ColdTask, ok: bool, current: bool) -> tuple[bool, bool]:
         """Under the index lock: record the copied cold copy (unless the object changed)."""
@@ -606,16 +648,18 @@ class ClusterTiering:
             self._persist[task.key] = "ok" if ok or not current else "failed"
         return ok and current, ok and not current
 
-    def room(self, need: int) -> str:
-        """For a put that found no room: "yes" (a DRAM extent fits it now), "wait" (a healthy
-        tiered node can demote to make it) or "no" (waiting cannot help: fail at once)."""
+    def room(self, need: int, copies: int = 1) -> str:
+        """For a put that found no room: "yes" (DRAM extents on `copies` segments, or on
+        every segment when there are fewer, fit it now), "wait" (a healthy tiered node can
+        demote to make it) or "no" (waiting cannot help: fail at once)."""
         ix, now = self.ix, self.svc.clock()
         stripe = self.svc.config.stripe_size
         with ix.lock:
             segs = [s for s in ix.segments.values() if s.tier == "dram"]
             if stripe and need > stripe and len(segs) > 1:
-                return self._stripe_room(need, stripe, segs, now)
-            if any(s.allocator.largest_free() >= s.allocator.round(need) for s in segs):
+                return self._stripe_room(need * copies, stripe, segs, now)
+            fit = sum(s.allocator.largest_free() >= s.allocator.round(need) for s in segs)
+            if fit and fit >= min(copies, len(segs)):
                 return "yes"
             for s in segs:
                 node = self.nodes.get(s.node)

@@ -409,10 +409,10 @@ class MasterService:
         return {"key": key, "size": size, "replicas": reps, "replica_num": want,
                 "lease_ms": self.index.lease_remaining_ms(key), **self.tiers.describe(key)}
 
-    def rpc_room(self, need: int) -> str:
-        """Whether a record of `need` bytes fits in DRAM now: yes / wait / no (put backpressure
-        while nodes demote: client/cold_read.py)."""
-        return self.tiers.room(int(need))
+    def rpc_room(self, need: int, copies: int = 1) -> str:
+        """Whether `copies` records of `need` bytes fit in DRAM now: yes / wait / no (put
+        backpressure while nodes demote: client/cold_read.py)."""
+        return self.tiers.room(int(need), max(1, min(int(copies), 16)))
 
     def rpc_persist(self, key: str) -> str:
         """Write-through of a just-written object to a node's durable tier (cluster_tiers.py)."""

@@ -1,0 +1,76 @@
+"""Cold copies when a node dies (real master and three `mstore node --ssd` processes):
+objects with replica_num=2 keep two cold copies on distinct nodes (a tiered node fetches
+the second from the first); after kill -9 of a node, reads fall back to a surviving copy
+at once, the dead node's copies leave the index (`mstore stat` names only live nodes), the
+copy count is restored on the survivors, and objects whose only copy died are removed and
+counted, never served."""
+from __future__ import annotations
+
+import os
+
+from mooncake_store import ReplicateConfig
+
+from support.cluster import store, wait_nodes
+from support.procs import wait_until
+
+VALUE = 100_000
+
+
+def _copies(s, key: str) -> list[str]:
+    return [c["address"] for c in s._index.stat(key)["cold"]]
+
+
+def test_cold_copies_survive_a_node_kill9(cluster, tmp_path):
+    m = cluster.master("--promotion", "off")
+    nodes = [cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd{i}:64MB", dram="8MB")
+             for i in range(3)]
+    wait_nodes(m.addr, 3)
+    with store(m.addr) as s:
+        two, one = {}, {}
+        for i in range(40):         # the oldest: demoted first
+            one[f"r1-{i}"] = v = os.urandom(VALUE)
+            s.put(f"r1-{i}", v)
+        for i in range(140):        # + 28 MB of replica_num=2 objects: 32 MB into 24 MB of DRAM
+            two[f"r2-{i}"] = v = os.urandom(VALUE)
+            s.put(f"r2-{i}", v, ReplicateConfig(replica_num=2))
+        # Each node holding a DRAM replica copies it to its own SSD before the DRAM goes.
+        wait_until(lambda: s.stats()["cold"]["tasks_in_flight"] == 0, what="demotions done")
+        cold2 = [k for k in two if s._index.stat(k)["tier"] == "ssd"]
+        assert len(cold2) >= 10
+        for k in cold2:
+            assert len(set(_copies(s, k))) == 2, k
+        # The victim: the node most reads of these objects go to.
+        rpcs = [s._index.stat(k)["read_from"].partition("@")[2] for k in cold2]
+        dead_rpc = max(set(rpcs), key=rpcs.count)
+        node_id = next(c["node"] for k in cold2 for c in s._index.stat(k)["cold"]
+                       if c["address"] == dead_rpc)
+        endpoint = s.stats()["nodes"][node_id]["endpoint"]
+        dead = next(n for n in nodes if n.endpoint == endpoint)
+        lone = [k for k in one if _copies(s, k) == [dead_rpc]]
+        assert lone
+        on_dead = [k for k in cold2 if dead_rpc in _copies(s, k)]
+        read_dead = [k for k, r in zip(cold2, rpcs) if r == dead_rpc]
+        assert read_dead
+        dead.kill()
+        # At once (before the master notices): reads fall back to the surviving copy.
+        for k in read_dead[:5]:
+            assert s.get(k) == two[k], k
+        assert s.stats()["cold_read_fallbacks"] >= 1
+        # The master drops the node and its copies; the survivors get the count back.
+        wait_until(lambda: len(s.stats()["nodes"]) == 2, what="the dead node dropped")
+        for k in cold2:
+            assert dead_rpc not in _copies(s, k)
+        wait_until(lambda: all(len(set(_copies(s, k))) == 2 for k in cold2
+                               if s._index.stat(k)["tier"] == "ssd"),
+                   timeout=30, what="two cold copies again on the surviving nodes")
+        assert s.stats()["cold"]["cold_repairs"] > 0     # fetched from a surviving copy
+        for k, v in two.items():
+            assert s.get(k) == v, k
+        # replica_num=1 objects whose only copy was on the dead node are gone, and counted.
+        for k in lone:
+            assert not s.exists(k), k
+        st = s.stats()
+        assert st["cold"]["cold_lost"] >= len(lone)
+        assert st["cold"]["cold_copies_lost"] >= len(on_dead)
+        for k in set(one) - set(lone):
+            assert not s.exists(k) or s.get(k) == one[k], k
