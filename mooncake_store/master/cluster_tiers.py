@@ -12,15 +12,21 @@ What moves, and when (everything asynchronous, carried by heartbeat tasks):
     `demote_watermark` gets `demote` tasks for its least recently used objects;
     the node copies each record into its first cold tier and acks; only then is
     the cold copy recorded and the DRAM freed (all replicas: the object now
-    lives below). Eviction never drops an object a healthy tiered node is about
-    to demote (`keeps`), so a full DRAM pushes back on puts instead of losing data;
+    lives below). A striped object is demoted by the tiered node holding most of
+    it (`gather`: the parts joined into one record). Eviction never drops an
+    object a healthy tiered node is about to demote (`keeps`), so a full DRAM
+    pushes back on puts instead of losing data;
+  * copies: an object of replica_num n keeps n cold copies on distinct nodes
+    (each DRAM holder copies its own replica before the DRAM goes; otherwise a
+    tiered node `fetch`es one from a node holding a copy: cold repair);
   * promotion: a cold read counts a hit; per `promotion` (off / on-hit /
     on-second-hit) the master reserves room in the holding node's DRAM and sends
     `promote`; the cold copy stays, so a later eviction is free;
   * removal and replacement send `forget` to the node holding the old copy,
     in order with later tasks for the same key;
   * a node's own moves (SSD full: pushed to S3, or dropped) arrive as events in
-    its heartbeats; a lost node takes its cold copies with it.
+    its heartbeats; a lost node takes its cold copies with it (objects with
+    another copy read that one and are repaired; objects with none are removed).
 """
 from __future__ import annotations
 

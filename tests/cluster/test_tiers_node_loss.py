@@ -74,3 +74,26 @@ def test_cold_copies_survive_a_node_kill9(cluster, tmp_path):
         assert st["cold"]["cold_copies_lost"] >= len(on_dead)
         for k in set(one) - set(lone):
             assert not s.exists(k) or s.get(k) == one[k], k
+
+
+def test_written_through_object_gets_its_durable_copy_back(cluster, tmp_path):
+    """persist=True with two DRAM replicas: the node holding the durable copy dies; the
+    surviving replica's node writes a new one (the object never stays without it)."""
+    m = cluster.master("--promotion", "off")
+    nodes = [cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd{i}:64MB", dram="8MB")
+             for i in range(2)]
+    wait_nodes(m.addr, 2)
+    with store(m.addr) as s:
+        v = os.urandom(VALUE)
+        s.put("durable", v, ReplicateConfig(replica_num=2, persist=True))
+        first = _copies(s, "durable")
+        assert len(first) == 1
+        node_id = s._index.stat("durable")["cold"][0]["node"]
+        endpoint = s.stats()["nodes"][node_id]["endpoint"]
+        next(n for n in nodes if n.endpoint == endpoint).kill()
+        wait_until(lambda: len(s.stats()["nodes"]) == 1, what="the dead node dropped")
+        wait_until(lambda: _copies(s, "durable") not in ([], first),
+                   what="a new durable copy on the surviving node")
+        st = s._index.stat("durable")
+        assert st["tier"] == "dram" and len(st["replicas"]) == 1
+        assert s.get("durable") == v
