@@ -311,3 +311,7 @@ def make_policy(name: str) -> EvictionPolicy:
 
         raise InvalidParams(f"eviction_policy: unknown policy {name!r}; "
                             f"choose one of {', '.join(sorted(POLICIES))}") from None
+
+from .policy_prune import PrefixPrunePolicy  # noqa: E402  (imports _GhostCounts from here)
+
+POLICIES["prefix-prune"] = PrefixPrunePolicy

@@ -1,0 +1,232 @@
+"""`prefix-prune`: prefix-lfru that also drops the branches a conversation abandons.
+
+When a request shares a cached prefix with an earlier request and then goes
+elsewhere *before* that request's end (an edited or regenerated turn: same
+history, different message), the rest of the earlier request's chain is
+passed over. On the shipped conversation trace such a passed-over branch is
+used again 1.3% of the time (113 of 15,995 blocks) when the branch point is
+a conversation's own block, against 24% for a block used once in general.
+So at the moment a request branches, the keys of the passed-over branch go
+to the queue that is evicted first (with the chain tails), where they would
+otherwise have waited a whole lifetime.
+
+A branch point shared by many requests (a system prompt every conversation
+starts with) is not a conversation's own block: there the requests before
+went to many different children, and the previous one's chain is as likely
+to come back as any other. The rule tells them apart by use counts: the
+branch point was used by at most one request more than the child it leaves
+(a conversation's turn may end exactly there; a shared prefix has been left
+by many). The keys dropped are exactly those the earlier request touched
+last: its keys deeper than the branch point that no later request used.
+
+Everything else (priority = last use + credit for uses, leaf-first runs,
+chain tails first, ghost counts) is prefix-lfru's (`policy.py`), repeated
+here so that this policy does not depend on prefix-lfru's private layout.
+To find a passed-over branch the policy keeps the key list of every request
+that is still the last user of some cached key, with a count of such keys:
+about 8 bytes per cached key, since a list dies when its keys are used again
+or evicted.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from typing import Iterator, Sequence
+
+from .policy import _GhostCounts
+
+_M32, _M40 = (1 << 32) - 1, (1 << 40) - 1
+
+
+class PrefixPrunePolicy:
+    """prefix-lfru plus pruning of passed-over branches (module docstring)."""
+
+    name = "prefix-prune"
+    credit_scale = 0.7
+    _DEAD, _ONCE = 0, 1
+    _MAX_CLASS = 24
+    _RUN_CAP = 512
+
+    def __init__(self, credit_scale: float | None = None) -> None:
+        if credit_scale is not None:
+            if not credit_scale >= 0:
+                from ..errors import InvalidParams
+
+                raise InvalidParams(f"credit_scale: must be >= 0, got {credit_scale!r}")
+            self.credit_scale = float(credit_scale)
+        # Class 0: dead (chain tails as written, passed-over branches); 1: used by one
+        # request; c >= 2: used by 2**(c-1) .. 2**c - 1 requests. FIFO each, in time order.
+        self._queues: list[OrderedDict[str, None]] = [OrderedDict()
+                                                       for _ in range(self._MAX_CLASS + 1)]
+        self._state: dict[str, int] = {}   # key -> packed (last tick, uses, depth, class)
+        self._tick = 0
+        self._chain: dict[str, int] = {}   # the request in progress: key -> depth
+        self._chain_keys: list[str] = []
+        self._tail: str | None = None
+        # tick -> [number of cached keys whose last use is that request, its key list]
+        self._reqs: dict[int, list] = {}
+        self._ghost = _GhostCounts()
+        self._peak = 0
+        self.pruned = 0   # keys moved to the dead queue as passed-over (for benches)
+
+    # ---- structure learned from calls --------------------------------------------------------
+    def hint_prefix(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        start = self._chain.get(keys[0])
+        if start is not None and self._chain_keys[start:start + len(keys)] == list(keys):
+            return  # a slice of the request in progress (its get or its put)
+        self._tick += 1
+        self._chain_keys = list(keys)
+        self._chain = {k: i for i, k in enumerate(self._chain_keys)}
+        self._tail = self._chain_keys[-1]
+
+    def _now(self, key: str) -> tuple[int, int]:
+        """(tick, depth) of a touch; a key outside the hinted chain is a request of its own."""
+        depth = self._chain.get(key)
+        if depth is None:
+            self._tick += 1
+            self._chain, self._chain_keys, self._tail = {}, [], None
+            return self._tick, 0
+        return self._tick, depth
+
+    @staticmethod
+    def _pack(tick: int, uses: int, depth: int, cls: int) -> int:
+        return ((tick << 40 | min(uses, _M40)) << 32 | min(depth, _M32)) << 5 | cls
+
+    @staticmethod
+    def _unpack(st: int) -> tuple[int, int, int, int]:
+        return st >> 77, (st >> 37) & _M40, (st >> 5) & _M32, st & 31
+
+    @classmethod
+    def _class_of(cls, uses: int) -> int:
+        return min(uses.bit_length(), cls._MAX_CLASS) if uses > 1 else cls._ONCE
+
+    # ---- who used a key last ----------------------------------------------------------------
+    def _own(self, tick: int) -> None:
+        """A cached key's last use is now request `tick` (of the chain in progress)."""
+        entry = self._reqs.get(tick)
+        if entry is None:
+            if not self._chain_keys:
+                return  # a key touched outside any chain: no list to keep
+            entry = self._reqs[tick] = [0, self._chain_keys]
+        entry[0] += 1
+
+    def _disown(self, tick: int) -> None:
+        entry = self._reqs.get(tick)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self._reqs[tick]
+
+    # ---- protocol ----------------------------------------------------------------------------
+    def on_insert(self, key: str, size: int) -> None:
+        if key in self._state:  # an upsert: a use like any other
+            self.on_access(key)
+            return
+        tick, depth = self._now(key)
+        uses = self._ghost.get(key) + 1
+        if uses > 1:
+            cls = self._class_of(uses)
+        else:
+            cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
+        self._state[key] = self._pack(tick, uses, depth, cls)
+        self._queues[cls][key] = None
+        self._own(tick)
+        if len(self._state) > self._peak:
+            self._peak = len(self._state)
+
+    def on_access(self, key: str) -> None:
+        st = self._state.get(key)
+        if st is None:
+            return
+        tick, depth = self._now(key)
+        last, uses, _depth, cls = self._unpack(st)
+        if last != tick:
+            if depth + 1 < len(self._chain_keys):
+                self._prune_branch(key, last, uses, depth)
+            uses += 1  # count each request once, however many calls it makes
+            self._disown(last)
+            self._own(tick)
+        del self._queues[cls][key]
+        cls = self._class_of(uses)
+        self._state[key] = self._pack(tick, uses, depth, cls)
+        self._queues[cls][key] = None
+
+    def on_remove(self, key: str) -> None:
+        st = self._state.pop(key, None)
+        if st is not None:
+            tick, uses, _depth, cls = self._unpack(st)
+            del self._queues[cls][key]
+            self._disown(tick)
+            self._ghost.add(key, uses, max(1, self._peak))
+
+    def victims(self) -> Iterator[str]:
+        yield from self._queues[self._DEAD]
+        lifetime = self._lifetime()
+        runs = [self._ordered(cls, self.credit_scale * lifetime * (cls - 1))
+                for cls in range(self._ONCE, self._MAX_CLASS + 1) if self._queues[cls]]
+        for _prio, _neg_depth, key in heapq.merge(*runs):
+            yield key
+
+    # ---- passed-over branches ----------------------------------------------------------------
+    def _prune_branch(self, key: str, last: int, uses: int, depth: int) -> None:
+        """`key` (at `depth`) is read by the request in progress, which goes on to a
+        different next key than the request that used `key` last: the keys that
+        request touched last below `key` are passed over, if `key` is a conversation's
+        own block (used by at most one request more than the child it leaves)."""
+        entry = self._reqs.get(last)
+        if entry is None:
+            return
+        old = entry[1]
+        nxt = self._chain_keys[depth + 1]
+        if len(old) <= depth + 1 or old[depth] != key or old[depth + 1] == nxt:
+            return
+        child = self._state.get(old[depth + 1])
+        if child is None or child >> 77 != last or (child >> 37) & _M40 != uses:
+            return
+        state, queues = self._state, self._queues
+        for k in old[depth + 1:]:   # bounded by one request's length
+            st = state.get(k)
+            if st is None or st >> 77 != last:
+                continue  # evicted, or used again since by a request of its own
+            cls = st & 31
+            if cls != self._DEAD:
+                del queues[cls][k]
+                state[k] = st - cls   # same fields, class 0
+                queues[self._DEAD][k] = None
+                self.pruned += 1
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _lifetime(self) -> int:
+        """Age of the oldest once-used key (else of the oldest key), at least 1."""
+        once = self._queues[self._ONCE]
+        if once:
+            return max(1, self._tick - (self._state[next(iter(once))] >> 77))
+        heads = [self._state[next(iter(q))] >> 77 for q in self._queues[1:] if q]
+        return max(1, self._tick - min(heads)) if heads else 1
+
+    def _ordered(self, cls: int, credit: float) -> Iterator[tuple[float, int, str]]:
+        """One queue in eviction order: by time, within one request deepest first;
+        a run longer than _RUN_CAP keys streams in queue order."""
+        state = self._state
+        run: list[tuple[float, int, str]] = []
+        run_tick = None
+        streaming = False
+        for key in self._queues[cls]:
+            tick, _uses, depth, _cls = self._unpack(state[key])
+            if tick != run_tick:
+                run.sort()
+                yield from run
+                run, run_tick, streaming = [], tick, False
+            item = (tick + credit, -depth, key)
+            if streaming:
+                yield item
+                continue
+            run.append(item)
+            if len(run) >= self._RUN_CAP:
+                run.sort()
+                yield from run
+                run, streaming = [], True
+        run.sort()
+        yield from run
