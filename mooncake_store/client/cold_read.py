@@ -14,6 +14,7 @@ DRAM full of objects still being demoted (wait, bounded, for room).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ ROOM_WAIT_S = 5.0        # how long a put waits for demotions to make room
 MAX_PENDING_RELEASES = 64
 PERSIST_WAIT_S = 60.0    # a write-through to S3 retries for up to 30 s on the node
 ROOM_AGAIN_S = 1.0       # a put asking again this soon after a "yes" needed more room
+MAX_STAGE_SERVERS = 16
 MAX_FALLBACKS = 4        # other cold copies a read tries after the one its lookup named
 
 
@@ -41,6 +43,9 @@ class ColdReader:
         self._release: dict[str, list[int]] = {}   # node address -> tickets to hand back
         self._lock = threading.Lock()
         self._last_room = (0, -1e9, 1)                # need, when answered "yes", copies asked
+        self._servers: dict[str, list[str]] = {}      # node address -> its staging servers
+        self._turn = itertools.count()
+        self._used: set[str] = set()                  # staging servers read from (stats)
         self.counters = {"cold_reads": 0, "cold_read_bytes": 0, "cold_read_failures": 0,
                          "cold_read_fallbacks": 0, "put_room_waits": 0}
 
@@ -71,6 +76,36 @@ class ColdReader:
                 return n
             raise first
 
+    def _stage(self, addr: str, key: str, tier: str, release: list) -> dict:
+        """One stage call on one of the node's staging servers, taken in turn (each serves
+        one call at a time, so several readers of one node are staged at once). A server
+        that does not answer makes the node's list be asked again next time."""
+        server = self._server_of(addr)
+        try:
+            return self._clients.get(server).call("stage", key, tier, release)
+        except (RpcFailed, RpcTimeout):
+            with self._lock:
+                self._servers.pop(addr, None)
+            raise
+
+    def _server_of(self, addr: str) -> str:
+        with self._lock:
+            servers = self._servers.get(addr)
+        if servers is None:
+            try:
+                got = self._clients.get(addr).call("stage_servers")
+            except InvalidParams:   # a node without several servers
+                got = [addr]
+            servers = [a for a in got[:MAX_STAGE_SERVERS] if isinstance(a, str) and ":" in a] \
+                if isinstance(got, list) else []
+            servers = servers or [addr]
+            with self._lock:
+                self._servers[addr] = servers
+        with self._lock:
+            server = servers[next(self._turn) % len(servers)]
+            self._used.add(server)
+        return server
+
     def _other_copy(self, key: str, tried: set[str]) -> str | None:
         """A cold copy of key not tried yet, from the master (raises ObjectNotFound when the
         object is gone meanwhile)."""
@@ -88,7 +123,7 @@ class ColdReader:
         with self._lock:
             release = self._release.pop(addr, [])
         try:
-            st = self._clients.get(addr).call("stage", key, tier, release)
+            st = self._stage(addr, key, tier, release)
         except (RpcFailed, RpcTimeout) as e:
             self.counters["cold_read_failures"] += 1
             raise TransferFailed(f"key {key!r}: the node holding its {tier} copy is "
@@ -163,7 +198,7 @@ class ColdReader:
                                  f"{'timed out' if state == 'pending' else 'failed'}")
 
     def stats(self) -> dict:
-        return dict(self.counters)
+        return {**self.counters, "cold_read_servers": len(self._used)}
 
     def close(self) -> None:
         self._clients.close()

@@ -52,6 +52,7 @@ log = logging.getLogger("mooncake_store.node")
 TICKET_TTL_S = 10.0          # a staged value not released by then is freed anyway
 MAX_REPORT = 4096            # moves/drops reported per heartbeat
 MAX_PARTS = 4096             # parts of one striped object a gather accepts
+STAGE_SERVERS = 4            # staging RPC servers (one thread each): cold reads staged at once
 
 
 def _kb(key: str) -> bytes:
@@ -79,7 +80,7 @@ class NodeCold:
         self.counters = {"demoted": 0, "promoted": 0, "forgotten": 0, "pushed_down": 0,
                          "cold_dropped": 0, "staged": 0, "stage_failures": 0,
                          "demote_failures": 0, "promote_failures": 0, "gathered": 0,
-                         "fetched": 0}
+                         "fetched": 0, "stage_peak": 0}
         self._stage = DramSegment(stage_bytes, "mcs-stage")
         rc = engine.register_memory(self._stage.base, self._stage.size, fd=self._stage.fd)
         if rc != 0:
@@ -90,13 +91,29 @@ class NodeCold:
         self._ticket_ids = itertools.count(1)
         self._peers: Any = None              # RPC clients of other nodes (fetch)
         self.inventory = self._scan()
-        self.rpc = RpcServer({"stage": self.rpc_stage, "release": self.rpc_release},
-                             host, 0, config.auth_token)
-        self.rpc.start()
+        # Several small RPC servers: each serves one stage call at a time on its own thread,
+        # so up to STAGE_SERVERS cold reads load from the tiers at once. The first one's
+        # address names the node's copies; clients learn the others from `stage_servers`.
+        handlers = {"stage": self.rpc_stage, "release": self.rpc_release,
+                    "stage_servers": self.rpc_stage_servers}
+        self._servers = []
+        try:
+            for _ in range(STAGE_SERVERS):
+                self._servers.append(RpcServer(handlers, host, 0, config.auth_token).start())
+        except BaseException:
+            for srv in self._servers:
+                srv.close()
+            raise
+        self.rpc = self._servers[0]
+        self._active = 0                     # stage calls in progress (stats: peak)
 
     @property
     def address(self) -> str:
         return self.rpc.address
+
+    def rpc_stage_servers(self) -> list:
+        """Every staging server of this node (the first is the one copies are named by)."""
+        return [srv.address for srv in self._servers]
 
     # ---- registration and heartbeats --------------------------------------------------------------
     def _scan(self) -> dict[str, list]:
@@ -343,6 +360,16 @@ class NodeCold:
 
     # ---- cold reads (RPC from clients) -------------------------------------------------------------------
     def rpc_stage(self, key: str, tier: str, release: list | None = None) -> dict:
+        with self._lock:
+            self._active += 1
+            self.counters["stage_peak"] = max(self.counters["stage_peak"], self._active)
+        try:
+            return self._stage_one(key, tier, release)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _stage_one(self, key: str, tier: str, release: list | None) -> dict:
         for t in release or ():
             self.rpc_release(t)
         if tier not in self.backends:
@@ -365,14 +392,15 @@ class NodeCold:
             _, n = read_value(backend, kb, ffi.cast("char *", addr), size)
         except BaseException as e:
             self._unstage(addr, size, own)
-            self.counters["stage_failures"] += 1
+            with self._lock:
+                self.counters["stage_failures"] += 1
             if isinstance(e, ChecksumMismatch):
                 self._drop_corrupt(tier, key)
             raise
         with self._lock:
             ticket = next(self._ticket_ids)
             self._tickets[ticket] = (addr, size, time.monotonic() + TICKET_TTL_S, own)
-        self.counters["staged"] += 1
+            self.counters["staged"] += 1
         crc = lib.mcs_crc32c(0, ffi.cast("char *", addr), n)
         return {"endpoint": self.engine.get_local_hostname(), "addr": addr, "len": n, "crc": crc,
                 "flags": hdr.flags, "epoch": hdr.epoch, "ticket": ticket}
@@ -458,7 +486,8 @@ class NodeCold:
         return {"tiers": self.usage(), **self.counters, "tickets": len(self._tickets)}
 
     def close(self) -> None:
-        self.rpc.close()
+        for srv in self._servers:
+            srv.close()
         if self._peers is not None:
             self._peers.close()
         for b in self.backends.values():

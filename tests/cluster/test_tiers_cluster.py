@@ -241,3 +241,25 @@ def test_persist_writes_through_to_the_nodes_durable_tier(cluster, tmp_path, sea
         assert s.get("durable") == v
         s.put("plain", v)
         assert s._index.stat("plain")["cold"] == []
+
+
+def test_concurrent_cold_reads_use_several_staging_servers(cluster, tmp_path):
+    """Readers of one node's SSD objects are staged by several servers of that node (one
+    call each at a time), taken in turn; four threads reading at once all get their bytes."""
+    from support.procs import run_threads
+
+    m = cluster.master("--promotion", "off")
+    cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:64MB", dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = _fill(s)
+        cold = [k for k, t in _tiers(s, vals).items() if t == "ssd"]
+        assert len(cold) >= 8
+
+        def read(i: int) -> None:
+            for k in cold[i::4]:
+                assert s.get(k) == vals[k], k
+
+        run_threads(read, 4)
+        st = s.stats()
+        assert st["cold_reads"] >= len(cold) and st["cold_read_servers"] >= 2
