@@ -110,17 +110,10 @@ static int hw_available(void) { return __builtin_cpu_supports("sse4.2"); }
  * memcpy speed out of cache, where the scalar three-lane loop does not. */
 #include <immintrin.h>
 #define FOLD_TARGET __attribute__((target("sse4.2,pclmul,avx512f,avx512vl,vpclmulqdq")))
-#define FOLD_MIN (256 * 1024) /* below this the data is likely cached: crc32 lanes win */
-
-static uint32_t x_pow(unsigned e) {
-    uint32_t result = 1u << 31, sq = 1u << 30; /* 1, x */
-    while (e) {
-        if (e & 1) result = gf2_mulmod(sq, result);
-        sq = gf2_mulmod(sq, sq);
-        e >>= 1;
-    }
-    return result;
-}
+/* From 512 bytes up the fold beats the crc32 lanes, cached or not (AMD EPYC, 2026-11-24:
+ * 42 vs 23 GB/s at 512 B, 64 vs 22 GB/s at 64 KiB, 59 vs 54 GB/s at 1 MiB), once its
+ * constants are computed once rather than per call (they cost ~1.5 us). */
+#define FOLD_MIN 512
 
 FOLD_TARGET static inline __m128i fold128(__m128i x, __m128i k) {
     return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
@@ -131,15 +124,22 @@ FOLD_TARGET static inline __m512i fold512(__m512i x, __m512i k) {
                             _mm512_clmulepi64_epi128(x, k, 0x11));
 }
 
-FOLD_TARGET static __m128i fold_const(unsigned bits) {
-    return _mm_set_epi64x((long long)x_pow(bits - 33), (long long)x_pow(bits + 31));
+/* The folding distances' constants, x^(D-33) and x^(D+31) mod P (reflected) for
+ * D = 2048, 512, 128: fixed numbers, so they are not recomputed per call (that cost
+ * ~1.5 us, more than folding 64 KiB). Computed with gf2_mulmod by square-and-multiply;
+ * tests/test_checksum_codec.py checks every size class against a bitwise reference. */
+static const uint32_t FOLD_K[6] = {0xb9e02b86u, 0xdcb17aa4u, 0x9e4addf8u,
+                                   0x740eef02u, 0x493c7d27u, 0xf20c0dfeu};
+
+FOLD_TARGET static __m128i fold_const(int i) {
+    return _mm_set_epi64x((long long)FOLD_K[2 * i], (long long)FOLD_K[2 * i + 1]);
 }
 
 /* n >= 256. Returns the finalized crc32c(crc, src[0..n)); copies to dst when non-NULL. */
 FOLD_TARGET static uint32_t fold_crc(uint32_t crc, const uint8_t *src, size_t n, uint8_t *dst) {
-    const __m512i k2048 = _mm512_broadcast_i32x4(fold_const(2048));
-    const __m512i k512 = _mm512_broadcast_i32x4(fold_const(512));
-    const __m128i k128 = fold_const(128);
+    const __m512i k2048 = _mm512_broadcast_i32x4(fold_const(0));
+    const __m512i k512 = _mm512_broadcast_i32x4(fold_const(1));
+    const __m128i k128 = fold_const(2);
     __m512i z[4];
     for (int i = 0; i < 4; i++) {
         z[i] = _mm512_loadu_si512((const void *)(src + 64 * i));

@@ -15,7 +15,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "checksum.h"
 #include "engine_int.h"
+#include "record.h"
 
 uint64_t mcs_now_ns(void) {
     struct timespec ts;
@@ -30,6 +32,7 @@ const char *mcs_strerror(int code) {
     case MCS_E_BUFFER_OVERFLOW: return "range runs past the end of the registered region";
     case MCS_E_INVALID_PARAMS: return "invalid parameters or unregistered address";
     case MCS_E_TRANSFER_FAIL: return "transfer failed (peer gone or protocol error)";
+    case MCS_E_CHECKSUM: return "record failed verification";
     case MCS_E_AUTH: return "authentication failed";
     case MCS_E_RPC_FAIL: return "cannot reach the peer";
     case MCS_E_TIMEOUT: return "timed out";
@@ -92,6 +95,8 @@ mcs_engine *mcs_engine_create(const mcs_engine_opts *opts) {
 }
 
 static void batch_release(mcs_batch *b) {
+    free(b->rec);
+    free(b->rec_mem);
     free(b->st);
     free(b->slices_left);
     free(b->slices);
@@ -564,13 +569,46 @@ static void finish_request(mcs_engine *e, mcs_batch *b, uint32_t i) {
     if (--b->pending == 0) pthread_cond_broadcast(&e->done_cv);
 }
 
+/* A record read whose bytes are all in: its header names this key, this
+ * header length and value length, and the value's CRC (combined from its
+ * slices' CRCs, each taken as the bytes arrived) is the header's. */
+static int rec_verify(mcs_batch *b, uint32_t i) {
+    const mcs_rec_job *j = &b->rec[i];
+    mcs_rec_info info;
+    if (mcs_rec_check_split(j->hdr, j->hdr_len, j->value_len, j->key, j->key_len, &info) != 0)
+        return MCS_E_CHECKSUM;
+    uint32_t crc = 0;
+    uint64_t seen = 0;
+    for (int k = j->first_slice; k < j->first_slice + j->nslices; k++) {
+        const mcs_slice *s = &b->slices[k];
+        uint64_t vl = s->len - s->hdr_len;
+        if (vl == 0) continue;
+        /* A transport that did not checksum on arrival (rdma): do it now. */
+        uint32_t c = s->crc_done ? s->crc : mcs_crc32c(0, (const void *)(uintptr_t)s->local, vl);
+        crc = seen ? mcs_crc32c_combine(crc, c, vl) : c;
+        seen += vl;
+    }
+    return seen == j->value_len && crc == info.value_crc ? 0 : MCS_E_CHECKSUM;
+}
+
 void mcs_slice_done(mcs_engine *e, mcs_slice *s, int code, uint64_t bytes) {
     pthread_mutex_lock(&e->mu);
     mcs_batch *b = s->batch;
     mcs_req_status *st = &b->st[s->req];
     st->bytes += bytes;
     if (code && st->code == 0) st->code = code;
-    if (--b->slices_left[s->req] == 0) finish_request(e, b, s->req);
+    if (--b->slices_left[s->req] == 0) {
+        if (b->rec && st->code == 0) {
+            /* Verified outside the lock: this slice still counts in live_slices,
+             * so the batch stays, and no other thread touches this request. */
+            pthread_mutex_unlock(&e->mu);
+            int v = rec_verify(b, s->req);
+            pthread_mutex_lock(&e->mu);
+            st->code = v;
+            st->bytes = v ? 0 : b->rec[s->req].value_len;
+        }
+        finish_request(e, b, s->req);
+    }
     if (--b->live_slices == 0 && b->freed) batch_release(b);
     pthread_mutex_unlock(&e->mu);
 }
@@ -583,24 +621,57 @@ static int check_request(const mcs_request *r) {
     return 0;
 }
 
-int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, int flags) {
-    if (!e || !reqs || n <= 0 || n > (1 << 20)) return MCS_E_INVALID_PARAMS;
-    for (int i = 0; i < n; i++)
-        if (check_request(&reqs[i])) return MCS_E_INVALID_PARAMS;
-    mcs_peer *p = peer_get(e, id);
-    if (!p) return MCS_E_INVALID_PARAMS;
-
+static mcs_batch *batch_new(int n) {
     mcs_batch *b = calloc(1, sizeof *b);
-    if (b) {
-        b->n = n;
-        b->st = calloc((size_t)n, sizeof *b->st);
-        b->slices_left = calloc((size_t)n, sizeof *b->slices_left);
+    if (!b) return NULL;
+    b->n = n;
+    b->st = calloc((size_t)n, sizeof *b->st);
+    b->slices_left = calloc((size_t)n, sizeof *b->slices_left);
+    if (!b->st || !b->slices_left) {
+        batch_release(b);
+        return NULL;
     }
-    if (!b || !b->st || !b->slices_left) {
-        if (b) batch_release(b);
-        peer_put(e, p);
-        return MCS_E_INTERNAL;
+    return b;
+}
+
+/* Slices of request r (wire bytes [0, length)): slice_bytes each; a record's
+ * short tail (<= 1/16 slice, e.g. the header's worth past 1 MiB) rides with the
+ * slice before it instead of costing a request of its own. */
+static uint64_t slice_count(const mcs_request *r, uint64_t slice, int rec) {
+    uint64_t k = (r->length + slice - 1) / slice;
+    if (rec && k > 1 && r->length - (k - 1) * slice <= slice / 16 &&
+        slice + slice / 16 <= MCS_MAX_SLICE)
+        k--;
+    return k;
+}
+
+/* Fill slice s of request i covering wire bytes [off, off + len). */
+static void slice_fill(mcs_batch *b, mcs_slice *s, int i, const mcs_request *r, uint64_t off,
+                       uint64_t len) {
+    s->batch = b;
+    s->req = (uint32_t)i;
+    s->op = r->opcode;
+    s->remote = r->remote + off;
+    s->len = len;
+    if (!b->rec) {
+        s->local = r->local + off;
+        return;
     }
+    /* A record: wire bytes [0, hdr_len) are the header, the rest the value. */
+    const mcs_rec_job *j = &b->rec[i];
+    s->crc_on = 1;
+    if (off < j->hdr_len) {
+        s->hdr_len = (uint32_t)(j->hdr_len - off < len ? j->hdr_len - off : len);
+        s->hdr_local = (uint64_t)(uintptr_t)(j->hdr + off);
+        s->local = r->local;
+    } else {
+        s->local = r->local + (off - j->hdr_len);
+    }
+}
+
+/* Copy what shm/local reach right here, cut the rest into slices and hand them
+ * to rdma or tcp. Takes ownership of b (and of the peer reference). */
+static int64_t batch_run(mcs_engine *e, mcs_peer *p, mcs_batch *b, const mcs_request *reqs, int n) {
     /* Same-host and local requests are copied right here, in the caller's
      * thread (the GIL is released): a hand-off to another thread costs more
      * than a 64 KiB memcpy. The rest is cut into slices for the tcp streams. */
@@ -609,12 +680,22 @@ int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, 
     int nslices = 0;
     for (int i = 0; i < n; i++) {
         int code = 0;
-        if (mcs_shm_try_copy(e, p, &reqs[i], &code)) {
+        mcs_rec_split split = {0};
+        if (b->rec) split = (mcs_rec_split){.hdr = (uint64_t)(uintptr_t)b->rec[i].hdr,
+                                            .hdr_len = b->rec[i].hdr_len};
+        if (mcs_shm_try_copy(e, p, &reqs[i], b->rec ? &split : NULL, &code)) {
+            if (code == 0 && b->rec) {
+                mcs_rec_info info;
+                const mcs_rec_job *j = &b->rec[i];
+                if (mcs_rec_check_split(j->hdr, j->hdr_len, j->value_len, j->key, j->key_len,
+                                        &info) != 0 || info.value_crc != split.crc)
+                    code = MCS_E_CHECKSUM;
+            }
             b->st[i].code = code;
-            b->st[i].bytes = code ? 0 : reqs[i].length;
+            b->st[i].bytes = code ? 0 : b->rec ? b->rec[i].value_len : reqs[i].length;
             b->st[i].state = code ? MCS_ST_FAILED : MCS_ST_COMPLETED;
         } else {
-            uint64_t k = (reqs[i].length + slice - 1) / slice;
+            uint64_t k = slice_count(&reqs[i], slice, b->rec != NULL);
             b->slices_left[i] = (int)k;
             nslices += (int)k;
             b->pending++;
@@ -629,17 +710,13 @@ int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, 
         }
         int k = 0;
         for (int i = 0; i < n; i++) {
-            for (uint64_t off = 0; b->slices_left[i] > 0 && off < reqs[i].length; off += slice) {
-                mcs_slice *s = &b->slices[k];
-                s->batch = b;
-                s->req = (uint32_t)i;
-                s->op = reqs[i].opcode;
-                s->local = reqs[i].local + off;
-                s->remote = reqs[i].remote + off;
-                s->len = reqs[i].length - off < slice ? reqs[i].length - off : slice;
-                s->next = k + 1 < nslices ? &b->slices[k + 1] : NULL;
-                k++;
+            if (b->rec) b->rec[i].first_slice = k;
+            int left = b->slices_left[i];
+            for (uint64_t off = 0; left > 0; off += slice, left--) {
+                uint64_t len = left == 1 ? reqs[i].length - off : slice;
+                slice_fill(b, &b->slices[k++], i, &reqs[i], off, len);
             }
+            if (b->rec) b->rec[i].nslices = k - b->rec[i].first_slice;
         }
         b->nslices = nslices;
         b->live_slices = nslices;
@@ -652,13 +729,14 @@ int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, 
         peer_put(e, p);
         return bid;
     }
-    /* Slices go over rdma when both ends are registered there, else to tcp.
-     * Relink the tcp ones first: a posted slice may complete at once. */
+    /* Slices go over rdma when both ends are registered there (not record
+     * reads: their payload is split), else to tcp. Relink the tcp ones first:
+     * a posted slice may complete at once. */
     mcs_slice *head = NULL, *tail = NULL;
     for (int k = 0; k < nslices; k++) {
         mcs_slice *s = &b->slices[k];
         s->next = NULL;
-        if (p->rdma_qp && mcs_rdma_try_post(e, p, s)) continue;
+        if (p->rdma_qp && !b->rec && mcs_rdma_try_post(e, p, s)) continue;
         if (tail)
             tail->next = s;
         else
@@ -667,8 +745,72 @@ int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, 
     }
     if (head) mcs_tcp_enqueue(p, head, tail);
     peer_put(e, p);
-    (void)flags;
     return bid;
+}
+
+int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, int flags) {
+    if (!e || !reqs || n <= 0 || n > (1 << 20)) return MCS_E_INVALID_PARAMS;
+    for (int i = 0; i < n; i++)
+        if (check_request(&reqs[i])) return MCS_E_INVALID_PARAMS;
+    mcs_peer *p = peer_get(e, id);
+    if (!p) return MCS_E_INVALID_PARAMS;
+    mcs_batch *b = batch_new(n);
+    if (!b) {
+        peer_put(e, p);
+        return MCS_E_INTERNAL;
+    }
+    (void)flags;
+    return batch_run(e, p, b, reqs, n);
+}
+
+int64_t mcs_batch_submit_rec(mcs_engine *e, int id, const mcs_rec_request *rr, int n, int flags) {
+    if (!e || !rr || n <= 0 || n > (1 << 20)) return MCS_E_INVALID_PARAMS;
+    size_t mem = 0;
+    for (int i = 0; i < n; i++) {
+        if (!rr[i].key || rr[i].key_len == 0 || rr[i].key_len > MCS_REC_MAX_KEY ||
+            rr[i].value == 0 || rr[i].value_len == 0 || rr[i].remote == 0 ||
+            rr[i].value_len > UINT64_MAX - 2 * MCS_REC_MAX_KEY ||
+            rr[i].value + rr[i].value_len < rr[i].value)
+            return MCS_E_INVALID_PARAMS;
+        mem += mcs_rec_header_size(rr[i].key_len) + rr[i].key_len;
+    }
+    mcs_request *reqs = malloc((size_t)n * sizeof *reqs);
+    mcs_batch *b = reqs ? batch_new(n) : NULL;
+    if (b) {
+        b->rec = calloc((size_t)n, sizeof *b->rec);
+        b->rec_mem = malloc(mem);
+    }
+    if (!b || !b->rec || !b->rec_mem) {
+        if (b) batch_release(b);
+        free(reqs);
+        return MCS_E_INTERNAL;
+    }
+    uint8_t *at = b->rec_mem;
+    for (int i = 0; i < n; i++) {
+        mcs_rec_job *j = &b->rec[i];
+        j->hdr_len = (uint32_t)mcs_rec_header_size(rr[i].key_len);
+        j->hdr = at;
+        at += j->hdr_len;
+        memcpy(at, rr[i].key, rr[i].key_len);
+        j->key = (const char *)at;
+        j->key_len = rr[i].key_len;
+        at += rr[i].key_len;
+        j->value = rr[i].value;
+        j->value_len = rr[i].value_len;
+        reqs[i] = (mcs_request){.opcode = MCS_OP_READ, .local = rr[i].value,
+                                .remote = rr[i].remote, .length = j->hdr_len + rr[i].value_len};
+        if (check_request(&reqs[i])) {
+            batch_release(b);
+            free(reqs);
+            return MCS_E_INVALID_PARAMS;
+        }
+    }
+    mcs_peer *p = peer_get(e, id);
+    int64_t rc = p ? batch_run(e, p, b, reqs, n) : MCS_E_INVALID_PARAMS;
+    if (!p) batch_release(b);
+    free(reqs);
+    (void)flags;
+    return rc;
 }
 
 int mcs_batch_wait(mcs_engine *e, int64_t id, int timeout_ms) {

@@ -16,6 +16,7 @@
 #define MCS_E_BUFFER_OVERFLOW (-10)   /* range runs past the end of a region */
 #define MCS_E_INVALID_PARAMS (-600)   /* bad argument, unregistered address, overlap */
 #define MCS_E_TRANSFER_FAIL (-800)    /* peer gone, i/o or protocol error */
+#define MCS_E_CHECKSUM (-801)         /* record read: header or value failed verification */
 #define MCS_E_AUTH (-810)             /* handshake refused (engine-specific) */
 #define MCS_E_RPC_FAIL (-900)         /* cannot reach the peer */
 #define MCS_E_TIMEOUT (-901)          /* RPC_TIMEOUT */
@@ -103,6 +104,22 @@ int mcs_shm_attach(mcs_engine *e, int peer, int fd, uint64_t len, uint64_t remot
 
 /* Batches. flags: reserved (0). Returns a batch id > 0. */
 int64_t mcs_batch_submit(mcs_engine *e, int peer, const mcs_request *reqs, int n, int flags);
+/* Record reads (the record layout of record.h). Each is one READ of
+ * header + value (header size from key_len) starting at `remote`: the header
+ * lands in the engine, the value at `value`. The thread that receives the
+ * value computes its CRC32C as the bytes arrive (shm: in the copy's pass);
+ * when a record is in, its header is verified (magic, CRC, key, lengths) and
+ * the value's CRC compared: status code 0, MCS_E_CHECKSUM, or a transfer code.
+ * Keys are copied at submit. Returns a batch id > 0. */
+typedef struct {
+    uint64_t value;         /* where the value goes */
+    uint64_t remote;        /* the record's first byte in the peer's memory */
+    uint64_t value_len;
+    const char *key;        /* the key the header must name */
+    uint32_t key_len;       /* 1..4096 */
+} mcs_rec_request;
+int64_t mcs_batch_submit_rec(mcs_engine *e, int peer, const mcs_rec_request *reqs, int n,
+                             int flags);
 /* 0 when every request has finished (see statuses), MCS_E_TIMEOUT otherwise. */
 int mcs_batch_wait(mcs_engine *e, int64_t batch, int timeout_ms);
 /* Fills out[0..n) (n must equal the batch size); returns the count still pending. */

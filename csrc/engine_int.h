@@ -92,7 +92,24 @@ typedef struct mcs_slice {
     uint64_t local, remote, len;
     uint64_t wire_id;        /* request id on the stream that carries it */
     struct mcs_rdma_qp *rdma_qp; /* when posted over rdma */
+    /* Record reads (mcs_batch_submit_rec): the first hdr_len payload bytes go
+     * to hdr_local, the other len - hdr_len to local; the receiving thread
+     * computes the CRC32C of that value part while it is hot in cache. */
+    uint64_t hdr_local;
+    uint32_t hdr_len;
+    uint8_t crc_on;          /* compute crc as the value part arrives */
+    uint8_t crc_done;        /* crc holds crc32c(value part) */
+    uint32_t crc;
 } mcs_slice;
+
+/* One record read of a batch: checked when its last slice finishes. */
+typedef struct {
+    uint8_t *hdr;            /* engine-owned copy of the header (hdr_len bytes) */
+    const char *key;         /* engine-owned copy of the key the header must name */
+    uint32_t hdr_len, key_len;
+    uint64_t value, value_len;
+    int first_slice, nslices;
+} mcs_rec_job;
 
 typedef struct mcs_batch {
     int64_t id;
@@ -104,6 +121,8 @@ typedef struct mcs_batch {
     int *slices_left;        /* per request */
     mcs_slice *slices;
     int nslices;
+    mcs_rec_job *rec;        /* record reads: one per request, else NULL */
+    uint8_t *rec_mem;        /* their headers and keys */
 } mcs_batch;
 
 /* ---- peers ---- */
@@ -232,9 +251,18 @@ int mcs_shm_refresh(mcs_engine *e, mcs_peer *p);
 void mcs_shm_peer_release(mcs_engine *e, mcs_peer *p);
 int mcs_shm_peer_alive(mcs_peer *p);
 int mcs_shm_map_at(int fd, uint64_t len, uint64_t off, int writable, mcs_shm_map_t *m);
+/* Record reads: the first hdr_len bytes of the remote range go to hdr, the
+ * rest to the request's local address, its CRC32C computed in the same pass. */
+typedef struct {
+    uint64_t hdr;
+    uint32_t hdr_len;
+    uint32_t crc;            /* out */
+} mcs_rec_split;
 /* Copy for a shm/local request; 1 when handled (code in *code), 0 when the
- * remote range is not mapped (the caller routes it to tcp). */
-int mcs_shm_try_copy(mcs_engine *e, mcs_peer *p, const mcs_request *r, int *code);
+ * remote range is not mapped (the caller routes it to tcp). rec: NULL, or the
+ * split of a record read. */
+int mcs_shm_try_copy(mcs_engine *e, mcs_peer *p, const mcs_request *r, mcs_rec_split *rec,
+                     int *code);
 
 /* transport_rdma.c (no-ops when built without libibverbs) */
 void mcs_rdma_close(mcs_engine *e);

@@ -89,6 +89,21 @@ int mcs_rec_check_header(const void *region, uint64_t region_len, const char *ke
     return MCS_REC_OK;
 }
 
+int mcs_rec_check_split(const void *hdr, uint64_t hdr_len, uint64_t value_len, const char *key,
+                        size_t key_len, mcs_rec_info *info) {
+    const uint8_t *h = (const uint8_t *)hdr;
+    /* The header's own length field is checked first: the crc below reads exactly
+     * hdr_len bytes, never what a corrupt header claims. */
+    if (!hdr || hdr_len < MCS_REC_FIXED || get_le(h + OFF_HLEN, 2) != hdr_len ||
+        value_len > UINT64_MAX - hdr_len)
+        return MCS_REC_CORRUPT;
+    mcs_rec_info local;
+    mcs_rec_info *inf = info ? info : &local;
+    int rc = mcs_rec_check_header(hdr, hdr_len + value_len, key, key_len, inf);
+    if (rc != MCS_REC_OK) return rc;
+    return inf->value_len == value_len ? MCS_REC_OK : MCS_REC_CORRUPT;
+}
+
 int64_t mcs_rec_read(const void *region, uint64_t region_len, const char *key, size_t key_len,
                      void *dst, uint64_t dst_len, mcs_rec_info *info) {
     mcs_rec_info local;

@@ -36,6 +36,11 @@ int64_t mcs_rec_write(void *region, uint64_t region_len, const char *key, size_t
 /* Verify the header in region (key must match when key != NULL) and fill info. */
 int mcs_rec_check_header(const void *region, uint64_t region_len, const char *key, size_t key_len,
                          mcs_rec_info *info);
+/* Verify a header held apart from its value: hdr holds exactly hdr_len bytes, and the header
+ * must say it is hdr_len long with a value of value_len bytes (key must match when key != NULL).
+ * The value's CRC is the caller's to compare (info->value_crc). */
+int mcs_rec_check_split(const void *hdr, uint64_t hdr_len, uint64_t value_len, const char *key,
+                        size_t key_len, mcs_rec_info *info);
 /* Verify the header, copy the value into dst (dst_len >= value_len) checking its CRC in the same
  * pass. Returns the value length or a negative code. */
 int64_t mcs_rec_read(const void *region, uint64_t region_len, const char *key, size_t key_len,

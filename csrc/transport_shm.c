@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "checksum.h"
 #include "engine_int.h"
 
 #define SHM_LIST 0x4c534d53u  /* "SMSL" request */
@@ -245,21 +246,26 @@ int mcs_shm_peer_alive(mcs_peer *p) {
     return alive;
 }
 
-static void copy(const mcs_request *r, void *remote) {
-    if (r->opcode == MCS_OP_WRITE)
-        memcpy(remote, (void *)(uintptr_t)r->local, r->length);
-    else
+static void copy(const mcs_request *r, mcs_rec_split *rec, const void *remote) {
+    if (r->opcode == MCS_OP_WRITE) {
+        memcpy((void *)remote, (void *)(uintptr_t)r->local, r->length);
+    } else if (rec) {   /* a record: header apart, value checksummed in the copy's pass */
+        memcpy((void *)(uintptr_t)rec->hdr, remote, rec->hdr_len);
+        rec->crc = mcs_copy_crc32c((void *)(uintptr_t)r->local, (const uint8_t *)remote + rec->hdr_len,
+                                   r->length - rec->hdr_len, 0);
+    } else {
         memcpy((void *)(uintptr_t)r->local, remote, r->length);
+    }
 }
 
-static int try_mapped(mcs_peer *p, const mcs_request *r) {
+static int try_mapped(mcs_peer *p, const mcs_request *r, mcs_rec_split *rec) {
     pthread_rwlock_rdlock(&p->shm_lock);
     int hit = 0;
     for (int j = 0; j < p->nmaps; j++) {
         mcs_shm_map_t *m = &p->maps[j];
         if (r->remote >= m->remote_base && r->remote - m->remote_base < m->len &&
             r->length <= m->len - (r->remote - m->remote_base)) {
-            copy(r, (uint8_t *)m->ptr + (r->remote - m->remote_base));
+            copy(r, rec, (uint8_t *)m->ptr + (r->remote - m->remote_base));
             hit = 1;
             break;
         }
@@ -268,7 +274,8 @@ static int try_mapped(mcs_peer *p, const mcs_request *r) {
     return hit;
 }
 
-int mcs_shm_try_copy(mcs_engine *e, mcs_peer *p, const mcs_request *r, int *code) {
+int mcs_shm_try_copy(mcs_engine *e, mcs_peer *p, const mcs_request *r, mcs_rec_split *rec,
+                     int *code) {
     *code = 0;
     if (p->local) {
         int rc = mcs_region_acquire(e, r->remote, r->length);
@@ -276,11 +283,11 @@ int mcs_shm_try_copy(mcs_engine *e, mcs_peer *p, const mcs_request *r, int *code
             *code = rc;
             return 1;
         }
-        copy(r, (void *)(uintptr_t)r->remote);
+        copy(r, rec, (void *)(uintptr_t)r->remote);
         mcs_region_release(e, r->remote);
         return 1;
     }
-    if (try_mapped(p, r)) return 1;
+    if (try_mapped(p, r, rec)) return 1;
     /* A miss may be a region the owner registered after our last list; ask
      * again, at most every 50 ms (the unlocked reads are only a hint). */
     if (p->shm_sock < 0 || mcs_now_ns() - p->last_refresh_ns <= SHM_REFRESH_NS) return 0;
@@ -288,5 +295,5 @@ int mcs_shm_try_copy(mcs_engine *e, mcs_peer *p, const mcs_request *r, int *code
     int again = p->shm_sock >= 0 && mcs_now_ns() - p->last_refresh_ns > SHM_REFRESH_NS;
     if (again && refresh_locked(e, p) != 0) again = 0;
     pthread_rwlock_unlock(&p->shm_lock);
-    return again ? try_mapped(p, r) : 0;
+    return again ? try_mapped(p, r, rec) : 0;
 }

@@ -375,37 +375,35 @@ class RemoteData:
         self._xfer(sl, WRITE, [(_addr(cbuf), 0, sl.length)])
 
     def read(self, sl: Slice, kb: bytes, dst: Any, dst_len: int) -> int:
-        """Value length, or a negative code (CHECKSUM_MISMATCH, INVALID_PARAMS, TRANSFER_FAIL)."""
-        hlen = header_size(len(kb))
-        vlen = sl.length - hlen
-        if vlen >= DIRECT_MIN:
-            return self._read_direct(sl, kb, dst, dst_len, hlen, vlen)
-        buf = self._staging(sl.length)
-        cbuf = ffi.from_buffer(buf)
-        try:
-            self._xfer(sl, READ, [(_addr(cbuf), 0, sl.length)])
-        except StoreError:
-            return int(ErrorCode.TRANSFER_FAIL)
-        return lib.mcs_rec_read(cbuf, sl.length, kb, len(kb), dst, dst_len, ffi.NULL)
-
-    def _read_direct(self, sl: Slice, kb: bytes, dst: Any, dst_len: int, hlen: int,
-                     vlen: int) -> int:
-        """Header into staging, value straight into dst; then verify both (the value's CRC
-        over dst, which is still warm in cache for all but the largest values)."""
+        """Value length, or a negative code (CHECKSUM_MISMATCH, INVALID_PARAMS, TRANSFER_FAIL).
+        Header and value travel as one request, the value straight into dst; the engine
+        checks header and value CRC as the bytes arrive (csrc: mcs_batch_submit_rec)."""
+        vlen = sl.length - header_size(len(kb))
+        if vlen <= 0:
+            return int(ErrorCode.CHECKSUM_MISMATCH)   # no record of this key fits the slice
         if dst_len < vlen:
             return int(ErrorCode.INVALID_PARAMS)
-        hbuf = ffi.from_buffer(self._staging(hlen))
-        try:
-            self._xfer(sl, READ, [(_addr(hbuf), 0, hlen), (_addr(dst), hlen, vlen)])
-        except StoreError:
-            return int(ErrorCode.TRANSFER_FAIL)
-        info = ffi.new("mcs_rec_info *")
-        if lib.mcs_rec_check_header(hbuf, sl.length, kb, len(kb), info) != 0 \
-                or info.header_len != hlen or info.value_len != vlen \
-                or lib.mcs_crc32c(0, dst, vlen) != info.value_crc:
-            return int(ErrorCode.CHECKSUM_MISMATCH)
-        return vlen
-
+        # A stale segment table (the node restarted under the same name) gets one refresh
+        # and retry.
+        for attempt in (0, 1):
+            try:
+                endpoint, base, size = self._where(sl.segment, refresh=attempt == 1)
+            except StoreError:
+                return int(ErrorCode.TRANSFER_FAIL)
+            if sl.offset + sl.length > size:
+                continue
+            try:
+                code = self.engine.wait_codes(self.engine.submit_records(
+                    endpoint, (_addr(dst),), (base + sl.offset,), (vlen,), (kb,), dst))[0]
+            except StoreError:
+                code = int(ErrorCode.TRANSFER_FAIL)
+            if code == 0:
+                return vlen
+            if code == ErrorCode.CHECKSUM_MISMATCH:
+                return code
+            # The peer may be a new process behind the same name: reopen it for the retry.
+            self.engine.disconnect(endpoint)
+        return int(ErrorCode.TRANSFER_FAIL)
 
     # ---- striped replicas: one record per slice, moved in parallel across nodes ----------------
     def write_striped(self, kb: bytes, replicas: list[Replica], src: Any, n: int, epoch: int,
@@ -455,8 +453,8 @@ class RemoteData:
     def _stripe_ok(key: str, look: Lookup, k: int, dst: Any, hb: Any, hlen: int, part: int,
                    at: int, i: int) -> bool:
         info = ffi.new("mcs_rec_info *")
-        if lib.mcs_rec_check_header(hb, hlen + part, ffi.NULL, 0, info) != 0 \
-                or info.header_len != hlen or info.value_len != part:
+        # check_split reads exactly hlen header bytes, whatever a corrupt header claims.
+        if lib.mcs_rec_check_split(hb, hlen, part, ffi.NULL, 0, info) != 0:
             return False
         parsed = parse_stripe_key(bytes(ffi.buffer(hb, hlen)[FIXED_SIZE:]).rstrip(b"\0")
                                   .decode("utf-8", "surrogatepass"))
@@ -502,97 +500,90 @@ class RemoteData:
             if look is None:
                 out[i] = int(ErrorCode.OBJECT_NOT_FOUND)
                 continue
+            buf, size = bufs[i], sizes[i] if sizes is not None else None
             try:
-                dst = store._zc_region(bufs[i], sizes[i] if sizes is not None else None, True)
+                if type(buf) is int and type(size) is int and buf > 0 and size >= 0:
+                    store._check_registered(buf, size)   # a raw address: no Region needed
+                    ptr = buf
+                else:
+                    dst = store._zc_region(buf, size, True)
+                    ptr, size = dst.ptr, dst.size
             except StoreError as e:
                 out[i] = int(e.code)
                 continue
-            if dst.size < look.size:
+            if size < look.size:
                 out[i] = int(ErrorCode.INVALID_PARAMS)
                 continue
-            items.append((i, key, kb, look, dst.ptr, dst.size))
+            items.append((i, key, kb, look, ptr, size))
         out_map = self._read_many(store, items)
         for i, n in out_map.items():
             out[i] = n
         return out
 
     def _read_many(self, store: Any, items: list) -> dict[int, int]:
-        """Read many single-slice records: batches per node submitted together, then each
-        record verified; anything that fails goes through Store's per-key path (which tries
-        the other replicas and decides between TransferFailed and a corrupt object)."""
+        """Read many single-slice records: one batch of record reads per node (the engine
+        checks each record as it arrives), all submitted before any is waited on; anything
+        that fails goes through Store's per-key path (which tries the other replicas and
+        decides between TransferFailed and a corrupt object)."""
         result: dict[int, int] = {}
         by_peer: dict[str, list] = {}
         slow = []
+        local = store._segments
+        table = self._table
         for it in items:
             i, key, kb, look, dst, dst_len = it
             reps = look.replicas
             if look.tier != "dram" or not reps or len(reps[0]) != 1 \
-                    or reps[0][0].segment in store._segments:
+                    or reps[0][0].segment in local:
                 slow.append(it)
                 continue
             sl = reps[0][0]
-            try:
-                endpoint, base, size = self._where(sl.segment)
-            except StoreError:
+            d = table.get(sl.segment)
+            if d is None:
+                try:
+                    d = self._where(sl.segment)
+                except StoreError:
+                    slow.append(it)
+                    continue
+                table = self._table
+            endpoint, base, size = d
+            vlen = sl.length - (FIXED_SIZE + len(kb) + 63) // 64 * 64   # codec.header_size
+            if vlen <= 0 or vlen > dst_len or sl.offset + sl.length > size:
                 slow.append(it)
                 continue
-            hlen = header_size(len(kb))
-            vlen = sl.length - hlen
-            if sl.offset + sl.length > size:
-                slow.append(it)
-                continue
-            if vlen >= DIRECT_MIN:
-                stage = ffi.from_buffer(bytearray(hlen))
-                reqs = [(_addr(stage), base + sl.offset, hlen),
-                        (_addr(dst), base + sl.offset + hlen, vlen)]
-            else:
-                stage = ffi.from_buffer(bytearray(sl.length))
-                reqs = [(_addr(stage), base + sl.offset, sl.length)]
-            by_peer.setdefault(endpoint, []).append((it, stage, hlen, vlen, reqs))
+            by_peer.setdefault(endpoint, []).append(
+                (it, dst if type(dst) is int else _addr(dst), base + sl.offset, vlen))
         batches = []
         for endpoint, jobs in by_peer.items():
             for k in range(0, len(jobs), BATCH_JOBS):
                 chunk = jobs[k:k + BATCH_JOBS]
-                reqs = [r for job in chunk for r in job[4]]
                 try:
-                    bid = self.engine.submit(endpoint, READ, [r[0] for r in reqs],
-                                             [r[1] for r in reqs], [r[2] for r in reqs])
+                    bid = self.engine.submit_records(
+                        endpoint, [j[1] for j in chunk], [j[2] for j in chunk],
+                        [j[3] for j in chunk], [j[0][2] for j in chunk],
+                        [j[0][4] for j in chunk])
                     batches.append((bid, chunk))
                 except StoreError:
                     slow.extend(job[0] for job in chunk)
         for bid, chunk in batches:
             try:
-                st = self.engine.wait(bid)
+                codes = self.engine.wait_codes(bid)
             except StoreError:
                 slow.extend(job[0] for job in chunk)
                 continue
-            at = 0
-            for it, stage, hlen, vlen, reqs in chunk:
-                ok = all(x.state == "completed" for x in st[at:at + len(reqs)])
-                at += len(reqs)
-                n = self._verify(it, stage, hlen, vlen, len(reqs) == 2) if ok else -1
-                if n >= 0:
-                    result[it[0]] = n
+            for job, code in zip(chunk, codes):
+                if code == 0:
+                    result[job[0][0]] = job[3]
                 else:
-                    slow.append(it)
+                    slow.append(job[0])
         for i, key, kb, look, dst, dst_len in slow:
+            if type(dst) is int:
+                dst = ffi.cast("char *", dst)
             try:
                 result[i] = store._read_replicas(key, kb, look, dst, dst_len)
             except StoreError as e:
                 result[i] = int(e.code)
         return result
-
-    @staticmethod
-    def _verify(it: tuple, stage: Any, hlen: int, vlen: int, direct: bool) -> int:
-        _, _, kb, _, dst, dst_len = it
-        if not direct:
-            return lib.mcs_rec_read(stage, hlen + vlen, kb, len(kb), dst, dst_len, ffi.NULL)
-        info = ffi.new("mcs_rec_info *")
-        if lib.mcs_rec_check_header(stage, hlen + vlen, kb, len(kb), info) != 0 \
-                or info.header_len != hlen or info.value_len != vlen \
-                or lib.mcs_crc32c(0, dst, vlen) != info.value_crc:
-            return -1
-        return vlen
 
 
 def _as_rpc_error(method: str, last: StoreError | None, window: int) -> StoreError:

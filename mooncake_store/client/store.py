@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from bisect import bisect_right
 import threading
 import time
 from typing import Any, Sequence
@@ -370,11 +371,22 @@ class Store:
         r = region(buf, size)
         addr = int(ffi.cast("uintptr_t", r.ptr))
         self._registered[addr] = r.size
+        self._sort_registered()
         return addr
 
     def unregister_buffer(self, ptr: int) -> None:
         if self._registered.pop(ptr, None) is None:
             raise InvalidParams(f"address {ptr:#x} is not registered")
+        self._sort_registered()
+
+    def _sort_registered(self) -> None:
+        """The registered buffers' bases in order, for a bisect per zero-copy call; None when
+        two of them overlap (then the first one registered that holds an address rules, as
+        the linear scan decides)."""
+        bases = sorted(self._registered)
+        ends = [b + self._registered[b] for b in bases]
+        disjoint = all(ends[i] <= bases[i + 1] for i in range(len(bases) - 1))
+        self._reg_sorted = (bases, ends) if disjoint else None
 
     def _zc_region(self, buf: Any, size: int | None, writable: bool) -> Region:
         r = region(buf, size, writable)
@@ -384,6 +396,15 @@ class Store:
 
     def _check_registered(self, addr: int, size: int) -> None:
         # A raw address inside a registered buffer must stay inside it.
+        if not self._registered:
+            return
+        sorted_ = getattr(self, "_reg_sorted", None)
+        if sorted_ is not None:
+            bases, ends = sorted_
+            k = bisect_right(bases, addr) - 1
+            if k >= 0 and addr < ends[k] and addr + size > ends[k]:
+                raise InvalidParams(f"[{addr:#x}, +{size}) runs past its registered buffer")
+            return
         for base, length in self._registered.items():
             if base <= addr < base + length:
                 if addr + size > base + length:

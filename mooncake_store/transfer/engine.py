@@ -323,6 +323,37 @@ class TransferEngine:
         self._keep[bid] = keep  # buffers stay alive until the batch is freed
         return bid
 
+    def submit_records(self, target: str, values: Sequence[int], remotes: Sequence[int],
+                       value_lens: Sequence[int], keys: Sequence[bytes], keep: Any = None) -> int:
+        """Submit record reads (csrc/record.h layout): record i starts at remotes[i] in the
+        peer's memory, its header names keys[i] and its value (value_lens[i] bytes) lands at
+        address values[i]. The engine checks each record as its bytes arrive: wait() /
+        wait_codes() then report CHECKSUM_MISMATCH (-801) for one that fails. `keep`: what
+        must stay alive while the engine writes into the values."""
+        n = len(values)
+        if not (n == len(remotes) == len(value_lens) == len(keys)) or n == 0:
+            raise InvalidParams("values, remotes, value_lens and keys must be non-empty and "
+                                "of equal length")
+        pid = self._peer(target)
+        reqs = ffi.new("mcs_rec_request[]", n)
+        kc = [ffi.from_buffer(k) for k in keys]   # copied by the engine at submit
+        for i in range(n):
+            r = reqs[i]
+            r.value, r.remote, r.value_len = values[i], remotes[i], value_lens[i]
+            r.key, r.key_len = kc[i], len(kc[i])
+        bid = lib.mcs_batch_submit_rec(self._e, pid, reqs, n, 0)
+        if bid < 0:
+            _raise(bid, f"submit to {target}")
+        self._batch_sizes[bid] = n
+        self._keep[bid] = keep
+        return bid
+
+    def wait_codes(self, batch_id: int, timeout_ms: int | None = None) -> list[int]:
+        """wait(), as one code per request: 0, or a negative ErrorCode (pending at the
+        timeout: RPC_TIMEOUT)."""
+        return [0 if s.state == "completed" else int(s.code) or int(ErrorCode.RPC_TIMEOUT)
+                for s in self.wait(batch_id, timeout_ms)]
+
     def wait(self, batch_id: int, timeout_ms: int | None = None) -> list[RequestStatus]:
         """Wait for a batch, free it, and return per-request statuses. Requests
         still pending at the timeout are reported as 'timeout'."""
