@@ -180,7 +180,9 @@ class ClusterTiering:
             self._promote.append(obj.key)
 
     def on_demoted(self, obj: Obj) -> None:
-        pass
+        """Eviction dropped the DRAM of an object with a cold copy: if it asked for more
+        copies than it has below, the cold repair adds them (the planner checks)."""
+        self._cold_repair[obj.key] = None
 
     def forget(self, key: str, tiers: tuple[str, ...]) -> None:
         self._forget.append((key, tuple(tiers)))
@@ -238,8 +240,8 @@ class ClusterTiering:
         Called with svc._lock held."""
         node = self.nodes.pop(node_id, None)
         ix = self.ix
-        segs = {name for name, seg in ix.segments.items() if seg.node == node_id}
         with ix.lock:
+            segs = {name for name, seg in ix.segments.items() if seg.node == node_id}
             if node is not None:
                 self._by_rpc.pop(node.rpc, None)
                 self._drop_tasks(node_id)
@@ -255,8 +257,7 @@ class ClusterTiering:
                         ix.counters["lost"] = ix.counters.get("lost", 0) + 1
                         continue
                     self._cold_repair[key] = None
-                if obj.cold and obj.tier == "dram" and obj.replicas \
-                        and all(any(sl.segment in segs for sl in r) for r in obj.replicas):
+                if obj.cold and obj.tier == "dram" and _dram_lost(obj.replicas, segs):
                     # Every DRAM replica goes with the node but a cold copy lives elsewhere:
                     # read that one (the unmount keeps an object whose tier is not DRAM).
                     obj.tier = obj.cold[0]
@@ -708,6 +709,17 @@ class ClusterTiering:
         return {"nodes": {n.node_id: {"rpc": n.rpc, "tiers": n.usage, "demoting": n.demoting}
                           for n in self.nodes.values()},
                 "tasks_in_flight": len(self._tasks), **self.counters}
+
+
+def _dram_lost(replicas: Any, segs: set[str]) -> bool:
+    """Whether losing `segs` leaves no complete DRAM replica: for striped replicas, when
+    some part has no copy elsewhere (the unmount regroups the surviving parts otherwise)."""
+    if not replicas or not segs:
+        return False
+    k = len(replicas[0])
+    if k == 1 or any(len(r) != k for r in replicas):
+        return all(any(sl.segment in segs for sl in r) for r in replicas)
+    return any(all(r[i].segment in segs for r in replicas) for i in range(k))
 
 
 def _retier(ix: Any, key: str, obj: Any) -> bool:
