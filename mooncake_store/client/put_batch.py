@@ -9,15 +9,27 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ..codec import header_size
+from .._engine import ffi, lib
+from ..codec import encode_header, header_size
 from ..errors import InvalidParams, StoreError
 from ..replica import ReplicateConfig
+from ..transfer import WRITE
+
+
+# The tcp inline lane's limits (csrc/transport_tcp.c, docs/transfer.md): a submit of at
+# most 4 slices (of the engine's default 1 MiB) and 2 MiB runs in the caller's thread on the
+# peer's own connection, with no hand-off to the engine's stream threads.
+INLINE_SLICES = 4
+INLINE_BYTES = 2 << 20
+SLICE_BYTES = 1 << 20
 
 
 def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any],
               config: ReplicateConfig | None, upsert: bool, flags: int = 0) -> list[int]:
-    """A batch put in three steps whatever the batch size: one batch_put_start RPC, the
-    writes, one batch_put_end RPC (and one batch_put_revoke for writes that failed)."""
+    """Per key 0 or a negative code. Three control calls whatever the batch size: one
+    batch_put_start, the writes (client/put_batch._Writes), one batch_put_end, and one
+    batch_put_revoke for the keys whose write failed (they get the failure's code; the
+    others are stored)."""
     pairs = store._keys(keys)
     out = [0] * len(pairs)
     regions: list[Any] = [None] * len(pairs)
@@ -33,28 +45,181 @@ def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any]
             out[i] = int(e.code)
     if not todo:
         return out
-    starts = store._index.batch_put_start([pairs[i][0] for i in todo],
-                                          [regions[i].size for i in todo], config, upsert)
-    written, failed = [], []
+    ix = store._index
+    starts = ix.batch_put_start([pairs[i][0] for i in todo], [regions[i].size for i in todo],
+                                config, upsert)
+    writes = _Writes(store, flags)
     for i, (code, replicas) in zip(todo, starts):
         if code != 0:
             out[i] = code
-            continue
-        if replicas is None:
-            continue   # the key exists: a put is a no-op
-        try:
-            store._write_replicas(pairs[i][1], replicas, regions[i].ptr, regions[i].size, flags)
-            written.append(i)
-        except StoreError as e:
-            out[i] = int(e.code)
-            failed.append(pairs[i][0])
+        elif replicas is not None:   # None: the key exists, a put is a no-op
+            writes.add(i, pairs[i][1], replicas, regions[i])
+    written, failed = writes.run(out)
     if failed:
-        store._index.m.call("batch_put_revoke", failed)
+        ix.m.call("batch_put_revoke", [pairs[i][0] for i in failed])
     if written:
-        for i, code in zip(written, store._index.batch_put_end([pairs[i][0] for i in written],
-                                                               flags)):
+        for i, code in zip(written, ix.batch_put_end([pairs[i][0] for i in written], flags)):
             out[i] = code
     return out
+
+
+class _Writes:
+    """The writes of one batch put, every node's at once. The records bound for the node
+    that takes the most bytes are sent from this thread in runs that fit the inline lane
+    (no hand-off; on a busy 2-core host that beat the stream threads); every other node's
+    records go to the engine's stream threads first, as one batch per node, so they move
+    meanwhile. A record is checksummed right before its run is sent, while its bytes are
+    still in cache. A record whose transfer failed is written again through
+    Store._write_replicas (which refreshes the segment table and reconnects); only if that
+    fails too does its key fail. Striped values and replicas in this client's own segments
+    take that path directly."""
+
+    def __init__(self, store: Any, flags: int) -> None:
+        from .cluster import DIRECT_MIN   # cluster.py imports this module at its top
+
+        self.direct_min = DIRECT_MIN
+        self.store = store
+        self.engine = store._remote.engine
+        self.flags = flags
+        self.records: list[tuple[int, bytes, list, Any]] = []
+        self.nodes: dict[str, list] = {}     # endpoint -> [(record, remote address)], bytes
+        self.load: dict[str, int] = {}
+        self.parts: dict[int, list] = {}     # record -> [(local address, offset, length)]
+        self.keep: list[Any] = []            # headers and staging the engine reads from
+        self.bad: set[int] = set()           # records for the per-key path
+
+    def add(self, i: int, kb: bytes, replicas: list, src: Any) -> None:
+        self.records.append((i, kb, replicas, src))
+        if len(replicas[0]) > 1 or any(r[0].segment in self.store._segments for r in replicas):
+            self.bad.add(i)
+            return
+        try:
+            places = [self._place(r[0]) for r in replicas]
+        except StoreError:
+            self.bad.add(i)
+            return
+        for endpoint, remote in places:
+            self.nodes.setdefault(endpoint, []).append((i, remote))
+            self.load[endpoint] = self.load.get(endpoint, 0) + src.size
+
+    def _place(self, sl: Any) -> tuple[str, int]:
+        endpoint, base, size = self.store._remote._where(sl.segment)
+        if sl.offset + sl.length > size:
+            raise StoreError(f"slice {sl} lies outside segment {sl.segment}")
+        return endpoint, base + sl.offset
+
+    def _parts(self, i: int, kb: bytes, length: int, src: Any) -> list | None:
+        """The record's requests as (local address, offset in the record, length): the
+        header built here and the value straight from the caller's memory, or (small
+        values) both assembled in one staging record. None: it cannot be built."""
+        got = self.parts.get(i)
+        if got is not None:
+            return got
+        n, ptr = src.size, src.ptr
+        if n >= self.direct_min:
+            hdr = encode_header(kb, n, lib.mcs_crc32c(0, ptr, n), self.store._epoch,
+                                flags=self.flags)
+            self.keep.append(hdr)
+            got = [(_addr(ffi.from_buffer(hdr)), 0, len(hdr)), (_addr(ptr), len(hdr), n)]
+        else:
+            buf = ffi.new("char[]", length)
+            if lib.mcs_rec_write(buf, length, kb, len(kb), ptr, n, self.store._epoch, 0,
+                                 self.flags, 0) < 0:
+                return None   # the per-key path raises the error
+            self.keep.append(buf)
+            got = [(_addr(buf), 0, length)]
+        self.parts[i] = got
+        return got
+
+    def _requests(self, jobs: list, by_index: dict) -> tuple[list, list]:
+        """Engine requests for some records of one node, and [(record, count)]."""
+        reqs, recs = [], []
+        for i, remote in jobs:
+            kb, replicas, src = by_index[i]
+            parts = self._parts(i, kb, replicas[0][0].length, src)
+            if parts is None:
+                self.bad.add(i)
+                continue
+            reqs.extend((p[0], remote + p[1], p[2]) for p in parts)
+            recs.append((i, len(parts)))
+        return reqs, recs
+
+    def _submit(self, endpoint: str, reqs: list, recs: list, sent: list) -> None:
+        if not reqs:
+            return
+        try:
+            bid = self.engine.submit(endpoint, WRITE, [r[0] for r in reqs],
+                                     [r[1] for r in reqs], [r[2] for r in reqs])
+        except StoreError:
+            self.bad.update(i for i, _ in recs)
+            return
+        sent.append((bid, recs))
+
+    def _inline_runs(self, endpoint: str, jobs: list, by_index: dict) -> None:
+        """This node's records from this thread, a run at a time (each run within the
+        inline lane's limits, or one record where a record alone exceeds them)."""
+        run: list = []
+        size = count = 0
+        for job in jobs:
+            kb, replicas, src = by_index[job[0]]
+            length = replicas[0][0].length
+            slices = 1 if src.size < self.direct_min else 1 - (-src.size // SLICE_BYTES)
+            if run and (count + slices > INLINE_SLICES or size + length > INLINE_BYTES):
+                self._run_now(endpoint, run, by_index)
+                run, size, count = [], 0, 0
+            run.append(job)
+            size += length
+            count += slices
+        if run:
+            self._run_now(endpoint, run, by_index)
+
+    def _run_now(self, endpoint: str, run: list, by_index: dict) -> None:
+        sent: list = []
+        try:
+            self._submit(endpoint, *self._requests(run, by_index), sent)
+        finally:
+            self._collect(sent)
+
+    def _collect(self, sent: list) -> None:
+        for bid, recs in sent:
+            try:
+                st = self.engine.wait(bid)
+            except StoreError:
+                self.bad.update(i for i, _ in recs)
+                continue
+            at = 0
+            for i, count in recs:
+                if any(x.state != "completed" for x in st[at:at + count]):
+                    self.bad.add(i)
+                at += count
+
+    def run(self, out: list[int]) -> tuple[list[int], list[int]]:
+        """Write everything: (records written, records failed, their codes set in out)."""
+        by_index = {i: (kb, replicas, src) for i, kb, replicas, src in self.records}
+        sent: list = []
+        try:
+            if self.nodes:
+                here = max(self.load, key=self.load.get)
+                for endpoint, jobs in self.nodes.items():
+                    if endpoint != here:
+                        self._submit(endpoint, *self._requests(jobs, by_index), sent)
+                self._inline_runs(here, self.nodes[here], by_index)
+        finally:
+            # Waited for even on the way out of an exception: the engine reads memory
+            # this call owns.
+            self._collect(sent)
+            self.keep.clear()
+        written, failed = [], []
+        for i, kb, replicas, src in self.records:
+            if i in self.bad:
+                try:
+                    self.store._write_replicas(kb, replicas, src.ptr, src.size, self.flags)
+                except StoreError as e:
+                    out[i] = int(e.code)
+                    failed.append(i)
+                    continue
+            written.append(i)
+        return written, failed
 
 
 # Values up to this size put through reservations (master/reserve.py keeps records up to
@@ -90,3 +255,7 @@ def put_reserved(store: Any, key: str, kb: bytes, src: Any, record: int, upsert:
         ix.drop_reservation(held)
         raise
     return ix.put_commit(held, key, src.size, flags, upsert, record) != 2
+
+
+def _addr(p: Any) -> int:
+    return int(ffi.cast("uintptr_t", p))
