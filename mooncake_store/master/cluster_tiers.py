@@ -30,6 +30,7 @@ What moves, and when (everything asynchronous, carried by heartbeat tasks):
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import deque
@@ -48,6 +49,7 @@ PROMOTIONS_PER_TICK = 64
 MAX_QUEUED_PROMOTIONS = 4096     # hits beyond it are not queued (a later hit tries again)
 COLD_REPAIRS_PER_TICK = 64
 COLD_REPAIR_RETRY_S = 2.0        # a failed cold copy is tried again after this
+MAX_LOST_HISTORY = 1 << 20       # keys whose copy died with a node, remembered for its return
 UNHEALTHY_S = 5.0                # after a failed demotion, eviction may drop for this long
 STARVED_S = 0.5                  # after eviction deferred to demotion, demote below the watermark
 
@@ -98,6 +100,10 @@ class ClusterTiering:
         self._durable: set[str] = set()      # keys written through: keep a cold copy
         self._cold_repair: dict[str, None] = {}   # keys that may lack cold copies (ordered)
         self._cold_later: deque[tuple[float, str]] = deque()   # failed copies, retried later
+        # key -> the object (or None: it was lost) when a node died holding a cold copy of it.
+        # A node coming back with a record of the key may attach it only to that very object:
+        # one written since (same size, other bytes) must not get the old record as a copy.
+        self._lost_at: dict[str, Obj | None] = {}
         self.counters = {"demotions": 0, "demote_failures": 0, "promotions": 0,
                          "promote_failures": 0, "cold_moves": 0, "cold_drops": 0, "cold_lost": 0,
                          "forgets": 0, "cold_copies_lost": 0, "cold_repairs": 0,
@@ -116,6 +122,7 @@ class ClusterTiering:
         self._durable.clear()
         self._cold_repair.clear()
         self._cold_later.clear()
+        self._lost_at.clear()
 
     @property
     def ix(self) -> Any:
@@ -216,6 +223,9 @@ class ClusterTiering:
                 name = f"{tier}@{rpc}"
                 for key, size, flags in entries:
                     obj = ix._objects.get(key)
+                    if key in self._lost_at and self._lost_at[key] is not obj:
+                        stale.append(key)   # written (or removed) since a node died with it
+                        continue
                     if obj is None:
                         obj = Obj(key, size, [], PIN_NONE, 0.0, 0.0)
                         obj.complete, obj.flags, obj.tier, obj.cold = True, flags, name, (name,)
@@ -252,9 +262,11 @@ class ClusterTiering:
                 if suffix is not None and any(t.endswith(suffix) for t in obj.cold):
                     obj.cold = tuple(t for t in obj.cold if not t.endswith(suffix))
                     self.counters["cold_copies_lost"] += 1
+                    self._remember_lost(key, obj)
                     if obj.tier != "dram" and not _retier(ix, key, obj):
                         self.counters["cold_lost"] += 1
                         ix.counters["lost"] = ix.counters.get("lost", 0) + 1
+                        self._lost_at[key] = None   # a record that comes back is its last value
                         continue
                     self._cold_repair[key] = None
                 if obj.cold and obj.tier == "dram" and _dram_lost(obj.replicas, segs):
@@ -262,6 +274,14 @@ class ClusterTiering:
                     # read that one (the unmount keeps an object whose tier is not DRAM).
                     obj.tier = obj.cold[0]
                     self._cold_repair[key] = None
+
+    def _remember_lost(self, key: str, obj: Obj) -> None:
+        lost = self._lost_at
+        lost.pop(key, None)
+        lost[key] = obj
+        if len(lost) > MAX_LOST_HISTORY:   # the oldest go: their nodes are long back or gone
+            for k in list(itertools.islice(lost, len(lost) - MAX_LOST_HISTORY)):
+                del lost[k]
 
     def _drop_tasks(self, node_id: str) -> None:
         """Tasks of a lost node are void; their objects are free for new tasks (ix.lock held)."""

@@ -97,3 +97,43 @@ def test_written_through_object_gets_its_durable_copy_back(cluster, tmp_path):
         st = s._index.stat("durable")
         assert st["tier"] == "dram" and len(st["replicas"]) == 1
         assert s.get("durable") == v
+
+
+def test_restarted_node_does_not_bring_back_replaced_values(cluster, tmp_path):
+    """A node dies holding SSD copies; meanwhile some of those keys are written again with
+    new values of the same size. Restarted on its directory, the node's records of the
+    untouched keys are readable again, its records of the rewritten keys are stale: they
+    are forgotten, never attached, so no read can return the old bytes."""
+    m = cluster.master("--promotion", "off")
+    ssd = f"{tmp_path}/ssd:64MB"
+    a = cluster.node(m.addr, "--ssd", ssd, dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = {}
+        for i in range(120):
+            vals[f"k{i}"] = v = os.urandom(VALUE)
+            s.put(f"k{i}", v)
+        cold = [k for k in vals if s._index.stat(k)["tier"] == "ssd"]
+        assert len(cold) >= 10
+        b = cluster.node(m.addr, dram="32MB")     # DRAM only: the new values land here
+        wait_nodes(m.addr, 2)
+        a.kill()
+        wait_until(lambda: len(s.stats()["nodes"]) == 1, what="node A dropped")
+        rewritten = cold[:5]
+        for k in rewritten:
+            assert not s.exists(k)
+            vals[k] = v = os.urandom(VALUE)       # same size, new bytes
+            s.put(k, v)
+        cluster.node(m.addr, "--ssd", ssd, dram="8MB")
+        wait_until(lambda: len(s.stats()["nodes"]) == 2 and all(s.exists(k) for k in cold),
+                   what="node A back with its SSD records")
+        for k in cold:
+            assert s.get(k) == vals[k], k
+        for k in rewritten:
+            assert s._index.stat(k)["cold"] == [], k   # A's old record was not attached
+        b.kill()          # the new values die with B: nothing may fall back to A's old ones
+        wait_until(lambda: len(s.stats()["nodes"]) == 1, what="node B dropped")
+        for k in rewritten:
+            assert not s.exists(k), k
+        for k in set(cold) - set(rewritten):
+            assert s.get(k) == vals[k], k
