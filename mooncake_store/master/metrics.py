@@ -111,6 +111,9 @@ def master_values(svc) -> dict[str, float]:
     st = svc.rpc_stats() if svc.role == "leader" else {}
     out = {k: v for k, v in st.items() if isinstance(v, (int, float))}
     out["nodes"] = len(st.get("nodes", {}))
+    # Cold tiers (master/cluster_tiers.py): demotions, cold repairs, copies and objects lost.
+    out.update({f"tiers_{k}": v for k, v in (st.get("cold") or {}).items()
+                if isinstance(v, (int, float))})
     out["is_leader"] = 1 if svc.role == "leader" else 0
     out["rpc_calls"] = svc.rpc.calls
     out["rpc_bad_requests"] = svc.rpc.bad_requests

@@ -11,6 +11,7 @@ import os
 from mooncake_store import ReplicateConfig
 
 from support.cluster import store, wait_nodes
+from support.net import free_port
 from support.procs import wait_until
 
 VALUE = 100_000
@@ -20,8 +21,19 @@ def _copies(s, key: str) -> list[str]:
     return [c["address"] for c in s._index.stat(key)["cold"]]
 
 
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not exported")
+
+
 def test_cold_copies_survive_a_node_kill9(cluster, tmp_path):
-    m = cluster.master("--promotion", "off")
+    mport = free_port()
+    m = cluster.master("--promotion", "off", "--metrics-port", str(mport))
     nodes = [cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd{i}:64MB", dram="8MB")
              for i in range(3)]
     wait_nodes(m.addr, 3)
@@ -72,6 +84,8 @@ def test_cold_copies_survive_a_node_kill9(cluster, tmp_path):
         st = s.stats()
         assert st["cold"]["cold_lost"] >= len(lone)
         assert st["cold"]["cold_copies_lost"] >= len(on_dead)
+        assert _metric(mport, "mstore_master_tiers_cold_lost") == st["cold"]["cold_lost"]
+        assert _metric(mport, "mstore_master_lost") >= len(lone)
         for k in set(one) - set(lone):
             assert not s.exists(k) or s.get(k) == one[k], k
 
