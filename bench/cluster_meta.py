@@ -6,14 +6,22 @@ batched metadata calls from a RemoteIndex client: batch_put_start +
 batch_put_end, batch_exists, batch_get_replicas (keys/s, one batch per call).
 
 Memory (--memory): fills an ObjectIndex with N objects (default 1,000,000) of
-one replica each, keys of 20-40 bytes, and reports bytes per object three ways:
-tracemalloc over the index structures (keys made beforehand, so their text is
-not counted), split into the eviction policy's share and the rest; the key text
-itself; and the RSS growth of a fill that makes its keys as it goes (what a
-master process pays, keys included). Usage:
+one replica each, keys of 20-40 bytes, and reports bytes per object: tracemalloc
+over the index structures (keys made beforehand), split into the eviction
+policy's share and the rest; the key text itself (sys.getsizeof of the key
+strings, which the index, its objects and the policy's queues share: one copy);
+their sum, the figure the <= 300 B/object target is held to; and the RSS growth
+of a fill that makes its keys as it goes (what a master process pays, allocator
+rounding and fragmentation included).
+
+Churn (--churn): an index sized for N objects (default 200,000) is filled, then
+takes 2N more puts, each of which has to evict: microseconds per put, so a
+change of the policy's structures shows what it costs in eviction scans.
+Usage:
 
     python bench/cluster_meta.py [--keys 200000] [--batch 1024]
     python bench/cluster_meta.py --memory [--objects 1000000] [--policy prefix-lfru]
+    python bench/cluster_meta.py --churn [--objects 200000] [--policy prefix-lfru]
 """
 from __future__ import annotations
 
@@ -110,7 +118,29 @@ def memory(a: argparse.Namespace) -> dict:
     out["index_bytes_per_object"] = total / n
     out["policy_bytes_per_object"] = policy / n
     out["index_without_policy_bytes_per_object"] = (total - policy) / n
+    out["index_with_key_text_bytes_per_object"] = total / n + out["key_text_bytes_per_object"]
     return out
+
+
+def churn(a: argparse.Namespace) -> dict:
+    """Puts that each evict: the policy's victim scans on the hot path of a full index."""
+    n = a.objects
+    cfg = Config(global_segment_size=0, lease_ttl_ms=0, high_watermark=1.0,
+                 eviction_ratio=1e-9, eviction_policy=a.policy)   # evict only what a put needs
+    keys = [key_of(i) for i in range(3 * n)]
+    record = 8192                # header + 4 KiB value, rounded up: one slot per record
+    ix = ObjectIndex(cfg)
+    ix.add_segment("10.0.0.1:7000", n * record, align=record)
+    t0 = time.perf_counter()
+    _fill(ix, keys[:n])
+    t1 = time.perf_counter()
+    for j in range(n, 3 * n, 16):     # requests of 16 keys: a read of the previous, then puts
+        ix.batch_get_replicas(keys[j - 16:j])
+        _fill(ix, keys[j:j + 16])
+    t2 = time.perf_counter()
+    return {"objects": n, "policy": a.policy, "evictions": ix.counters["evictions"],
+            "fill_us_per_put": (t1 - t0) / n * 1e6,
+            "churn_us_per_put_with_eviction": (t2 - t1) / (2 * n) * 1e6}
 
 
 def main() -> None:
@@ -118,10 +148,14 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--memory", action="store_true", help="measure index memory instead")
-    ap.add_argument("--objects", type=int, default=1_000_000)
+    ap.add_argument("--churn", action="store_true", help="time puts that evict instead")
+    ap.add_argument("--objects", type=int, default=None,
+                    help="objects (default 1,000,000 for --memory, 200,000 for --churn)")
     ap.add_argument("--policy", default="prefix-lfru")
     a = ap.parse_args()
-    print(json.dumps(memory(a) if a.memory else throughput(a)))
+    if a.objects is None:
+        a.objects = 200_000 if a.churn else 1_000_000
+    print(json.dumps(memory(a) if a.memory else churn(a) if a.churn else throughput(a)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from mooncake_store.config import Config
 from mooncake_store.errors import InvalidParams
 from mooncake_store.master.index import PIN_HARD, PIN_NONE, Lookup, ObjectIndex
 from mooncake_store.master.objmeta import Obj, unpack_loc
+from mooncake_store.master.policy import PrefixLFRUPolicy
 from mooncake_store.master.wire import (lookup_from_wire, lookup_to_wire, packed_to_wire,
                                         replicas_from_wire, replicas_to_wire)
 from mooncake_store.replica import ReplicateConfig, Slice
@@ -131,3 +132,34 @@ def test_master_batch_handlers_fast_and_fallback_paths():
         assert mixed[0][0] == 0 and mixed[1][0] == int(ErrorCode.INVALID_PARAMS)
     finally:
         svc.rpc.close()
+
+
+def test_the_policy_keeps_its_state_in_the_index_objects():
+    """The default policy is bound to the index: its per-key state is Obj.pol (no dict of
+    its own), an upsert hands it on, and it orders keys exactly as a standalone policy
+    given the same calls. Its queues hold the very key string the index holds."""
+    ix = ObjectIndex(Config(global_segment_size=0, lease_ttl_ms=0))
+    ix.add_segment("n1:7000", 1 << 20)
+    twin = PrefixLFRUPolicy()
+    assert ix.policy._nodes is ix._objects
+    for i in range(6):
+        key = "".join(["key-", str(i)])              # a fresh str object each time
+        ix.put_start(key, 100)
+        ix.put_end("key-" + str(i))                   # an equal but distinct str
+        twin.on_insert(key, 100)
+    first = ix._objects["key-0"]
+    assert first.pol is not None and next(iter(ix._objects)) is first.key
+    assert any(k is first.key for k, _st in ix.policy._queues[1].entries())
+    ix.batch_get_replicas(["key-0", "key-1"])
+    twin.hint_prefix(["key-0", "key-1"])
+    for k in ("key-0", "key-1"):
+        twin.on_access(k)
+    ix.put_start("key-0", 200, upsert=True)   # a new object: the key's state goes with it
+    ix.put_end("key-0")
+    twin.on_insert("key-0", 200)
+    assert ix._objects["key-0"] is not first and first.pol is not None
+    assert ix.policy.uses("key-0") == twin.uses("key-0") == 2   # not restarted at 1
+    ix.remove("key-3")
+    twin.on_remove("key-3")
+    assert "key-3" not in ix._objects and len(ix.policy) == len(twin) == 5
+    assert list(ix.policy.victims()) == list(twin.victims())

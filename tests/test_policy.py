@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import itertools
+import random
+from collections import OrderedDict
 
 import pytest
 
 from mooncake_store import Config, InvalidParams
+from mooncake_store.master import policy as policy_mod
 from mooncake_store.master.policy import (POLICIES, LRUPolicy, PrefixLFRUPolicy,
                                           _GhostCounts, make_policy)
 
@@ -99,9 +102,9 @@ def test_access_counts_once_per_request_and_promotes():
     p.hint_prefix(["s", "a"])
     for _ in range(3):
         p.on_access("s")
-    assert p._unpack(p._state["s"])[1] == 1
+    assert p.uses("s") == 1
     request(p, ["s", "a", "c"], 2)
-    assert p._unpack(p._state["s"])[1] == 2 and p._unpack(p._state["a"])[1] == 2
+    assert p.uses("s") == 2 and p.uses("a") == 2
 
 
 def test_reused_tail_leaves_the_tail_class():
@@ -167,7 +170,7 @@ def test_a_block_back_after_eviction_resumes_its_use_count():
     request(p, ["s", "a", "t2"], 2)           # s and a used twice
     p.on_remove("a")                          # evicted ...
     request(p, ["s", "a", "t3"], 1)           # ... and needed again: third use
-    assert p._unpack(p._state["a"])[1] == 3
+    assert p.uses("a") == 3
     for i in range(4):                        # newer once-used traffic
         request(p, [f"u{i}", f"u{i}x", f"u{i}t"], 0)
     got = order(p)
@@ -183,12 +186,12 @@ def test_ghost_counts_stay_bounded_by_cached_keys():
         for v in list(p.victims())[:2]:
             p.on_remove(v)
     # 16 one-byte cells per cached key, a power of two (at least 64), two generations.
-    assert len(p._state) == 0 and p._ghost.nbytes() <= 2 * 64
+    assert len(p) == 0 and p._ghost.nbytes() <= 2 * 64
     for i in range(50):
         request(p, [f"j{i}"], 0)
     for v in list(p.victims())[:10]:
         p.on_remove(v)
-    assert len(p._state) == 40 and p._ghost.nbytes() <= 2 * 1024
+    assert len(p) == 40 and p._ghost.nbytes() <= 2 * 1024
 
 
 def test_ghost_counts_remember_recent_drops_and_forget_old_ones():
@@ -209,20 +212,22 @@ def test_ghost_counts_remember_recent_drops_and_forget_old_ones():
     assert g.get("big") == 255
 
 
-def test_queues_unlink_evicted_keys():
+def test_queues_skip_evicted_keys_without_walking_them_again():
     # A plain dict keeps deleted slots until it resizes and iteration walks them, so
     # with evictions from the front every victims() call would grow with the cache
     # (measured: 12 -> 157 us per eviction at 200k keys; bench/policy_sim.py --cost).
-    # The queues must unlink: OrderedDict does; the order must survive many evictions.
-    from collections import OrderedDict
-
+    # The lazy queues move their head past stale entries once: chunks used up go.
     p = PrefixLFRUPolicy()
-    assert all(isinstance(q, OrderedDict) for q in p._queues)
-    for i in range(300):
+    for i in range(3000):
         request(p, [f"a{i}", f"b{i}", f"c{i}"], 0)
-    for i in range(200):                  # tails first, oldest first
+    tails = p._queues[p._DEAD]
+    assert len(tails.chunks) == 3             # 3000 tails in chunks of 1024
+    for i in range(2500):                     # tails first, oldest first
         assert next(iter(p.victims())) == f"c{i}"
         p.on_remove(f"c{i}")
+    next(iter(p.victims()))
+    assert len(tails.chunks) == 1 and tails.first.head == 2500 - 2048
+    assert len(tails) == 500
 
 
 def test_one_huge_batch_does_not_make_each_eviction_scan_it():
@@ -239,3 +244,136 @@ def test_one_huge_batch_does_not_make_each_eviction_scan_it():
     assert len(rest) == len(keys) - 1 and set(rest) == set(keys[:-1])
     assert rest[:PrefixLFRUPolicy._RUN_CAP] == sorted(
         keys[:PrefixLFRUPolicy._RUN_CAP], key=lambda k: -int(k[1:]))
+
+
+class _ReferenceLFRU(PrefixLFRUPolicy):
+    """The policy as it was with one OrderedDict per class and a dict of (tick, uses,
+    depth, class) per key: the model the lazy chunked queues must match exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ref_state: dict[str, tuple[int, int, int, int]] = {}
+        self.ref_queues = [OrderedDict() for _ in range(self._MAX_CLASS + 1)]
+
+    def on_insert(self, key, size):
+        if key in self.ref_state:
+            return self.on_access(key)
+        tick, depth = self._now(key)
+        uses = self._ghost.get(key) + 1
+        cls = self._class_of(uses) if uses > 1 else (
+            self._DEAD if key == self._tail and depth > 0 else self._ONCE)
+        self.ref_state[key] = (tick, uses, depth, cls)
+        self.ref_queues[cls][key] = None
+        self._peak = max(self._peak, len(self.ref_state))
+
+    def on_access(self, key):
+        if key not in self.ref_state:
+            return
+        tick, depth = self._now(key)
+        last, uses, _depth, cls = self.ref_state[key]
+        del self.ref_queues[cls][key]
+        uses += last != tick
+        cls = self._class_of(uses)
+        self.ref_state[key] = (tick, uses, depth, cls)
+        self.ref_queues[cls][key] = None
+
+    def on_remove(self, key):
+        if key in self.ref_state:
+            _tick, uses, _depth, cls = self.ref_state.pop(key)
+            del self.ref_queues[cls][key]
+            self._ghost.add(key, uses, max(1, self._peak))
+
+    def victims(self):
+        yield from self.ref_queues[self._DEAD]
+        once = self.ref_queues[self._ONCE]
+        heads = [self.ref_state[next(iter(q))][0] for q in self.ref_queues[1:] if q]
+        oldest = self.ref_state[next(iter(once))][0] if once else min(heads, default=None)
+        lifetime = 1 if oldest is None else max(1, self._tick - oldest)
+        items = sorted((t + self.credit_scale * lifetime * (c - 1), -d, k)
+                       for k, (t, _u, d, c) in self.ref_state.items() if c != self._DEAD)
+        yield from (k for _p, _d, k in items)
+
+
+class _Holder:
+    __slots__ = ("pol",)
+
+    def __init__(self) -> None:
+        self.pol = None
+
+
+@pytest.mark.parametrize("off_bits", [2, 10])
+def test_lazy_queues_match_an_ordereddict_reference(monkeypatch, off_bits):
+    """Random traffic (hinted requests, lone accesses, evictions from the front, removals
+    from the middle) through the policy standalone, bound to an index-like dict of
+    objects, and the OrderedDict reference: same victims in the same order throughout.
+    Tiny chunks (4 entries) make every compaction and merge path run often."""
+    monkeypatch.setattr(policy_mod, "_OFF_BITS", off_bits)
+    monkeypatch.setattr(policy_mod, "_CHUNK", 1 << off_bits)
+    rng = random.Random(off_bits)
+    ref, alone, bound = _ReferenceLFRU(), PrefixLFRUPolicy(), PrefixLFRUPolicy()
+    objects: dict[str, _Holder] = {}
+    bound.bind(objects)
+    everyone = (ref, alone, bound)
+    live: set[str] = set()
+    compactions = 0
+    for step in range(3000):
+        op = rng.random()
+        if op < 0.45:                                   # a request over a small key space
+            keys = [f"p{rng.randrange(40)}-{i}" for i in range(rng.randrange(1, 6))]
+            hits = 0
+            while hits < len(keys) and keys[hits] in live:
+                hits += 1
+            for k in keys[hits:]:
+                objects.setdefault(k, _Holder())
+            for p in everyone:
+                request(p, keys, hits)
+            live.update(keys)
+        elif op < 0.65 and live:                        # evict the best victim
+            victim = next(iter(ref.victims()))
+            assert next(iter(alone.victims())) == victim
+            assert next(iter(bound.victims())) == victim
+            for p in everyone:
+                p.on_remove(victim)
+            del objects[victim]
+            live.discard(victim)
+        elif op < 0.8 and live:                         # a removal from anywhere
+            k = rng.choice(sorted(live))
+            for p in everyone:
+                p.on_remove(k)
+            del objects[k]
+            live.discard(k)
+        elif live:                                      # a lone read (its own request)
+            k = rng.choice(sorted(live))
+            for p in everyone:
+                p.on_access(k)
+        if step % 50 == 0:
+            want = list(ref.victims())
+            assert list(alone.victims()) == want and list(bound.victims()) == want
+            assert len(alone) == len(bound) == len(live)
+            for p in (alone, bound):
+                for q, model in zip(p._queues, ref.ref_queues):   # same FIFO order per class
+                    assert [k for k, _st in q.entries()] == list(model)
+                    assert q.live == len(model)
+                    ch = q.first
+                    while ch is not None:
+                        assert 0 <= ch.stale <= len(ch.keys) - ch.head
+                        compactions += len(ch.keys) < (1 << off_bits) and ch is not q.last
+                        ch = ch.next
+    assert list(alone.victims()) == list(ref.victims()) == list(bound.victims())
+    if off_bits == 2:
+        assert compactions  # short chunks were made: the rewrite paths ran
+
+
+def test_a_bound_policy_keeps_its_state_in_the_owners_objects():
+    objects = {k: _Holder() for k in ("a", "b", "c")}
+    p = PrefixLFRUPolicy()
+    p.bind(objects)
+    request(p, ["a", "b", "c"], 0)
+    assert all(objects[k].pol is not None for k in "abc") and p._nodes is objects
+    assert list(p.victims()) == ["c", "b", "a"]
+    p.on_insert("zzz", 1)                 # not in the owner's dict: nothing to track
+    assert len(p) == 3
+    p.on_remove("b")
+    assert objects["b"].pol is None and "b" in objects   # the owner deletes it
+    with pytest.raises(ValueError, match="already tracks"):
+        p.bind({})

@@ -42,8 +42,8 @@ class ClusterIndex:
                 if obj.replicas or obj.tier != "dram":
                     damaged.append(key)
                     continue
+                ix.policy.on_remove(key)   # before the object goes: a bound policy reads it
                 del ix._objects[key]
-                ix.policy.on_remove(key)
                 ix.counters["lost"] = ix.counters.get("lost", 0) + 1
             for key, obj in list(ix._pending.items()):
                 if _touches(obj.replicas, segment):

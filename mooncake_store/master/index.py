@@ -67,6 +67,12 @@ class ObjectIndex:
         self.segments: dict[str, SegmentInfo] = {}
         self._objects: dict[str, Obj] = {}     # complete objects
         self._pending: dict[str, Obj] = {}     # put_start without put_end yet
+        # A policy that can keep its per-key state in our objects (Obj.pol) does: one
+        # dict of a million keys instead of two. Hence on_insert after an object goes
+        # into _objects, on_remove before it leaves, and pol handed on when replaced.
+        bind = getattr(self.policy, "bind", None)
+        if bind is not None:
+            bind(self._objects)
         self._graveyard: list[tuple[float, list[Replica]]] = []
         self.lease_s = self.config.lease_ttl_ms / 1000.0
         # Set by a TierManager when cold tiers exist; None keeps eviction a plain drop.
@@ -213,6 +219,7 @@ class ObjectIndex:
         obj.finish(flags)
         old = self._objects.get(key)
         if old is not None:
+            obj.pol = old.pol   # the policy's state of the key (Obj.pol) goes on
             self._drop(old, keep_until=old.lease_until)
         self._objects[key] = obj
         self.policy.on_insert(key, obj.size)
@@ -366,8 +373,8 @@ class ObjectIndex:
         return self.remove_many(self.keys(), force)
 
     def _remove_locked(self, obj: Obj) -> None:
+        self.policy.on_remove(obj.key)   # first: a bound policy reads the object
         del self._objects[obj.key]
-        self.policy.on_remove(obj.key)
         self.counters["removes"] += 1
         self._drop(obj, keep_until=obj.lease_until)
 

@@ -1,7 +1,7 @@
 """One object's metadata in the master index, packed for millions of objects.
 
 Nearly every object is complete, unpinned, in DRAM, with one replica of one
-slice. Such an object is an Obj of four slots whose `_loc` is one integer
+slice. Such an object is an Obj of five slots whose `_loc` is one integer
 holding size, flags and the slice (segment as a small interned id, offset,
 length) and whose `_x` is None. Everything rarer (a write in progress, pins,
 several or striped replicas, cold-tier copies, copies in flight) lives in an
@@ -126,7 +126,9 @@ def _rare(name: str, default: object) -> property:
 class Obj:
     """One object's metadata (see the module doc for the packed layout)."""
 
-    __slots__ = ("key", "lease_until", "_loc", "_x")
+    # pol: the eviction policy's packed per-key state when the policy keeps it here
+    # (PrefixLFRUPolicy.bind), so the master needs no second dict of keys; None otherwise.
+    __slots__ = ("key", "lease_until", "_loc", "_x", "pol")
 
     def __init__(self, key: str, size: int, replicas: Sequence[Replica], pin: int,
                  pin_until: float, deadline: float) -> None:
@@ -134,6 +136,7 @@ class Obj:
             raise ValueError(f"object size {size} out of range")
         self.key = key
         self.lease_until = 0.0
+        self.pol: int | None = None
         self._loc = size
         x = self._x = _Ext()      # new objects are incomplete until put_end (or adoption)
         x.complete, x.pin, x.pin_until, x.deadline = False, pin, pin_until, deadline

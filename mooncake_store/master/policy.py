@@ -82,6 +82,10 @@ class PrefixLFRUPolicy:
     in API calls (`hint_prefix`). Keys are held in one FIFO queue per frequency
     class (entries enter each queue in time order), so every call is O(1) and
     `victims` merges the queue heads.
+
+    Per-key state is one packed int in a node's `pol` slot: the policy's own small
+    nodes, or, once an index calls `bind(objects)`, the index's entries themselves,
+    so the master keeps one dict of keys, not two (index memory at millions of keys).
     """
 
     name = "prefix-lfru"
@@ -100,17 +104,14 @@ class PrefixLFRUPolicy:
 
                 raise InvalidParams(f"credit_scale: must be >= 0, got {credit_scale!r}")
             self.credit_scale = float(credit_scale)
+        # key -> node whose `pol` holds the packed state (_pack), None while untracked.
+        self._nodes: dict = {}
+        self._bound = False
+        self._live = 0
         # One FIFO per class: 0 = chain tails as written, 1 = used by one request,
         # c >= 2 = used by 2**(c-1) .. 2**c - 1 requests (credit c - 1 = floor(log2 uses)).
-        # OrderedDicts, not plain dicts: a dict keeps the slots of deleted keys until it is
-        # resized, and iterating from the front walks over every one of them, so with
-        # evictions taken from the front each `victims` call grew with the number of keys
-        # (157 us per eviction at 200k keys instead of 12 us). An OrderedDict unlinks.
-        self._queues: list[OrderedDict[str, None]] = [OrderedDict()
-                                                       for _ in range(self._MAX_CLASS + 1)]
-        # key -> last_tick, uses, depth and class packed in one int (_pack/_unpack): one
-        # int per key instead of a list of four (master index memory at millions of keys).
-        self._state: dict[str, int] = {}
+        # Lazy queues of key refs (8-10 bytes a key; an OrderedDict cost ~80), see _Fifo.
+        self._queues = [_Fifo(c, self._nodes) for c in range(self._MAX_CLASS + 1)]
         self._tick = 0
         # The request in progress, as the last hinted chain: key -> depth.
         self._chain: dict[str, int] = {}
@@ -124,6 +125,26 @@ class PrefixLFRUPolicy:
         # batch put evicts for all its keys before it inserts any, so the current count
         # dips by a batch and the history would depend on how a client batches its calls.
         self._peak = 0
+
+    def bind(self, nodes: dict) -> None:
+        """Keep the per-key state in `nodes` (key -> an object with a `pol` slot, None
+        while the key is not tracked) instead of in nodes of our own. The owner adds a
+        key's node before on_insert, removes it only after on_remove, and hands the
+        `pol` of a replaced node to its successor. Only an empty policy can be bound."""
+        if self._nodes:
+            raise ValueError("bind: the policy already tracks keys")
+        self._nodes, self._bound = nodes, True
+        for q in self._queues:
+            q.nodes = nodes
+
+    def __len__(self) -> int:
+        return self._live
+
+    def uses(self, key: str) -> int:
+        """How many requests used a tracked key (0: not tracked)."""
+        node = self._nodes.get(key)
+        st = None if node is None else node.pol
+        return 0 if st is None else (st >> _USES_SHIFT) & _M24
 
     # ---- structure learned from calls --------------------------------------------------------
     def hint_prefix(self, keys: Sequence[str]) -> None:
@@ -147,13 +168,14 @@ class PrefixLFRUPolicy:
         return self._tick, depth
 
     @staticmethod
-    def _pack(tick: int, uses: int, depth: int, cls: int) -> int:
-        return ((tick << 40 | min(uses, _M40)) << 32 | min(depth, _M32)) << 5 | cls
+    def _pack(tick: int, uses: int, depth: int, cls: int, seq: int) -> int:
+        # Uses saturate at 2**24 - 1: every count from 2**23 up is class 24 anyway.
+        return (((tick << 32 | seq) << 24 | min(uses, _M24)) << 32 | min(depth, _M32)) << 5 | cls
 
     @staticmethod
     def _unpack(st: int) -> tuple[int, int, int, int]:
         """(last_tick, uses, depth, class) of a packed state."""
-        return st >> 77, (st >> 37) & _M40, (st >> 5) & _M32, st & 31
+        return st >> _TICK_SHIFT, (st >> _USES_SHIFT) & _M24, (st >> 5) & _M32, st & 31
 
     @staticmethod
     def _class_of(uses: int) -> int:
@@ -161,7 +183,12 @@ class PrefixLFRUPolicy:
 
     # ---- protocol ----------------------------------------------------------------------------
     def on_insert(self, key: str, size: int) -> None:
-        if key in self._state:  # an upsert: a use like any other
+        node = self._nodes.get(key)
+        if node is None:
+            if self._bound:
+                return  # the owner did not add the key: nothing to keep the state in
+            node = self._nodes[key] = _Node()
+        elif node.pol is not None:  # an upsert: a use like any other
             self.on_access(key)
             return
         tick, depth = self._now(key)
@@ -170,50 +197,59 @@ class PrefixLFRUPolicy:
             cls = self._class_of(uses)
         else:
             cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
-        self._state[key] = self._pack(tick, uses, depth, cls)
-        self._queues[cls][key] = None
-        if len(self._state) > self._peak:
-            self._peak = len(self._state)
+        node.pol = self._pack(tick, uses, depth, cls, self._queues[cls].append(key))
+        self._live += 1
+        if self._live > self._peak:
+            self._peak = self._live
 
     def on_access(self, key: str) -> None:
-        st = self._state.get(key)
+        node = self._nodes.get(key)
+        if node is None:
+            return
+        st = node.pol
         if st is None:
             return
         tick, depth = self._now(key)
-        queues = self._queues
-        del queues[st & 31][key]
-        uses = (st >> 37) & _M40     # the _unpack fields, inline on this hot path
-        if st >> 77 != tick:  # count each request once, however many calls it makes
+        uses = (st >> _USES_SHIFT) & _M24     # the _unpack fields, inline on this hot path
+        if st >> _TICK_SHIFT != tick:  # count each request once, however many calls it makes
             uses += 1
         cls = self._class_of(uses)
-        if uses > _M40 or depth > _M32:
-            self._state[key] = self._pack(tick, uses, depth, cls)
+        seq = self._queues[cls].append(key)
+        if uses > _M24 or depth > _M32:
+            node.pol = self._pack(tick, uses, depth, cls, seq)
         else:   # _pack without its clamps
-            self._state[key] = ((tick << 40 | uses) << 32 | depth) << 5 | cls
-        queues[cls][key] = None
+            node.pol = (((tick << 32 | seq) << 24 | uses) << 32 | depth) << 5 | cls
+        # After the new state is in place: the old entry is stale from here on.
+        self._queues[st & 31].drop((st >> _SEQ_SHIFT) & _M32)
 
     def on_remove(self, key: str) -> None:
-        st = self._state.pop(key, None)
-        if st is not None:
-            _tick, uses, _depth, cls = self._unpack(st)
-            del self._queues[cls][key]
-            self._ghost.add(key, uses, max(1, self._peak))
+        node = self._nodes.get(key)
+        if node is None or node.pol is None:
+            return
+        st, node.pol = node.pol, None
+        if not self._bound:
+            del self._nodes[key]
+        self._live -= 1
+        self._queues[st & 31].drop((st >> _SEQ_SHIFT) & _M32)
+        self._ghost.add(key, (st >> _USES_SHIFT) & _M24, max(1, self._peak))
 
     def victims(self) -> Iterator[str]:
-        yield from self._queues[self._DEAD]
+        for key, _st in self._queues[self._DEAD].entries():
+            yield key
         lifetime = self._lifetime()
         runs = [self._ordered(cls, self.credit_scale * lifetime * (cls - 1))
-                for cls in range(self._ONCE, self._MAX_CLASS + 1) if self._queues[cls]]
+                for cls in range(self._ONCE, self._MAX_CLASS + 1) if self._queues[cls].live]
         for _prio, _neg_depth, key in heapq.merge(*runs):
             yield key
 
     # ---- helpers -----------------------------------------------------------------------------
     def _lifetime(self) -> int:
         """Age of the oldest once-used key (else of the oldest key), at least 1."""
-        once = self._queues[self._ONCE]
-        if once:
-            return max(1, self._tick - (self._state[next(iter(once))] >> 77))
-        heads = [self._state[next(iter(q))] >> 77 for q in self._queues[1:] if q]
+        once = self._queues[self._ONCE].first_state()
+        if once is not None:
+            return max(1, self._tick - (once >> _TICK_SHIFT))
+        heads = [st >> _TICK_SHIFT for st in map(_Fifo.first_state, self._queues[1:])
+                 if st is not None]
         return max(1, self._tick - min(heads)) if heads else 1
 
     def _ordered(self, cls: int, credit: float) -> Iterator[tuple[float, int, str]]:
@@ -221,17 +257,16 @@ class PrefixLFRUPolicy:
         Lazy: only the runs the caller reaches are sorted, and a run longer than
         _RUN_CAP keys (a huge batch) streams in queue order, so a call costs at
         most _RUN_CAP steps before its first victim."""
-        state = self._state
         run: list[tuple[float, int, str]] = []
         run_tick = None
         streaming = False
-        for key in self._queues[cls]:
-            tick, _uses, depth, _cls = self._unpack(state[key])
+        for key, st in self._queues[cls].entries():
+            tick = st >> _TICK_SHIFT
             if tick != run_tick:
                 run.sort()
                 yield from run
                 run, run_tick, streaming = [], tick, False
-            item = (tick + credit, -depth, key)
+            item = (tick + credit, -((st >> 5) & _M32), key)
             if streaming:
                 yield item
                 continue
@@ -244,7 +279,198 @@ class PrefixLFRUPolicy:
         yield from run
 
 
-_M32, _M40 = (1 << 32) - 1, (1 << 40) - 1   # depth and use-count fields of a packed state
+# Packed state, low bits first: class (5) | depth (32) | uses (24) | seq (32) | tick (the rest).
+_M22, _M24, _M32 = (1 << 22) - 1, (1 << 24) - 1, (1 << 32) - 1
+_USES_SHIFT, _SEQ_SHIFT, _TICK_SHIFT = 37, 61, 93
+# seq = chunk id (22 bits) | offset in the chunk (10 bits).
+_OFF_BITS = 10
+_CHUNK = 1 << _OFF_BITS
+
+
+class _Node:
+    """A standalone policy's per-key holder (an index's objects play this part when bound)."""
+
+    __slots__ = ("pol",)
+
+    def __init__(self) -> None:
+        self.pol: int | None = None
+
+
+class _Chunk:
+    __slots__ = ("keys", "cid", "head", "stale", "prev", "next")
+
+    def __init__(self, cid: int) -> None:
+        self.keys: list[str] = []
+        self.cid = cid
+        self.head = 0        # entries before it are known stale
+        self.stale = 0       # stale entries at or after head
+        self.prev: _Chunk | None = None
+        self.next: _Chunk | None = None
+
+
+class _Fifo:
+    """The keys of one class in the order they last entered it, removal lazy.
+
+    An OrderedDict costs ~80 bytes a key; a plain dict keeps the slots of deleted
+    keys until it resizes, so iterating from the front after evictions walks all of
+    them (157 us per eviction at 200k keys). Here a queue is a linked list of
+    chunks of up to 1024 key refs. An entry is live while its key's packed state
+    names this class and this slot (seq = chunk id | offset); leaving the queue only
+    counts the entry as stale in its chunk. Iteration skips stale entries, the head
+    chunk's start moves past them, and a chunk whose stale entries outnumber its live
+    ones is rewritten (its live keys renumbered) and merged with a neighbour when
+    both fit in one: every step touches at most two chunks, so no call pays for the
+    whole queue, and stale entries stay at most about as many as live ones.
+    """
+
+    __slots__ = ("cls", "nodes", "first", "last", "chunks", "live", "_next_cid")
+
+    def __init__(self, cls: int, nodes: dict) -> None:
+        self.cls = cls
+        self.nodes = nodes
+        self.first: _Chunk | None = None
+        self.last: _Chunk | None = None
+        self.chunks: dict[int, _Chunk] = {}
+        self.live = 0
+        self._next_cid = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    # ---- changes -------------------------------------------------------------------------------
+    def append(self, key: str) -> int:
+        """Add key at the end; returns its seq (the caller stores it in the key's state)."""
+        last = self.last
+        if last is None or len(last.keys) >= _CHUNK:
+            last = self._new_chunk()
+        last.keys.append(key)
+        self.live += 1
+        return last.cid << _OFF_BITS | (len(last.keys) - 1)
+
+    def drop(self, seq: int) -> None:
+        """The entry at seq went stale (its key's state already says so)."""
+        self.live -= 1
+        ch = self.chunks[seq >> _OFF_BITS]
+        ch.stale += 1
+        if ch.stale * 2 > len(ch.keys) - ch.head:
+            self._compact(ch)
+
+    # ---- reading -------------------------------------------------------------------------------
+    def entries(self) -> Iterator[tuple[str, int]]:
+        """(key, packed state) of the live entries, oldest first."""
+        self._trim()
+        nodes, cls = self.nodes, self.cls
+        ch = self.first
+        while ch is not None:
+            keys, base = ch.keys, ch.cid << _OFF_BITS
+            for i in range(ch.head, len(keys)):
+                key = keys[i]
+                node = nodes.get(key)
+                if node is None:
+                    continue
+                st = node.pol
+                if st is not None and st & 31 == cls and (st >> _SEQ_SHIFT) & _M32 == base | i:
+                    yield key, st
+            ch = ch.next
+
+    def first_state(self) -> int | None:
+        """Packed state of the oldest live entry, None when there is none."""
+        if not self.live:
+            return None
+        self._trim()
+        ch = self.first
+        return None if ch is None else self._state_at(ch, ch.head)
+
+    # ---- internals -----------------------------------------------------------------------------
+    def _state_at(self, ch: _Chunk, i: int) -> int | None:
+        """The key's state when the entry at (ch, i) is live, else None."""
+        node = self.nodes.get(ch.keys[i])
+        st = None if node is None else node.pol
+        if st is not None and st & 31 == self.cls \
+                and (st >> _SEQ_SHIFT) & _M32 == (ch.cid << _OFF_BITS | i):
+            return st
+        return None
+
+    def _trim(self) -> None:
+        """Move the head past stale entries; drop chunks used up."""
+        ch = self.first
+        while ch is not None:
+            i, n = ch.head, len(ch.keys)
+            while i < n and self._state_at(ch, i) is None:
+                i += 1
+            # (max: an owner that deleted a bound object without on_remove left an
+            # entry that never counted as stale; it is skipped all the same)
+            ch.stale = max(0, ch.stale - (i - ch.head))
+            ch.head = i
+            if i < n:
+                return
+            nxt = ch.next
+            self._unlink(ch)
+            ch = nxt
+
+    def _new_chunk(self) -> _Chunk:
+        cid = self._next_cid
+        for _ in range(len(self.chunks) + 1):   # ids wrap: skip one still in use
+            if cid not in self.chunks:
+                break
+            cid = (cid + 1) & _M22
+        else:
+            raise RuntimeError("eviction queue: out of chunk ids")
+        self._next_cid = (cid + 1) & _M22
+        ch = self.chunks[cid] = _Chunk(cid)
+        ch.prev = self.last
+        if self.last is None:
+            self.first = ch
+        else:
+            self.last.next = ch
+        self.last = ch
+        return ch
+
+    def _unlink(self, ch: _Chunk) -> None:
+        del self.chunks[ch.cid]
+        if ch.prev is None:
+            self.first = ch.next
+        else:
+            ch.prev.next = ch.next
+        if ch.next is None:
+            self.last = ch.prev
+        else:
+            ch.next.prev = ch.prev
+
+    def _compact(self, ch: _Chunk) -> None:
+        """Rewrite ch without its stale entries, then merge it with a neighbour that fits."""
+        self._rewrite(ch, ch, 0)
+        prev, nxt = ch.prev, ch.next
+        if prev is not None and len(prev.keys) - prev.stale - prev.head + len(ch.keys) <= _CHUNK:
+            self._rewrite(prev, prev, 0)
+            self._rewrite(ch, prev, len(prev.keys))
+            self._unlink(ch)
+        elif nxt is not None and len(nxt.keys) - nxt.stale - nxt.head + len(ch.keys) <= _CHUNK:
+            self._rewrite(nxt, ch, len(ch.keys))
+            self._unlink(nxt)
+        elif not ch.keys:
+            self._unlink(ch)
+
+    def _rewrite(self, src: _Chunk, dst: _Chunk, at: int) -> None:
+        """The live entries of src go to dst from offset `at` on (dst may be src itself,
+        then at is 0); the keys' states follow. Stale entries are left behind."""
+        nodes, cls = self.nodes, self.cls
+        base, dbase = src.cid << _OFF_BITS, dst.cid << _OFF_BITS
+        keep: list[str] = []
+        clear = ~(_M32 << _SEQ_SHIFT)
+        for i in range(src.head, len(src.keys)):
+            key = src.keys[i]
+            node = nodes.get(key)
+            st = None if node is None else node.pol
+            if st is not None and st & 31 == cls and (st >> _SEQ_SHIFT) & _M32 == base | i:
+                node.pol = st & clear | (dbase | (at + len(keep))) << _SEQ_SHIFT
+                keep.append(key)
+        if dst is src:
+            src.keys, src.head, src.stale = keep, 0, 0
+        else:
+            dst.keys.extend(keep)
+            src.keys, src.head, src.stale = [], 0, 0
+
 
 class _GhostCounts:
     """Use counts of recently dropped keys, approximately, in 32-64 bytes per cached key.
