@@ -6,7 +6,9 @@ transfer engine and answers where it is, its length, its CRC32C and a ticket;
 the client copies it straight into the caller's buffer over the transfer engine
 (shm on the same host, tcp otherwise), checks the CRC over the destination, and
 hands the ticket back with its next stage call (tickets also expire on the node).
-The master never carries the bytes.
+The master never carries the bytes. A node has several staging servers, taken in
+turn, so several reads of one node are staged at once; a read whose copy fails
+(its node died, the copy went) tries the object's other cold copies.
 
 In a cluster Store this object takes the place the embedded TierManager has
 (`Store._tiers`): `read_into` for cold lookups, `demote_now` when a put finds

@@ -20,7 +20,8 @@ serves cold reads without the master in the byte path:
   * `stage(key, tier)` (an RPC from clients): load the verified value into a
     staging buffer registered with the node's transfer engine and answer where
     it is, with its CRC and a ticket; the client reads it over tcp/shm and
-    hands the ticket back with its next call (or it expires).
+    hands the ticket back with its next call (or it expires). STAGE_SERVERS
+    RPC servers, one thread each, serve these calls side by side.
 
 A node keeps at most one cold copy of a key: a demotion removes the key from
 its other tiers. A restarted node lists every verified record of its tiers in
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -98,7 +100,7 @@ class NodeCold:
                     "stage_servers": self.rpc_stage_servers}
         self._servers = []
         try:
-            for _ in range(STAGE_SERVERS):
+            for _ in range(_stage_servers()):
                 self._servers.append(RpcServer(handlers, host, 0, config.auth_token).start())
         except BaseException:
             for srv in self._servers:
@@ -500,6 +502,17 @@ class NodeCold:
         except StoreError:
             pass
         self._stage.close()
+
+
+def _stage_servers() -> int:
+    """STAGE_SERVERS, or MOONCAKE_STAGE_SERVERS (1..16) for measurements."""
+    try:
+        n = int(os.environ.get("MOONCAKE_STAGE_SERVERS", STAGE_SERVERS))
+    except ValueError:
+        raise InvalidParams("MOONCAKE_STAGE_SERVERS must be an integer") from None
+    if not 1 <= n <= 16:
+        raise InvalidParams(f"MOONCAKE_STAGE_SERVERS must be 1..16, got {n}")
+    return n
 
 
 def _parts_ok(key: str, size: int, parts: list) -> bool:
