@@ -18,7 +18,7 @@ What moves, and when (everything asynchronous, carried by heartbeat tasks):
     pushes back on puts instead of losing data;
   * copies: an object of replica_num n keeps n cold copies on distinct nodes
     (each DRAM holder copies its own replica before the DRAM goes; otherwise a
-    tiered node `fetch`es one from a node holding a copy: cold repair);
+    tiered node `fetch`es one from a node holding a copy: master/cold_repair.py);
   * promotion: a cold read counts a hit; per `promotion` (off / on-hit /
     on-second-hit) the master reserves room in the holding node's DRAM and sends
     `promote`; the cold copy stays, so a later eviction is free;
@@ -30,7 +30,6 @@ What moves, and when (everything asynchronous, carried by heartbeat tasks):
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections import deque
@@ -39,6 +38,7 @@ from typing import Any
 
 from ..codec import header_size
 from ..replica import Replica, Slice
+from .cold_repair import ColdRepair, split_tier
 from .index import PIN_HARD, PIN_NONE, PIN_SOFT, Obj
 
 log = logging.getLogger("mooncake_store.master")
@@ -47,17 +47,8 @@ DEMOTE_TASKS_PER_NODE = 256      # in flight per node
 SCAN_PER_TICK = 20_000           # LRU entries looked at per tick when choosing victims
 PROMOTIONS_PER_TICK = 64
 MAX_QUEUED_PROMOTIONS = 4096     # hits beyond it are not queued (a later hit tries again)
-COLD_REPAIRS_PER_TICK = 64
-COLD_REPAIR_RETRY_S = 2.0        # a failed cold copy is tried again after this
-MAX_LOST_HISTORY = 1 << 20       # keys whose copy died with a node, remembered for its return
 UNHEALTHY_S = 5.0                # after a failed demotion, eviction may drop for this long
 STARVED_S = 0.5                  # after eviction deferred to demotion, demote below the watermark
-
-
-def split_tier(name: str) -> tuple[str, str]:
-    """"ssd@host:port" -> ("ssd", "host:port"); "dram" -> ("dram", "")."""
-    tier, _, where = name.partition("@")
-    return tier, where
 
 
 @dataclass
@@ -97,13 +88,7 @@ class ClusterTiering:
         self._lock = threading.Lock()
         self._starved = -1e9            # last time eviction deferred to a demotion
         self._persist: dict[str, str] = {}   # key -> pending | ok | failed (write-through)
-        self._durable: set[str] = set()      # keys written through: keep a cold copy
-        self._cold_repair: dict[str, None] = {}   # keys that may lack cold copies (ordered)
-        self._cold_later: deque[tuple[float, str]] = deque()   # failed copies, retried later
-        # key -> the object (or None: it was lost) when a node died holding a cold copy of it.
-        # A node coming back with a record of the key may attach it only to that very object:
-        # one written since (same size, other bytes) must not get the old record as a copy.
-        self._lost_at: dict[str, Obj | None] = {}
+        self.repair = ColdRepair(self)       # cold copies: how many each object keeps
         self.counters = {"demotions": 0, "demote_failures": 0, "promotions": 0,
                          "promote_failures": 0, "cold_moves": 0, "cold_drops": 0, "cold_lost": 0,
                          "forgets": 0, "cold_copies_lost": 0, "cold_repairs": 0,
@@ -119,10 +104,7 @@ class ClusterTiering:
         self._promote.clear()
         self._forget.clear()
         self._persist.clear()
-        self._durable.clear()
-        self._cold_repair.clear()
-        self._cold_later.clear()
-        self._lost_at.clear()
+        self.repair.clear()
 
     @property
     def ix(self) -> Any:
@@ -189,11 +171,11 @@ class ClusterTiering:
     def on_demoted(self, obj: Obj) -> None:
         """Eviction dropped the DRAM of an object with a cold copy: if it asked for more
         copies than it has below, the cold repair adds them (the planner checks)."""
-        self._cold_repair[obj.key] = None
+        self.repair.queue(obj.key)
 
     def forget(self, key: str, tiers: tuple[str, ...]) -> None:
         self._forget.append((key, tuple(tiers)))
-        self._durable.discard(key)   # removed or replaced: a new put asks again
+        self.repair.durable.discard(key)   # removed or replaced: a new put asks again
 
     # ---- nodes ---------------------------------------------------------------------------------------
     def add_node(self, node_id: str, cold: dict) -> int:
@@ -209,8 +191,7 @@ class ClusterTiering:
         self._by_rpc[rpc] = node_id
         n = self._adopt(node_id, rpc, cold.get("inventory") or {})
         # A new tiered node may be the room a cold object short of copies waits for.
-        for key in list(self.svc.want)[:1 << 16]:
-            self._cold_repair[key] = None
+        self.repair.queue_many(list(self.svc.want))
         return n
 
     def _adopt(self, node_id: str, rpc: str, inventory: dict) -> int:
@@ -223,7 +204,7 @@ class ClusterTiering:
                 name = f"{tier}@{rpc}"
                 for key, size, flags in entries:
                     obj = ix._objects.get(key)
-                    if key in self._lost_at and self._lost_at[key] is not obj:
+                    if self.repair.stale(key, obj):
                         stale.append(key)   # written (or removed) since a node died with it
                         continue
                     if obj is None:
@@ -262,26 +243,18 @@ class ClusterTiering:
                 if suffix is not None and any(t.endswith(suffix) for t in obj.cold):
                     obj.cold = tuple(t for t in obj.cold if not t.endswith(suffix))
                     self.counters["cold_copies_lost"] += 1
-                    self._remember_lost(key, obj)
                     if obj.tier != "dram" and not _retier(ix, key, obj):
                         self.counters["cold_lost"] += 1
                         ix.counters["lost"] = ix.counters.get("lost", 0) + 1
-                        self._lost_at[key] = None   # a record that comes back is its last value
+                        self.repair.remember_lost(key, None)   # a record back is its last value
                         continue
-                    self._cold_repair[key] = None
+                    self.repair.remember_lost(key, obj)
+                    self.repair.queue(key)
                 if obj.cold and obj.tier == "dram" and _dram_lost(obj.replicas, segs):
                     # Every DRAM replica goes with the node but a cold copy lives elsewhere:
                     # read that one (the unmount keeps an object whose tier is not DRAM).
                     obj.tier = obj.cold[0]
-                    self._cold_repair[key] = None
-
-    def _remember_lost(self, key: str, obj: Obj) -> None:
-        lost = self._lost_at
-        lost.pop(key, None)
-        lost[key] = obj
-        if len(lost) > MAX_LOST_HISTORY:   # the oldest go: their nodes are long back or gone
-            for k in list(itertools.islice(lost, len(lost) - MAX_LOST_HISTORY)):
-                del lost[k]
+                    self.repair.queue(key)
 
     def _drop_tasks(self, node_id: str) -> None:
         """Tasks of a lost node are void; their objects are free for new tasks (ix.lock held)."""
@@ -293,7 +266,7 @@ class ClusterTiering:
             if task.slice is not None:
                 self.ix._free_replicas([(task.slice,)])
             if task.kind == "fetch":
-                self._cold_repair[task.key] = None
+                self.repair.queue(task.key)
 
     def apply_report(self, node_id: str, report: dict) -> None:
         """A node's heartbeat: its tiers' usage and the moves/drops it made itself."""
@@ -337,9 +310,14 @@ class ClusterTiering:
                 forgets = self._drain_forgets()
                 demotes = self._plan_demotions(now)
                 promotes = self._plan_promotions(now)
-                copies = self._plan_cold_repairs(now)
+                copies = self.repair.plan(now)
             for node_id, task in forgets + demotes + promotes + copies:
                 self._send(node_id, task)
+
+    def _register(self, tid: int, kind: str, key: str, node_id: str, obj: Obj, deadline: float,
+                  **kw: Any) -> None:
+        """A task sent to a node, awaited until its answer or deadline (cold_repair.py too)."""
+        self._tasks[tid] = ColdTask(kind, key, node_id, obj, deadline, **kw)
 
     def _send(self, node_id: str, task: dict) -> None:
         rec = self.svc.nodes.get(node_id)
@@ -435,59 +413,6 @@ class ClusterTiering:
                                   "segment": name, "offset": off, "length": length}))
         return out
 
-    def _plan_cold_repairs(self, now: float) -> list[tuple[str, dict]]:
-        """Objects short of cold copies get one more: a cold-only object wants as many copies,
-        on distinct nodes, as its replica_num; a written-through DRAM object wants one durable
-        copy. The new copy is made by a tiered node holding none (`fetch` from a node that
-        has one, or a write-through from a DRAM replica). svc._lock and ix.lock held."""
-        while self._cold_later and self._cold_later[0][0] <= now:
-            self._cold_repair[self._cold_later.popleft()[1]] = None
-        ix, out = self.ix, []
-        ttl = self.svc.config.node_ttl_ms / 1000.0
-        for _ in range(min(COLD_REPAIRS_PER_TICK, len(self._cold_repair))):
-            key = next(iter(self._cold_repair))
-            del self._cold_repair[key]
-            obj = ix._objects.get(key)
-            if obj is None or not obj.complete:
-                continue
-            if obj.busy:
-                self._cold_later.append((now + COLD_REPAIR_RETRY_S, key))
-                continue
-            if obj.replicas:
-                if key in self._durable and not obj.cold and not self._persist_task(key, obj, now):
-                    self._cold_later.append((now + COLD_REPAIR_RETRY_S, key))
-                continue
-            holders = {self._by_rpc.get(split_tier(t)[1]): t for t in obj.cold}
-            holders.pop(None, None)
-            if not holders or len(holders) >= self.svc.want.get(key, 1):
-                continue
-            target = self._copy_target(set(holders), now)
-            if target is None:
-                continue   # no tiered node without a copy: a joining one re-queues it
-            src = next(iter(holders.values()))
-            tid = next(self.svc._task_ids)
-            obj.busy = True
-            tier = f"{target.tiers[0]}@{target.rpc}"
-            self._tasks[tid] = ColdTask("fetch", key, target.node_id, obj, now + 2 * ttl + 30.0,
-                                        tier=tier, src=src)
-            src_tier, src_rpc = split_tier(src)
-            out.append((target.node_id, {"kind": "fetch", "id": tid, "key": key, "src": src_rpc,
-                                         "src_tier": src_tier}))
-        return out
-
-    def _copy_target(self, exclude: set[str], now: float) -> ColdNode | None:
-        """A healthy tiered node (not in `exclude`) with the most free room in its first tier."""
-        best, room = None, -1
-        for node in self.nodes.values():
-            if node.node_id in exclude or node.unhealthy_until > now \
-                    or node.node_id not in self.svc.nodes:
-                continue
-            u = node.usage.get(node.tiers[0]) or {}
-            free = int(u.get("capacity", 0)) - int(u.get("used", 0))
-            if free > room:
-                best, room = node, free
-        return best
-
     def _expire(self, now: float) -> None:
         for tid in [t for t, task in self._tasks.items() if task.deadline <= now]:
             self._finish(self._tasks.pop(tid), False)
@@ -524,7 +449,7 @@ class ClusterTiering:
             if task.kind == "persist":
                 return self._finish_persist(task, ok, current and task.replica in obj.replicas)
             if task.kind == "fetch":
-                return self._finish_fetch(task, ok, current)
+                return self.repair.finish_fetch(task, ok, current)
             if node is not None:
                 node.demoting = max(0, node.demoting - 1)
             if current and ok and task.tier not in obj.cold:
@@ -532,7 +457,7 @@ class ClusterTiering:
                     # Same object, its DRAM evicted meanwhile (it had a cold copy already): the
                     # node verified the record's key and CRC, so this is a copy of this value.
                     obj.cold = obj.cold + (task.tier,)
-                    self._cold_repair[task.key] = None
+                    self.repair.queue(task.key)
                     return True, False
             if not current or task.replica not in obj.replicas:
                 # Removed or replaced meanwhile (its record may already be invalidated, so a
@@ -540,7 +465,7 @@ class ClusterTiering:
                 # one is on its way to the same node (which will overwrite it).
                 if not ok:
                     if current:
-                        self._cold_repair[task.key] = None
+                        self.repair.queue(task.key)
                     return False, False
                 newer = ix._objects.get(task.key)
                 keep = newer is not None and (task.tier in newer.cold or any(
@@ -552,11 +477,11 @@ class ClusterTiering:
                 if node is not None:
                     node.unhealthy_until = self.svc.clock() + UNHEALTHY_S
                 if obj.cold:     # a second copy failed: the object is below, DRAM may go
-                    self._cold_repair[task.key] = None
+                    self.repair.queue(task.key)
                 return False, False
             if task.tier not in obj.cold:
                 obj.cold = obj.cold + (task.tier,)
-            if self._demote_more(task.key, obj):
+            if self.repair.demote_more(task.key, obj):
                 return True, False     # replica_num > 1: DRAM stays until the next copy is in
             ix.policy.on_remove(task.key)
             replicas, obj.replicas, obj.tier = obj.replicas, [], task.tier
@@ -565,55 +490,6 @@ class ClusterTiering:
             self.counters["striped_demotions"] += len(task.replica) > 1
             ix.counters["demotions"] = ix.counters.get("demotions", 0) + 1
             return True, False
-
-    def _demote_more(self, key: str, obj: Obj) -> bool:
-        """An object of replica_num > 1 got a cold copy: have another node holding one of its
-        DRAM replicas copy that one into its own tier (a local copy) before the DRAM goes, so
-        the object never has fewer copies than it asked for. False when no such node is free
-        (the fetch repair adds the missing copies later). svc._lock and ix.lock held."""
-        want = self.svc.want.get(key, 1)
-        if want <= 1:
-            return False
-        have = {self._by_rpc.get(split_tier(t)[1]) for t in obj.cold}
-        if len(have - {None}) >= want:
-            return False
-        now = self.svc.clock()
-        for r in obj.replicas:
-            node = self._demoter(r, now, busy_ok=False)
-            if node is None or node.node_id in have:
-                continue
-            tid = next(self.svc._task_ids)
-            task = self._demote_task(key, obj, r, node, tid)
-            if task is None:
-                continue
-            obj.busy = True
-            node.demoting += 1
-            self._tasks[tid] = ColdTask("demote", key, node.node_id, obj,
-                                        now + 2 * self.svc.config.node_ttl_ms / 1000.0 + 10.0,
-                                        replica=r, tier=f"{node.tiers[0]}@{node.rpc}")
-            self._send(node.node_id, task)
-            return True
-        self._cold_repair[key] = None
-        return False
-
-    def _finish_fetch(self, task: ColdTask, ok: bool, current: bool) -> tuple[bool, bool]:
-        """Under the index lock: record the copied cold copy (unless the object changed)."""
-        obj = task.obj
-        if not ok:
-            self.counters["cold_repair_failures"] += 1
-            if current:
-                self._cold_later.append((self.svc.clock() + COLD_REPAIR_RETRY_S, task.key))
-            return False, False
-        if not current:
-            # Removed or replaced meanwhile: the copy holds an old value (a same-object check,
-            # so a source copy that moved or died meanwhile does not matter).
-            newer = self.ix._objects.get(task.key)
-            return False, not (newer is not None and task.tier in newer.cold)
-        if task.tier not in obj.cold:
-            obj.cold = obj.cold + (task.tier,)
-        self.counters["cold_repairs"] += 1
-        self._cold_repair[task.key] = None   # still short? planned again
-        return True, False
 
     # ---- write-through (ReplicateConfig.persist) ---------------------------------------------------------
     def persist(self, key: str) -> str:
@@ -648,7 +524,7 @@ class ClusterTiering:
             if task is None:
                 continue
             obj.busy = True
-            self._durable.add(key)
+            self.repair.durable.add(key)
             self._tasks[tid] = ColdTask("persist", key, node.node_id, obj,
                                         now + 2 * self.svc.config.node_ttl_ms / 1000.0 + 40.0,
                                         replica=r, tier=f"{tier}@{node.rpc}")

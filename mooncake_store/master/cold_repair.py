@@ -1,0 +1,184 @@
+"""How many cold copies each object keeps, and getting them back when nodes die.
+
+Cold copies (master/cluster_tiers.py: `obj.cold`, names `TIER@NODE_RPC`) count
+as copies of an object:
+
+  * an object of replica_num n keeps n cold copies on distinct nodes. When its
+    first demotion is acked, its DRAM stays and the next node holding a DRAM
+    replica copies that one into its own tier (`demote_more`, a local copy);
+    the DRAM goes once n nodes hold a copy;
+  * an object short of copies (its node died, a copy failed, its DRAM was
+    evicted before the second copy) is queued; `plan` has a tiered node that
+    holds none `fetch` one from a node that does (the node stages it there and
+    reads it over the transfer engine), or, for a written-through object whose
+    durable copy died, writes through again from a DRAM replica;
+  * when a node dies holding a copy, the object it belonged to is remembered:
+    a node coming back with that record may attach it only to the same object,
+    never to one written under the key since (same size, other bytes).
+
+Everything here runs under the master's svc._lock and the index lock (the
+tiering tick, node loss, task answers), except `queue`, which eviction calls
+under the index lock alone.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any
+
+REPAIRS_PER_TICK = 64
+RETRY_S = 2.0                 # a failed or postponed cold copy is tried again after this
+MAX_LOST_HISTORY = 1 << 20    # keys whose copy died with a node, remembered for its return
+
+
+def split_tier(name: str) -> tuple[str, str]:
+    """"ssd@host:port" -> ("ssd", "host:port"); "dram" -> ("dram", "")."""
+    tier, _, where = name.partition("@")
+    return tier, where
+
+
+class ColdRepair:
+    def __init__(self, tiers: Any) -> None:
+        self.t = tiers                                  # the ClusterTiering it serves
+        self.durable: set[str] = set()                  # keys written through
+        self._queue: dict[str, None] = {}               # keys that may lack copies (ordered)
+        self._later: deque[tuple[float, str]] = deque()
+        self._lost_at: dict[str, Any] = {}              # key -> Obj, or None (it was lost)
+
+    def clear(self) -> None:
+        self.durable.clear()
+        self._queue.clear()
+        self._later.clear()
+        self._lost_at.clear()
+
+    def queue(self, key: str) -> None:
+        """key may have fewer copies than it wants: look at it on the next tick."""
+        self._queue[key] = None
+
+    def queue_many(self, keys: Any) -> None:
+        for key in itertools.islice(keys, 1 << 16):
+            self._queue[key] = None
+
+    # ---- records of nodes that come back -----------------------------------------------------
+    def remember_lost(self, key: str, obj: Any) -> None:
+        """A node died with a copy of key; `obj` is the object it belonged to (None: the
+        object died with it)."""
+        lost = self._lost_at
+        lost.pop(key, None)
+        lost[key] = obj
+        if len(lost) > MAX_LOST_HISTORY:   # the oldest go: their nodes are long back or gone
+            for k in list(itertools.islice(lost, len(lost) - MAX_LOST_HISTORY)):
+                del lost[k]
+
+    def stale(self, key: str, obj: Any) -> bool:
+        """Whether a returning node's record of key belongs to another object than `obj`
+        (the current one, or None): the key was written or removed since it died."""
+        return key in self._lost_at and self._lost_at[key] is not obj
+
+    # ---- planning ------------------------------------------------------------------------------
+    def plan(self, now: float) -> list[tuple[str, dict]]:
+        """Tasks that give queued objects one more copy each (bounded per tick)."""
+        while self._later and self._later[0][0] <= now:
+            self._queue[self._later.popleft()[1]] = None
+        t = self.t
+        objects, out = t.ix._objects, []
+        for _ in range(min(REPAIRS_PER_TICK, len(self._queue))):
+            key = next(iter(self._queue))
+            del self._queue[key]
+            obj = objects.get(key)
+            if obj is None or not obj.complete:
+                continue
+            if obj.busy:
+                self._later.append((now + RETRY_S, key))
+                continue
+            if obj.replicas:   # in DRAM: only a written-through object wants a cold copy
+                if key in self.durable and not obj.cold and not t._persist_task(key, obj, now):
+                    self._later.append((now + RETRY_S, key))
+                continue
+            task = self._fetch(key, obj, now)
+            if task is not None:
+                out.append(task)
+        return out
+
+    def _fetch(self, key: str, obj: Any, now: float) -> tuple[str, dict] | None:
+        t = self.t
+        holders = {t._by_rpc.get(split_tier(name)[1]): name for name in obj.cold}
+        holders.pop(None, None)
+        if not holders or len(holders) >= t.svc.want.get(key, 1):
+            return None
+        target = self._target(set(holders), now)
+        if target is None:
+            return None   # no tiered node without a copy: one that joins re-queues it
+        src = next(iter(holders.values()))
+        tid = next(t.svc._task_ids)
+        obj.busy = True
+        t._register(tid, "fetch", key, target.node_id, obj,
+                    now + 2 * t.svc.config.node_ttl_ms / 1000.0 + 30.0,
+                    tier=f"{target.tiers[0]}@{target.rpc}", src=src)
+        src_tier, src_rpc = split_tier(src)
+        return target.node_id, {"kind": "fetch", "id": tid, "key": key, "src": src_rpc,
+                                "src_tier": src_tier}
+
+    def _target(self, exclude: set[str], now: float) -> Any:
+        """A healthy tiered node (not in `exclude`) with the most free room in its first tier."""
+        best, room = None, -1
+        for node in self.t.nodes.values():
+            if node.node_id in exclude or node.unhealthy_until > now \
+                    or node.node_id not in self.t.svc.nodes:
+                continue
+            u = node.usage.get(node.tiers[0]) or {}
+            free = int(u.get("capacity", 0)) - int(u.get("used", 0))
+            if free > room:
+                best, room = node, free
+        return best
+
+    def demote_more(self, key: str, obj: Any) -> bool:
+        """An object of replica_num > 1 got a cold copy: have another node holding one of its
+        DRAM replicas copy that one into its own tier before the DRAM goes, so the object
+        never has fewer copies than it asked for. False when no such node is free (the
+        object is queued: a fetch adds the missing copies)."""
+        t = self.t
+        want = t.svc.want.get(key, 1)
+        if want <= 1:
+            return False
+        have = {t._by_rpc.get(split_tier(name)[1]) for name in obj.cold}
+        if len(have - {None}) >= want:
+            return False
+        now = t.svc.clock()
+        for r in obj.replicas:
+            node = t._demoter(r, now, busy_ok=False)
+            if node is None or node.node_id in have:
+                continue
+            tid = next(t.svc._task_ids)
+            task = t._demote_task(key, obj, r, node, tid)
+            if task is None:
+                continue
+            obj.busy = True
+            node.demoting += 1
+            t._register(tid, "demote", key, node.node_id, obj,
+                        now + 2 * t.svc.config.node_ttl_ms / 1000.0 + 10.0,
+                        replica=r, tier=f"{node.tiers[0]}@{node.rpc}")
+            t._send(node.node_id, task)
+            return True
+        self.queue(key)
+        return False
+
+    # ---- answers -------------------------------------------------------------------------------
+    def finish_fetch(self, task: Any, ok: bool, current: bool) -> tuple[bool, bool]:
+        """A fetch answered: (attached, the node must forget its copy)."""
+        t, obj = self.t, task.obj
+        if not ok:
+            t.counters["cold_repair_failures"] += 1
+            if current:
+                self._later.append((t.svc.clock() + RETRY_S, task.key))
+            return False, False
+        if not current:
+            # Removed or replaced meanwhile: the copy holds an old value (a same-object check,
+            # so a source copy that moved or died meanwhile does not matter).
+            newer = t.ix._objects.get(task.key)
+            return False, not (newer is not None and task.tier in newer.cold)
+        if task.tier not in obj.cold:
+            obj.cold = obj.cold + (task.tier,)
+        t.counters["cold_repairs"] += 1
+        self.queue(task.key)   # still short? planned again
+        return True, False
