@@ -13,7 +13,9 @@ import pytest
 from mooncake_store._engine import ffi, lib
 from mooncake_store.codec import header_size
 from mooncake_store.errors import ErrorCode, InvalidParams
-from mooncake_store.transfer import WRITE, TransferEngine
+from mooncake_store.transfer import TransferEngine
+
+from support.procs import run_threads
 
 KiB, MiB = 1 << 10, 1 << 20
 BAD = int(ErrorCode.CHECKSUM_MISMATCH)
@@ -99,6 +101,26 @@ def test_corrupt_records_fail_alone(shared_target):
         # Intact bytes, but another key or another value length than the header's.
         assert lay.read([0], keys=[b"c9"])[0] == [BAD]
         assert lay.read([2], lens=[SIZES[2] - 64])[0] == [BAD]
+
+
+def test_record_reads_from_many_threads(shared_target):
+    """One caller holds the inline lane; the others' lone reads go through the streams
+    meanwhile. Every record arrives checked and exact, the damaged one fails every time."""
+    base, _ = shared_target.regions["plain"]
+    with TransferEngine(use_shm=False, timeout_ms=10_000) as te:
+        lay = Layout(te, shared_target.name, base + 48 * MiB)
+        ids = [lay.put(f"t{i}".encode(), n, 300 + i) for i, n in enumerate(SIZES)]
+        key, value, remote = lay.items[2]
+        lay.poke(remote + header_size(len(key)) + 7, int(value[7]) ^ 2)
+
+        def work(t: int) -> None:
+            for r in range(12):
+                i = ids[(t + r) % len(ids)]
+                codes, outs = lay.read([i])
+                assert codes == [BAD if i == 2 else 0]
+                assert i == 2 or lay.exact(i, outs[0])
+
+        run_threads(work, 6)
 
 
 def test_bad_ranges_stay_transfer_errors(shared_target):
