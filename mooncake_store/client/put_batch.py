@@ -85,7 +85,6 @@ class _Writes:
         self.nodes: dict[str, list] = {}     # endpoint -> [(record, remote address)], bytes
         self.load: dict[str, int] = {}
         self.parts: dict[int, list] = {}     # record -> [(local address, offset, length)]
-        self.keep: list[Any] = []            # headers and staging the engine reads from
         self.bad: set[int] = set()           # records for the per-key path
 
     def add(self, i: int, kb: bytes, replicas: list, src: Any) -> None:
@@ -116,18 +115,18 @@ class _Writes:
         if got is not None:
             return got
         n, ptr = src.size, src.ptr
+        # Header and staging go to the engine as objects (it keeps them alive until their
+        # batch is done, even past a wait that timed out); the value as the caller's address.
         if n >= self.direct_min:
             hdr = encode_header(kb, n, lib.mcs_crc32c(0, ptr, n), self.store._epoch,
                                 flags=self.flags)
-            self.keep.append(hdr)
-            got = [(_addr(ffi.from_buffer(hdr)), 0, len(hdr)), (_addr(ptr), len(hdr), n)]
+            got = [(hdr, 0, len(hdr)), (_addr(ptr), len(hdr), n)]
         else:
-            buf = ffi.new("char[]", length)
-            if lib.mcs_rec_write(buf, length, kb, len(kb), ptr, n, self.store._epoch, 0,
-                                 self.flags, 0) < 0:
+            buf = bytearray(length)
+            if lib.mcs_rec_write(ffi.from_buffer(buf), length, kb, len(kb), ptr, n,
+                                 self.store._epoch, 0, self.flags, 0) < 0:
                 return None   # the per-key path raises the error
-            self.keep.append(buf)
-            got = [(_addr(buf), 0, length)]
+            got = [(buf, 0, length)]
         self.parts[i] = got
         return got
 
@@ -136,7 +135,10 @@ class _Writes:
         reqs, recs = [], []
         for i, remote in jobs:
             kb, replicas, src = by_index[i]
-            parts = self._parts(i, kb, replicas[0][0].length, src)
+            try:
+                parts = self._parts(i, kb, replicas[0][0].length, src)
+            except StoreError:
+                parts = None
             if parts is None:
                 self.bad.add(i)
                 continue
@@ -205,10 +207,9 @@ class _Writes:
                         self._submit(endpoint, *self._requests(jobs, by_index), sent)
                 self._inline_runs(here, self.nodes[here], by_index)
         finally:
-            # Waited for even on the way out of an exception: the engine reads memory
-            # this call owns.
+            # Waited for even on the way out of an exception: the engine reads the caller's
+            # memory.
             self._collect(sent)
-            self.keep.clear()
         written, failed = [], []
         for i, kb, replicas, src in self.records:
             if i in self.bad:
