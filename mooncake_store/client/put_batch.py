@@ -82,9 +82,9 @@ class _Writes:
         self.engine = store._remote.engine
         self.flags = flags
         self.records: list[tuple[int, bytes, list, Any]] = []
-        self.nodes: dict[str, list] = {}     # endpoint -> [(record, remote address)], bytes
-        self.load: dict[str, int] = {}
-        self.parts: dict[int, list] = {}     # record -> [(local address, offset, length)]
+        self.nodes: dict[str, list] = {}     # endpoint -> [(record, remote address)]
+        self.load: dict[str, int] = {}       # endpoint -> value bytes bound there
+        self.parts: dict[int, list] = {}     # record -> [(local buffer, offset, length)]
         self.bad: set[int] = set()           # records for the per-key path
 
     def add(self, i: int, kb: bytes, replicas: list, src: Any) -> None:
@@ -108,9 +108,9 @@ class _Writes:
         return endpoint, base + sl.offset
 
     def _parts(self, i: int, kb: bytes, length: int, src: Any) -> list | None:
-        """The record's requests as (local address, offset in the record, length): the
-        header built here and the value straight from the caller's memory, or (small
-        values) both assembled in one staging record. None: it cannot be built."""
+        """The record's requests as (local buffer or address, offset in the record,
+        length): the header built here and the value straight from the caller's memory,
+        or (small values) both assembled in one staging record. None: it cannot be built."""
         got = self.parts.get(i)
         if got is not None:
             return got
