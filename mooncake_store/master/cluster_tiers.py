@@ -211,6 +211,7 @@ class ClusterTiering:
                         obj = Obj(key, size, [], PIN_NONE, 0.0, 0.0)
                         obj.complete, obj.flags, obj.tier, obj.cold = True, flags, name, (name,)
                         ix._objects[key] = obj
+                        self.repair.revived(key, obj)
                         n += 1
                     elif obj.size == size and not any(split_tier(t)[1] == rpc for t in obj.cold):
                         obj.cold = obj.cold + (name,)
@@ -246,9 +247,9 @@ class ClusterTiering:
                     if obj.tier != "dram" and not _retier(ix, key, obj):
                         self.counters["cold_lost"] += 1
                         ix.counters["lost"] = ix.counters.get("lost", 0) + 1
-                        self.repair.remember_lost(key, None)   # a record back is its last value
+                        self.repair.remember_lost(key, obj, True)
                         continue
-                    self.repair.remember_lost(key, obj)
+                    self.repair.remember_lost(key, obj, False)
                     self.repair.queue(key)
                 if obj.cold and obj.tier == "dram" and _dram_lost(obj.replicas, segs):
                     # Every DRAM replica goes with the node but a cold copy lives elsewhere:

@@ -60,20 +60,43 @@ class ColdRepair:
             self._queue[key] = None
 
     # ---- records of nodes that come back -----------------------------------------------------
-    def remember_lost(self, key: str, obj: Any) -> None:
-        """A node died with a copy of key; `obj` is the object it belonged to (None: the
-        object died with it)."""
-        lost = self._lost_at
-        lost.pop(key, None)
-        lost[key] = obj
-        if len(lost) > MAX_LOST_HISTORY:   # the oldest go: their nodes are long back or gone
-            for k in list(itertools.islice(lost, len(lost) - MAX_LOST_HISTORY)):
-                del lost[k]
+    # Per key, the objects ("eras") that had a copy on a node that died, each with whether it
+    # was lost then. A returning record carries no version the master could compare, so it is
+    # trusted only when exactly one era is known: it then holds that era's value. With two
+    # (the key was written again and another node died meanwhile) records of the key are
+    # refused: a copy may be lost, a wrong value is never attached.
+    def remember_lost(self, key: str, obj: Any, lost: bool) -> None:
+        """A node died with a copy of key; `obj` is the object it belonged to, `lost`
+        whether that object died with it (no copy left)."""
+        hist = self._lost_at
+        eras = hist.pop(key, None) or []
+        for i, (era, _) in enumerate(eras):
+            if era is obj:
+                eras[i] = (obj, lost)
+                break
+        else:
+            if len(eras) < 2:
+                eras.append((obj, lost))
+        hist[key] = eras
+        if len(hist) > MAX_LOST_HISTORY:   # the oldest go: their nodes are long back or gone
+            for k in list(itertools.islice(hist, len(hist) - MAX_LOST_HISTORY)):
+                del hist[k]
 
     def stale(self, key: str, obj: Any) -> bool:
-        """Whether a returning node's record of key belongs to another object than `obj`
-        (the current one, or None): the key was written or removed since it died."""
-        return key in self._lost_at and self._lost_at[key] is not obj
+        """Whether a returning node's record of key may belong to another value than the
+        current object `obj` (None: the key is unknown now)."""
+        eras = self._lost_at.get(key)
+        if eras is None:
+            return False            # no node died with it: the usual size check decides
+        if len(eras) != 1:
+            return True
+        era, lost = eras[0]
+        return era is not obj and not (obj is None and lost)
+
+    def revived(self, key: str, obj: Any) -> None:
+        """A returning record became the object again: more returning copies attach to it."""
+        if key in self._lost_at:
+            self._lost_at[key] = [(obj, False)]
 
     # ---- planning ------------------------------------------------------------------------------
     def plan(self, now: float) -> list[tuple[str, dict]]:

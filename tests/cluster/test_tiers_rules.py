@@ -39,3 +39,22 @@ def test_gather_tasks_with_bad_numbers_are_refused():
     assert not _parts_ok("k", 2000, [good[0], ["s1", 2, 8192, 1100]])
     assert not _parts_ok("k", 2000, "parts")
     assert not _parts_ok(b"k", 2000, good)
+
+
+def test_returning_records_attach_only_to_the_object_they_belonged_to():
+    from mooncake_store.master.cold_repair import ColdRepair
+
+    r = ColdRepair(None)
+    old, new = object(), object()
+    assert not r.stale("k", new)                 # no node died with k: size check decides
+    r.remember_lost("k", old, False)             # a node died; `old` lives on elsewhere
+    assert not r.stale("k", old) and r.stale("k", new) and r.stale("k", None)
+    r.remember_lost("k", old, True)              # then its last copy died too
+    assert not r.stale("k", None)                # unknown now: the record is its last value
+    r.revived("k", new)                          # ...and became the object again
+    assert not r.stale("k", new) and r.stale("k", None)
+    # Two eras (written again, and another node died meanwhile): nothing is trusted.
+    r2 = ColdRepair(None)
+    r2.remember_lost("j", old, False)
+    r2.remember_lost("j", new, True)
+    assert r2.stale("j", None) and r2.stale("j", new) and r2.stale("j", old)
