@@ -140,7 +140,7 @@ class ColdRepair:
                     tier=f"{target.tiers[0]}@{target.rpc}", src=src)
         src_tier, src_rpc = split_tier(src)
         return target.node_id, {"kind": "fetch", "id": tid, "key": key, "src": src_rpc,
-                                "src_tier": src_tier}
+                                "src_tier": src_tier, "size": obj.size}
 
     def _target(self, exclude: set[str], now: float) -> Any:
         """A healthy tiered node (not in `exclude`) with the most free room in its first tier."""

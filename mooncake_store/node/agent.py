@@ -171,7 +171,8 @@ class NodeAgent:
             ok = self.cold.gather(self.mounted, task["key"], task["size"], task["parts"],
                                   task.get("tier"))
         elif kind == "fetch":    # a cold copy from another node's tier
-            ok = self.cold.fetch(task["key"], task["src"], task["src_tier"], task.get("tier"))
+            ok = self.cold.fetch(task["key"], task["src"], task["src_tier"], task.get("size", 0),
+                                 task.get("tier"))
         elif m is None:
             ok = False
         elif kind == "demote":

@@ -292,31 +292,38 @@ class NodeCold:
             raise TransferFailed("reading a part from its node failed")
         return spans
 
-    def fetch(self, key: str, src: str, src_tier: str, tier: str | None = None) -> bool:
-        """Copy `key` from the cold tier of the node whose staging RPC is `src` into our
-        `tier` (default: the first): stage there, read over the transfer engine, check the
-        CRC, store. Re-replication of a cold object after a node holding a copy died."""
+    def fetch(self, key: str, src: str, src_tier: str, size: int, tier: str | None = None) -> bool:
+        """Copy `key` (`size` bytes) from the cold tier of the node whose staging RPC is `src`
+        into our `tier` (default: the first): stage there, read over the transfer engine,
+        check the CRC, store. Re-replication of a cold object after a node holding a copy
+        died."""
         tier = tier or self.order[0]
-        if tier not in self.backends or not isinstance(key, str) or not isinstance(src, str):
+        if tier not in self.backends or not isinstance(key, str) or not isinstance(src, str) \
+                or not isinstance(size, int) or size <= 0:
             return False
         try:
             peer = self._peer(src)
             st = peer.call("stage", key, src_tier, [])
-            n = int(st["len"])
             try:
-                buf = bytearray(max(n, 1))
-                self.engine.read(st["endpoint"], int(ffi.cast("uintptr_t", ffi.from_buffer(buf))),
-                                 int(st["addr"]), n)
+                n, addr, endpoint = int(st["len"]), int(st["addr"]), str(st["endpoint"])
+                if n != size:   # the peer's numbers: never trusted for an allocation
+                    raise ChecksumMismatch(f"{src} staged {n} bytes of {key!r}, not {size}")
+                buf = bytearray(n)
+                self.engine.read(endpoint, int(ffi.cast("uintptr_t", ffi.from_buffer(buf))),
+                                 addr, n)
             finally:
-                peer.call("release", st["ticket"])
+                try:
+                    peer.call("release", st["ticket"])
+                except StoreError:
+                    pass   # the ticket expires on the peer by itself
             crc = lib.mcs_crc32c(0, ffi.from_buffer(buf), n)
             if crc != st["crc"]:
                 raise ChecksumMismatch(f"the staged copy of {key!r} changed in transit")
-            self._store_value(tier, key, [memoryview(buf)[:n]], n, crc, int(st.get("flags", 0)),
+            self._store_value(tier, key, [memoryview(buf)], n, crc, int(st.get("flags", 0)),
                               int(st.get("epoch", 0)))
             self.counters["fetched"] += 1
             return True
-        except StoreError as e:
+        except (StoreError, KeyError, TypeError, ValueError) as e:
             self.counters["demote_failures"] += 1
             log.warning("fetching %r from %s (%s) failed: %s", key, src, src_tier, e)
             return False
