@@ -191,7 +191,7 @@ class ClusterTiering:
         self._by_rpc[rpc] = node_id
         n = self._adopt(node_id, rpc, cold.get("inventory") or {})
         # A new tiered node may be the room a cold object short of copies waits for.
-        self.repair.queue_many(list(self.svc.want))
+        self.repair.queue_many(self.svc.want)   # svc._lock held: the dict stays still
         return n
 
     def _adopt(self, node_id: str, rpc: str, inventory: dict) -> int:
