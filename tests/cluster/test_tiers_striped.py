@@ -53,6 +53,8 @@ def test_striped_objects_are_demoted_not_dropped(cluster, tmp_path):
         for k in cold[:3]:        # get_into takes the same path
             n = s.get_into(k, buf)
             assert n == len(vals[k]) and bytes(buf[:n]) == vals[k]
+        mixed = cold[:2] + warm[:2]   # a batch mixing cold and striped DRAM objects
+        assert s.batch_get(mixed) == [vals[k] for k in mixed]
 
 
 def test_striped_cold_object_is_promoted_on_hit(cluster, tmp_path):
