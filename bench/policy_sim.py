@@ -9,7 +9,7 @@ the first half, confirm on the second and on the whole trace.
 
     python bench/policy_sim.py [TRACE] [--splits full,first,second] [--pcts 2,5,10,20,50]
         [--policy prefix-lfru] [--policy "prefix-lfru:credit_scale=1.5"] [--jobs 2]
-    python bench/policy_sim.py --cost [--keys 200000]   # bytes per key and us per operation
+    python bench/policy_sim.py --cost [--keys 200000] [--policy NAME]   # bytes/key, us/op
 
 A policy is a registered name, optionally with constructor arguments after ':'.
 """
@@ -81,7 +81,7 @@ def _fill_and_churn(p, keys: list[str], n: int) -> tuple[float, float]:
     return (t1 - t0) / n, (time.perf_counter() - t1) / (2 * n)
 
 
-def cost(n: int) -> None:
+def cost(n: int, names: list[str]) -> None:
     """Policy memory per cached key after the churn (tracemalloc; key strings, which the
     index holds anyway, not counted) and time per operation (a second run, untraced)."""
     import gc
@@ -91,7 +91,7 @@ def cost(n: int) -> None:
     print(f"{n} keys cached, then {2 * n} evictions + inserts\n")
     print("| policy | B/key | of which ghost counts | insert us | evict + insert us |")
     print("|---|---:|---:|---:|---:|")
-    for name in sorted(POLICIES):
+    for name in names:
         gc.collect()
         tracemalloc.start()
         p = POLICIES[name]()
@@ -116,12 +116,13 @@ def main() -> int:
     ap.add_argument("--cost", action="store_true", help="memory and time per key instead")
     ap.add_argument("--keys", type=int, default=200_000, help="cached keys for --cost")
     args = ap.parse_args()
+    for s in args.policy or []:
+        parse_policy(s)
     if args.cost:
-        cost(args.keys)
+        cost(args.keys, [parse_policy(s)[0] for s in args.policy] if args.policy
+             else sorted(POLICIES))
         return 0
     specs = args.policy or ["prefix-lfru"]
-    for s in specs:
-        parse_policy(s)
     splits = args.splits.split(",")
     pcts = [float(x) for x in args.pcts.split(",")]
     trace = load_trace(args.trace)

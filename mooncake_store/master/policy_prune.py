@@ -3,8 +3,8 @@
 When a request shares a cached prefix with an earlier request and then goes
 elsewhere *before* that request's end (an edited or regenerated turn: same
 history, different message), the rest of the earlier request's chain is
-passed over. On the shipped conversation trace such a passed-over branch is
-used again 1.3% of the time (113 of 15,995 blocks) when the branch point is
+passed over. On the shipped conversation trace 0.7% of the blocks of such
+passed-over branches are used again (113 of 15,995) when the branch point is
 a conversation's own block, against 24% for a block used once in general.
 So at the moment a request branches, the keys of the passed-over branch go
 to the queue that is evicted first (with the chain tails), where they would
@@ -13,11 +13,12 @@ otherwise have waited a whole lifetime.
 A branch point shared by many requests (a system prompt every conversation
 starts with) is not a conversation's own block: there the requests before
 went to many different children, and the previous one's chain is as likely
-to come back as any other. The rule tells them apart by use counts: the
-branch point was used by at most one request more than the child it leaves
-(a conversation's turn may end exactly there; a shared prefix has been left
-by many). The keys dropped are exactly those the earlier request touched
-last: its keys deeper than the branch point that no later request used.
+to come back as any other (44% on the trace). The rule tells them apart by
+use counts: the branch point must have been used by exactly as many requests
+as the child it leaves, i.e. no request ever left this line before. (So the
+first request to leave a shared prefix prunes its predecessor's line once,
+and never again.) The keys dropped are exactly those the earlier request
+touched last: its keys deeper than the branch point that no later request used.
 
 Everything else (priority = last use + credit for uses, leaf-first runs,
 chain tails first, ghost counts) is prefix-lfru's (`policy.py`), repeated
@@ -174,7 +175,7 @@ class PrefixPrunePolicy:
         """`key` (at `depth`) is read by the request in progress, which goes on to a
         different next key than the request that used `key` last: the keys that
         request touched last below `key` are passed over, if `key` is a conversation's
-        own block (used by at most one request more than the child it leaves)."""
+        own block (used by as many requests as the child it leaves)."""
         entry = self._reqs.get(last)
         if entry is None:
             return
