@@ -38,7 +38,7 @@ from typing import Any
 
 from ..codec import header_size
 from ..replica import Replica, Slice
-from .cold_repair import ColdRepair, split_tier
+from .cold_repair import ColdRepair, retier as _retier, split_tier
 from .index import PIN_HARD, PIN_NONE, PIN_SOFT, Obj
 
 log = logging.getLogger("mooncake_store.master")
@@ -59,6 +59,7 @@ class ColdNode:
     usage: dict = field(default_factory=dict)
     demoting: int = 0            # demote tasks in flight
     unhealthy_until: float = 0.0
+    s3: tuple = ()               # (endpoint, bucket, prefix) of its S3 tier, if any
 
 
 @dataclass
@@ -92,7 +93,8 @@ class ClusterTiering:
         self.counters = {"demotions": 0, "demote_failures": 0, "promotions": 0,
                          "promote_failures": 0, "cold_moves": 0, "cold_drops": 0, "cold_lost": 0,
                          "forgets": 0, "cold_copies_lost": 0, "cold_repairs": 0,
-                         "cold_repair_failures": 0, "striped_demotions": 0}
+                         "cold_repair_failures": 0, "striped_demotions": 0, "rescues": 0,
+                         "cold_rescued": 0, "rescue_failures": 0}
         self.attach(svc.index)
 
     def attach(self, index: Any) -> None:
@@ -187,7 +189,10 @@ class ClusterTiering:
         old = self._by_rpc.get(rpc)
         if old is not None and old != node_id:
             self.node_lost(old)
-        self.nodes[node_id] = ColdNode(node_id, rpc, tiers, dict(cold.get("usage") or {}))
+        s3 = cold.get("s3")
+        s3 = tuple(str(s3.get(k, "")) for k in ("endpoint", "bucket", "prefix")) \
+            if isinstance(s3, dict) else ()
+        self.nodes[node_id] = ColdNode(node_id, rpc, tiers, dict(cold.get("usage") or {}), s3=s3)
         self._by_rpc[rpc] = node_id
         n = self._adopt(node_id, rpc, cold.get("inventory") or {})
         # A new tiered node may be the room a cold object short of copies waits for.
@@ -242,8 +247,12 @@ class ClusterTiering:
                 if not obj.cold:
                     continue   # DRAM-only objects: the segment's unmount deals with them
                 if suffix is not None and any(t.endswith(suffix) for t in obj.cold):
+                    gone = [t for t in obj.cold if t.endswith(suffix)]
                     obj.cold = tuple(t for t in obj.cold if not t.endswith(suffix))
                     self.counters["cold_copies_lost"] += 1
+                    if not obj.cold and (obj.tier != "dram" or _dram_lost(obj.replicas, segs)) \
+                            and self._rescue(key, obj, gone, node):
+                        continue   # its last copy is in S3: another node copies it over
                     if obj.tier != "dram" and not _retier(ix, key, obj):
                         self.counters["cold_lost"] += 1
                         ix.counters["lost"] = ix.counters.get("lost", 0) + 1
@@ -257,6 +266,30 @@ class ClusterTiering:
                     obj.tier = obj.cold[0]
                     self.repair.queue(key)
 
+    def _rescue(self, key: str, obj: Obj, gone: list[str], node: ColdNode) -> bool:
+        """The last copy of key was in the S3 tier of `node`, which died: a live node using
+        the same S3 service and bucket (another prefix) copies it into its own prefix; the
+        copy is renamed when it acks. Meanwhile the object names the dead copy (reads fail
+        as unreachable, never wrong). False when no node can. svc._lock and ix.lock held."""
+        src = next((t for t in gone if split_tier(t)[0] == "s3"), None)
+        if src is None or not node.s3:
+            return False
+        helper = next((n for n in self.nodes.values()
+                       if n.s3 and n.s3[:2] == node.s3[:2] and n.s3[2] != node.s3[2]
+                       and n.node_id in self.svc.nodes), None)
+        if helper is None:
+            return False
+        obj.cold, obj.tier, obj.busy = (src,), src, True
+        tid = next(self.svc._task_ids)
+        self._register(tid, "rescue", key, helper.node_id, obj,
+                       self.svc.clock() + 2 * self.svc.config.node_ttl_ms / 1000.0 + 60.0,
+                       tier=f"s3@{helper.rpc}", src=src)
+        self._send(helper.node_id, {"kind": "rescue", "id": tid, "key": key,
+                                    "prefix": node.s3[2], "size": obj.size})
+        self.counters["rescues"] += 1
+        self.repair.remember_lost(key, obj, False)
+        return True
+
     def _drop_tasks(self, node_id: str) -> None:
         """Tasks of a lost node are void; their objects are free for new tasks (ix.lock held)."""
         for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
@@ -268,6 +301,8 @@ class ClusterTiering:
                 self.ix._free_replicas([(task.slice,)])
             if task.kind == "fetch":
                 self.repair.queue(task.key)
+            if task.kind == "rescue":   # its helper died too: the copy is given up
+                self.repair.finish_rescue(task, False, self.ix._objects.get(task.key) is task.obj)
 
     def apply_report(self, node_id: str, report: dict) -> None:
         """A node's heartbeat: its tiers' usage and the moves/drops it made itself."""
@@ -451,6 +486,8 @@ class ClusterTiering:
                 return self._finish_persist(task, ok, current and task.replica in obj.replicas)
             if task.kind == "fetch":
                 return self.repair.finish_fetch(task, ok, current)
+            if task.kind == "rescue":
+                return self.repair.finish_rescue(task, ok, current)
             if node is not None:
                 node.demoting = max(0, node.demoting - 1)
             if current and ok and task.tier not in obj.cold:
@@ -617,16 +654,3 @@ def _dram_lost(replicas: Any, segs: set[str]) -> bool:
     if k == 1 or any(len(r) != k for r in replicas):
         return all(any(sl.segment in segs for sl in r) for r in replicas)
     return any(all(r[i].segment in segs for r in replicas) for i in range(k))
-
-
-def _retier(ix: Any, key: str, obj: Any) -> bool:
-    """Point reads at the copy that is left after one went away; False (and the object
-    dropped from the index) when none is left. Call under ix.lock."""
-    if obj.cold:
-        obj.tier = obj.cold[0]
-    elif obj.replicas:
-        obj.tier = "dram"
-    else:
-        del ix._objects[key]
-        return False
-    return True

@@ -205,3 +205,39 @@ class ColdRepair:
         t.counters["cold_repairs"] += 1
         self.queue(task.key)   # still short? planned again
         return True, False
+
+    def finish_rescue(self, task: Any, ok: bool, current: bool) -> tuple[bool, bool]:
+        """A rescue of a dead node's S3 copy answered (or failed, or its helper died):
+        rename the copy to the helper's, or give it up (an object with no copy left is
+        removed and counted). Returns (attached, the helper must forget its copy)."""
+        t, obj = self.t, task.obj
+        if ok and current and task.src in obj.cold:
+            obj.cold = tuple(task.tier if c == task.src else c for c in obj.cold)
+            if obj.tier == task.src:
+                obj.tier = task.tier
+            t.counters["cold_rescued"] += 1
+            return True, False
+        if ok and not current:
+            newer = t.ix._objects.get(task.key)
+            return False, not (newer is not None and task.tier in newer.cold)
+        t.counters["rescue_failures"] += not ok
+        if current and task.src in obj.cold:
+            obj.cold = tuple(c for c in obj.cold if c != task.src)
+            if obj.tier == task.src and not retier(t.ix, task.key, obj):
+                t.counters["cold_lost"] += 1
+                t.ix.counters["lost"] = t.ix.counters.get("lost", 0) + 1
+                self.remember_lost(task.key, obj, True)
+        return False, False
+
+
+def retier(ix: Any, key: str, obj: Any) -> bool:
+    """Point reads at the copy that is left after one went away; False (and the object
+    dropped from the index) when none is left. Call under ix.lock."""
+    if obj.cold:
+        obj.tier = obj.cold[0]
+    elif obj.replicas:
+        obj.tier = "dram"
+    else:
+        del ix._objects[key]
+        return False
+    return True

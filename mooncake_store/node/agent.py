@@ -173,6 +173,8 @@ class NodeAgent:
         elif kind == "fetch":    # a cold copy from another node's tier
             ok = self.cold.fetch(task["key"], task["src"], task["src_tier"], task.get("size", 0),
                                  task.get("tier"))
+        elif kind == "rescue":   # a dead node's S3 object, copied into our S3 prefix
+            ok = self.cold.rescue(task["key"], task["prefix"], task.get("size", 0))
         elif m is None:
             ok = False
         elif kind == "demote":

@@ -46,14 +46,15 @@ from ..master.allocator import Allocator
 from . import inventory
 from .segment import DramSegment
 from .tier import TierBackend
-from .tiering import (_COLD_HIGH, _codec, _elem_size, push_down, read_value, store_record,
-                      verified_record)
+from .tiering import (_COLD_HIGH, _codec, _elem_size, _header_bytes, push_down, read_value,
+                      store_record, verified_record)
 
 log = logging.getLogger("mooncake_store.node")
 
 TICKET_TTL_S = 10.0          # a staged value not released by then is freed anyway
 MAX_REPORT = 4096            # moves/drops reported per heartbeat
 MAX_PARTS = 4096             # parts of one striped object a gather accepts
+MAX_FOREIGN_S3 = 4           # other nodes' S3 prefixes kept open for rescues
 STAGE_SERVERS = 4            # staging RPC servers (one thread each): cold reads staged at once
 
 
@@ -82,7 +83,7 @@ class NodeCold:
         self.counters = {"demoted": 0, "promoted": 0, "forgotten": 0, "pushed_down": 0,
                          "cold_dropped": 0, "staged": 0, "stage_failures": 0,
                          "demote_failures": 0, "promote_failures": 0, "gathered": 0,
-                         "fetched": 0, "stage_peak": 0}
+                         "fetched": 0, "rescued": 0, "stage_peak": 0}
         self._stage = DramSegment(stage_bytes, "mcs-stage")
         rc = engine.register_memory(self._stage.base, self._stage.size, fd=self._stage.fd)
         if rc != 0:
@@ -92,6 +93,7 @@ class NodeCold:
         self._tickets: dict[int, tuple[int, int, float, bool]] = {}  # id -> (addr, len, until, own)
         self._ticket_ids = itertools.count(1)
         self._peers: Any = None              # RPC clients of other nodes (fetch)
+        self._foreign: dict[str, TierBackend] = {}   # other nodes' S3 prefixes (rescue)
         self.inventory = self._scan()
         # Several small RPC servers: each serves one stage call at a time on its own thread,
         # so up to STAGE_SERVERS cold reads load from the tiers at once. The first one's
@@ -136,7 +138,16 @@ class NodeCold:
         if inv is None:
             inv = self._current_inventory()
         return {"rpc": self.address, "tiers": list(self.order), "inventory": inv,
-                "usage": self.usage()}
+                "usage": self.usage(), "s3": self._s3_identity()}
+
+    def _s3_identity(self) -> dict | None:
+        """Where this node's S3 objects live: a node of the same service and bucket can
+        read them when this one dies (rescue)."""
+        s3 = self.backends.get("s3")
+        c = getattr(s3, "cfg", None)
+        if c is None:
+            return None
+        return {"endpoint": c.endpoint_url or "", "bucket": c.bucket, "prefix": c.prefix}
 
     def _current_inventory(self) -> dict[str, list]:
         """A re-registration (the master restarted): what the tiers hold now."""
@@ -328,6 +339,46 @@ class NodeCold:
             log.warning("fetching %r from %s (%s) failed: %s", key, src, src_tier, e)
             return False
 
+    def rescue(self, key: str, prefix: str, size: int) -> bool:
+        """Copy `key` from a dead node's S3 prefix (same service and bucket as ours) into our
+        own S3 tier, verbatim and verified: its S3 copy stays readable through this node.
+        The dead node's object is left in place (if that node returns, its record is judged
+        like any returning record)."""
+        own = self.backends.get("s3")
+        if own is None or not isinstance(key, str) or not isinstance(prefix, str) or not prefix \
+                or prefix == own.cfg.prefix or not isinstance(size, int) or size <= 0:
+            return False
+        kb = _kb(key)
+        try:
+            hdr, value = self._foreign_s3(prefix).read_record(kb)   # header and CRC verified
+            if hdr.raw_len != size:
+                raise ChecksumMismatch(f"{prefix}{key!r} holds {hdr.raw_len} bytes, not {size}")
+            own.put(kb, value, header=_header_bytes(own, kb, hdr))
+            self._placed("s3", key)
+            self.counters["rescued"] += 1
+            return True
+        except StoreError as e:
+            self.counters["demote_failures"] += 1
+            log.warning("rescuing %r from S3 prefix %r failed: %s", key, prefix, e)
+            return False
+
+    def _foreign_s3(self, prefix: str) -> TierBackend:
+        """A read-only view of another node's S3 prefix, with our settings (a few cached)."""
+        import dataclasses
+
+        from .s3 import S3Tier
+
+        tier = self._foreign.pop(prefix, None)
+        if tier is None:
+            c = self.backends["s3"].cfg
+            kw = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)
+                  if f.name not in ("bucket", "prefix")}
+            tier = S3Tier(c.bucket, prefix, **{**kw, "writers": 1, "create_bucket": False})
+        self._foreign[prefix] = tier
+        while len(self._foreign) > MAX_FOREIGN_S3:
+            self._foreign.pop(next(iter(self._foreign))).close()
+        return tier
+
     def _peer(self, addr: str) -> Any:
         """An RPC client of another node's staging server (cold worker thread only)."""
         if self._peers is None:
@@ -499,6 +550,8 @@ class NodeCold:
             srv.close()
         if self._peers is not None:
             self._peers.close()
+        for tier in self._foreign.values():
+            tier.close()
         for b in self.backends.values():
             try:
                 b.close()

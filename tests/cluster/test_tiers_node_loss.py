@@ -151,3 +151,48 @@ def test_restarted_node_does_not_bring_back_replaced_values(cluster, tmp_path):
             assert not s.exists(k), k
         for k in set(cold) - set(rewritten):
             assert s.get(k) == vals[k], k
+
+
+def test_s3_copies_of_a_dead_node_are_rescued_by_another(cluster, tmp_path, seaweedfs, s3_bucket,
+                                                        monkeypatch):
+    """Two nodes with S3 tiers in one bucket (own prefixes). Node A dies: objects whose only
+    copy was in A's S3 prefix are copied by node B into its prefix and read through B,
+    byte-exact; A's SSD-only objects are gone and counted."""
+    monkeypatch.setenv("MOONCAKE_S3_ACCESS_KEY_ID", seaweedfs.access_key)
+    monkeypatch.setenv("MOONCAKE_S3_SECRET_ACCESS_KEY", seaweedfs.secret_key)
+    s3 = ["--s3-bucket", s3_bucket, "--s3-endpoint-url", seaweedfs.endpoint,
+          "--s3-region", seaweedfs.region, "--cold-codec", "none"]
+    m = cluster.master("--promotion", "off")
+    a = cluster.node(m.addr, "--ssd", f"{tmp_path}/ssd:2MB", "--s3-prefix", "node-a/", *s3,
+                     dram="8MB")
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as s:
+        vals = {}
+        for i in range(120):      # into A alone: DRAM -> SSD (2 MB) -> S3
+            vals[f"k{i}"] = v = os.urandom(VALUE)
+            s.put(f"k{i}", v)
+        wait_until(lambda: s.stats()["cold"]["cold_moves"] > 0, what="push-downs to A's S3")
+        cluster.node(m.addr, "--s3-prefix", "node-b/", *s3, dram="8MB")
+        wait_nodes(m.addr, 2)
+        wait_until(lambda: s.stats()["cold"]["tasks_in_flight"] == 0, what="demotions done")
+        # Written through to A's S3 with its only DRAM replica on A: rescued as well.
+        vals["durable"] = v = os.urandom(VALUE)
+        s.put("durable", v, ReplicateConfig(persist=True, preferred_segment=a.endpoint))
+        assert [c["tier"] for c in s._index.stat("durable")["cold"]] == ["s3"]
+        where = {k: s._index.stat(k)["read_from"] for k in vals}
+        where["durable"] = "s3@"
+        in_s3 = [k for k, t in where.items() if t.startswith("s3@")]
+        on_ssd = [k for k, t in where.items() if t.startswith("ssd@")]
+        assert in_s3 and on_ssd
+        a.kill()
+        wait_until(lambda: len(s.stats()["nodes"]) == 1, what="node A dropped")
+        wait_until(lambda: s.stats()["cold"]["tasks_in_flight"] == 0, timeout=60,
+                   what="rescues done")
+        b_rpc = next(iter(s.stats()["cold"]["nodes"].values()))["rpc"]
+        for k in in_s3:
+            assert s._index.stat(k)["read_from"] == f"s3@{b_rpc}", k
+            assert s.get(k) == vals[k], k
+        for k in on_ssd:
+            assert not s.exists(k), k
+        st = s.stats()["cold"]
+        assert st["cold_rescued"] == len(in_s3) and st["cold_lost"] >= len(on_ssd)
