@@ -12,6 +12,10 @@ as copies of an object:
     holds none `fetch` one from a node that does (the node stages it there and
     reads it over the transfer engine), or, for a written-through object whose
     durable copy died, writes through again from a DRAM replica;
+  * when a node dies holding an object's last copy in its S3 prefix, a live
+    node on the same S3 service and bucket copies it into its own prefix
+    (`rescue`, planned by ClusterTiering.node_lost; `finish_rescue` renames the
+    copy or gives it up);
   * when a node dies holding a copy, the object it belonged to is remembered:
     a node coming back with that record may attach it only to the same object,
     never to one written under the key since (same size, other bytes).
