@@ -16,12 +16,9 @@ from ..replica import ReplicateConfig
 from ..transfer import WRITE
 
 
-# The tcp inline lane's limits (csrc/transport_tcp.c, docs/transfer.md): a submit of at
-# most 4 slices (of the engine's default 1 MiB) and 2 MiB runs in the caller's thread on the
-# peer's own connection, with no hand-off to the engine's stream threads.
-INLINE_SLICES = 4
-INLINE_BYTES = 2 << 20
-SLICE_BYTES = 1 << 20
+# A node's records go to the engine in batches of about this many bytes, each submitted as
+# soon as it is built, so the first is on the wire while the next are checksummed.
+CHUNK_BYTES = 4 << 20
 
 
 def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any],
@@ -64,12 +61,10 @@ def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any]
 
 
 class _Writes:
-    """The writes of one batch put, every node's at once. The records bound for the node
-    that takes the most bytes are sent from this thread in runs that fit the inline lane
-    (no hand-off; on a busy 2-core host that beat the stream threads); every other node's
-    records go to the engine's stream threads first, as one batch per node, so they move
-    meanwhile. A record is checksummed right before its run is sent, while its bytes are
-    still in cache. A record whose transfer failed is written again through
+    """The writes of one batch put, every node's at once: each node's records go to the
+    engine's stream threads in batches of CHUNK_BYTES, submitted as they are built (a
+    record is checksummed right before, while its bytes are in cache), all waited for at
+    the end. A record whose transfer failed is written again through
     Store._write_replicas (which refreshes the segment table and reconnects); only if that
     fails too does its key fail. Striped values and replicas in this client's own segments
     take that path directly."""
@@ -82,8 +77,7 @@ class _Writes:
         self.engine = store._remote.engine
         self.flags = flags
         self.records: list[tuple[int, bytes, list, Any]] = []
-        self.nodes: dict[str, list] = {}     # endpoint -> [(record, remote address)]
-        self.load: dict[str, int] = {}       # endpoint -> value bytes bound there
+        self.order: list[tuple[str, int, int]] = []   # (endpoint, record, remote address)
         self.parts: dict[int, list] = {}     # record -> [(local buffer, offset, length)]
         self.bad: set[int] = set()           # records for the per-key path
 
@@ -97,9 +91,7 @@ class _Writes:
         except StoreError:
             self.bad.add(i)
             return
-        for endpoint, remote in places:
-            self.nodes.setdefault(endpoint, []).append((i, remote))
-            self.load[endpoint] = self.load.get(endpoint, 0) + src.size
+        self.order.extend((endpoint, i, remote) for endpoint, remote in places)
 
     def _place(self, sl: Any) -> tuple[str, int]:
         endpoint, base, size = self.store._remote._where(sl.segment)
@@ -157,31 +149,6 @@ class _Writes:
             return
         sent.append((bid, recs))
 
-    def _inline_runs(self, endpoint: str, jobs: list, by_index: dict) -> None:
-        """This node's records from this thread, a run at a time (each run within the
-        inline lane's limits, or one record where a record alone exceeds them)."""
-        run: list = []
-        size = count = 0
-        for job in jobs:
-            kb, replicas, src = by_index[job[0]]
-            length = replicas[0][0].length
-            slices = 1 if src.size < self.direct_min else 1 - (-src.size // SLICE_BYTES)
-            if run and (count + slices > INLINE_SLICES or size + length > INLINE_BYTES):
-                self._run_now(endpoint, run, by_index)
-                run, size, count = [], 0, 0
-            run.append(job)
-            size += length
-            count += slices
-        if run:
-            self._run_now(endpoint, run, by_index)
-
-    def _run_now(self, endpoint: str, run: list, by_index: dict) -> None:
-        sent: list = []
-        try:
-            self._submit(endpoint, *self._requests(run, by_index), sent)
-        finally:
-            self._collect(sent)
-
     def _collect(self, sent: list) -> None:
         for bid, recs in sent:
             try:
@@ -199,13 +166,17 @@ class _Writes:
         """Write everything: (records written, records failed, their codes set in out)."""
         by_index = {i: (kb, replicas, src) for i, kb, replicas, src in self.records}
         sent: list = []
+        filling: dict[str, list] = {}   # endpoint -> [jobs, bytes]
         try:
-            if self.nodes:
-                here = max(self.load, key=self.load.get)
-                for endpoint, jobs in self.nodes.items():
-                    if endpoint != here:
-                        self._submit(endpoint, *self._requests(jobs, by_index), sent)
-                self._inline_runs(here, self.nodes[here], by_index)
+            for endpoint, i, remote in self.order:
+                f = filling.setdefault(endpoint, [[], 0])
+                f[0].append((i, remote))
+                f[1] += by_index[i][2].size
+                if f[1] >= CHUNK_BYTES:
+                    del filling[endpoint]
+                    self._submit(endpoint, *self._requests(f[0], by_index), sent)
+            for endpoint, (jobs, _) in filling.items():
+                self._submit(endpoint, *self._requests(jobs, by_index), sent)
         finally:
             # Waited for even on the way out of an exception: the engine reads the caller's
             # memory.

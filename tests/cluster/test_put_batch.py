@@ -1,6 +1,6 @@
-"""Batch puts from a segment-less client (client/put_batch.py): one node's records in inline
-runs from the caller's thread, every other node's through the engine's streams meanwhile;
-real master and node processes on 127.0.0.1."""
+"""Batch puts from a segment-less client (client/put_batch.py): every node's records in
+engine batches submitted as they are built, all in flight at once; real master and node
+processes on 127.0.0.1."""
 from __future__ import annotations
 
 import signal
@@ -22,9 +22,10 @@ def test_batch_put_from_across_nodes_byte_exact(cluster):
     for _ in range(3):
         cluster.node(m.addr, dram="32MB")
     wait_nodes(m.addr, 3)
-    # Direct (>= 64 KiB, header built apart) and staged (< 64 KiB) records, and one value
-    # larger than an inline run holds.
-    sizes = [300_000, 70_000, 1000, 65_536, 65_535, 1 << 20] * 6 + [put_batch.INLINE_BYTES + 1, 600_000, 600_000]
+    # Direct (>= 64 KiB, header built apart) and staged (< 64 KiB) records, more than a
+    # chunk per node, and one value larger than a chunk.
+    sizes = [300_000, 70_000, 1000, 65_536, 65_535, 1 << 20] * 6 + [put_batch.CHUNK_BYTES + 1]
+    assert sum(sizes) > 3 * put_batch.CHUNK_BYTES
     keys = [f"w/{i:03d}" for i in range(len(sizes))]
     vals = [_value(i, n) for i, n in enumerate(sizes)]
     with store(m.addr) as s, store(m.addr) as other:
