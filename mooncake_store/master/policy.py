@@ -256,25 +256,39 @@ class PrefixLFRUPolicy:
         """One queue in eviction order: by time, and within one request deepest first.
         Lazy: only the runs the caller reaches are sorted, and a run longer than
         _RUN_CAP keys (a huge batch) streams in queue order, so a call costs at
-        most _RUN_CAP steps before its first victim."""
+        most _RUN_CAP steps before its first victim. (The queue's live entries are
+        walked here rather than through _Fifo.entries: one generator less per key
+        on the eviction path.)"""
+        q = self._queues[cls]
+        q.trim()
+        nodes = self._nodes
         run: list[tuple[float, int, str]] = []
         run_tick = None
         streaming = False
-        for key, st in self._queues[cls].entries():
-            tick = st >> _TICK_SHIFT
-            if tick != run_tick:
-                run.sort()
-                yield from run
-                run, run_tick, streaming = [], tick, False
-            item = (tick + credit, -((st >> 5) & _M32), key)
-            if streaming:
-                yield item
-                continue
-            run.append(item)
-            if len(run) >= self._RUN_CAP:
-                run.sort()
-                yield from run
-                run, streaming = [], True
+        ch = q.first
+        while ch is not None:
+            keys, base = ch.keys, ch.cid << _OFF_BITS
+            for i in range(ch.head, len(keys)):
+                key = keys[i]
+                node = nodes.get(key)
+                st = None if node is None else node.pol
+                if st is None or st & 31 != cls or (st >> _SEQ_SHIFT) & _M32 != base | i:
+                    continue   # a stale entry (the key moved on, or left)
+                tick = st >> _TICK_SHIFT
+                if tick != run_tick:
+                    run.sort()
+                    yield from run
+                    run, run_tick, streaming = [], tick, False
+                item = (tick + credit, -((st >> 5) & _M32), key)
+                if streaming:
+                    yield item
+                    continue
+                run.append(item)
+                if len(run) >= self._RUN_CAP:
+                    run.sort()
+                    yield from run
+                    run, streaming = [], True
+            ch = ch.next
         run.sort()
         yield from run
 
@@ -323,7 +337,7 @@ class _Fifo:
     whole queue, and stale entries stay at most about as many as live ones.
     """
 
-    __slots__ = ("cls", "nodes", "first", "last", "chunks", "live", "_next_cid")
+    __slots__ = ("cls", "nodes", "first", "last", "chunks", "live", "_next_cid", "_trimmed")
 
     def __init__(self, cls: int, nodes: dict) -> None:
         self.cls = cls
@@ -333,6 +347,7 @@ class _Fifo:
         self.chunks: dict[int, _Chunk] = {}
         self.live = 0
         self._next_cid = 0
+        self._trimmed = True   # the head entry is live (or the queue has no chunk)
 
     def __len__(self) -> int:
         return self.live
@@ -352,13 +367,15 @@ class _Fifo:
         self.live -= 1
         ch = self.chunks[seq >> _OFF_BITS]
         ch.stale += 1
+        if ch is self.first and seq & (_CHUNK - 1) == ch.head:
+            self._trimmed = False
         if ch.stale * 2 > len(ch.keys) - ch.head:
             self._compact(ch)
 
     # ---- reading -------------------------------------------------------------------------------
     def entries(self) -> Iterator[tuple[str, int]]:
         """(key, packed state) of the live entries, oldest first."""
-        self._trim()
+        self.trim()
         nodes, cls = self.nodes, self.cls
         ch = self.first
         while ch is not None:
@@ -377,7 +394,7 @@ class _Fifo:
         """Packed state of the oldest live entry, None when there is none."""
         if not self.live:
             return None
-        self._trim()
+        self.trim()
         ch = self.first
         return None if ch is None else self._state_at(ch, ch.head)
 
@@ -391,8 +408,11 @@ class _Fifo:
             return st
         return None
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
         """Move the head past stale entries; drop chunks used up."""
+        if self._trimmed:
+            return
+        self._trimmed = True
         ch = self.first
         while ch is not None:
             i, n = ch.head, len(ch.keys)
@@ -439,6 +459,7 @@ class _Fifo:
 
     def _compact(self, ch: _Chunk) -> None:
         """Rewrite ch without its stale entries, then merge it with a neighbour that fits."""
+        self._trimmed = False   # heads and chunks move: the next reader looks again
         self._rewrite(ch, ch, 0)
         prev, nxt = ch.prev, ch.next
         if prev is not None and len(prev.keys) - prev.stale - prev.head + len(ch.keys) <= _CHUNK:
