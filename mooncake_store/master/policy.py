@@ -234,8 +234,10 @@ class PrefixLFRUPolicy:
         self._ghost.add(key, (st >> _USES_SHIFT) & _M24, max(1, self._peak))
 
     def victims(self) -> Iterator[str]:
-        for key, _st in self._queues[self._DEAD].entries():
-            yield key
+        dead = self._queues[self._DEAD]
+        if dead.live:
+            for key, _st in dead.entries():
+                yield key
         lifetime = self._lifetime()
         runs = [self._ordered(cls, self.credit_scale * lifetime * (cls - 1))
                 for cls in range(self._ONCE, self._MAX_CLASS + 1) if self._queues[cls].live]
