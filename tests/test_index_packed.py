@@ -150,7 +150,10 @@ def test_the_policy_keeps_its_state_in_the_index_objects():
     first = ix._objects["key-0"]
     assert first.pol is not None and next(iter(ix._objects)) is first.key
     assert any(k is first.key for k, _st in ix.policy._queues[1].entries())
-    ix.batch_get_replicas(["key-0", "key-1"])
+    ix.batch_get_replicas(["key-0", "key-1"])        # fresh equal strings, as from an RPC
+    held = {k: o.key for k, o in ix._objects.items()}
+    moved = [k for k, _st in ix.policy._queues[2].entries()]   # used twice: class 2
+    assert moved == ["key-0", "key-1"] and all(held[k] is k for k in moved)   # not the reader's
     twin.hint_prefix(["key-0", "key-1"])
     for k in ("key-0", "key-1"):
         twin.on_access(k)

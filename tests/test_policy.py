@@ -295,10 +295,10 @@ class _ReferenceLFRU(PrefixLFRUPolicy):
 
 
 class _Holder:
-    __slots__ = ("pol",)
+    __slots__ = ("key", "pol")
 
-    def __init__(self) -> None:
-        self.pol = None
+    def __init__(self, key: str) -> None:
+        self.key, self.pol = key, None
 
 
 @pytest.mark.parametrize("off_bits", [2, 10])
@@ -324,7 +324,7 @@ def test_lazy_queues_match_an_ordereddict_reference(monkeypatch, off_bits):
             while hits < len(keys) and keys[hits] in live:
                 hits += 1
             for k in keys[hits:]:
-                objects.setdefault(k, _Holder())
+                objects.setdefault(k, _Holder(k))
             for p in everyone:
                 request(p, keys, hits)
             live.update(keys)
@@ -365,7 +365,7 @@ def test_lazy_queues_match_an_ordereddict_reference(monkeypatch, off_bits):
 
 
 def test_a_bound_policy_keeps_its_state_in_the_owners_objects():
-    objects = {k: _Holder() for k in ("a", "b", "c")}
+    objects = {k: _Holder(k) for k in ("a", "b", "c")}
     p = PrefixLFRUPolicy()
     p.bind(objects)
     request(p, ["a", "b", "c"], 0)

@@ -127,10 +127,11 @@ class PrefixLFRUPolicy:
         self._peak = 0
 
     def bind(self, nodes: dict) -> None:
-        """Keep the per-key state in `nodes` (key -> an object with a `pol` slot, None
-        while the key is not tracked) instead of in nodes of our own. The owner adds a
-        key's node before on_insert, removes it only after on_remove, and hands the
-        `pol` of a replaced node to its successor. Only an empty policy can be bound."""
+        """Keep the per-key state in `nodes` (key -> an object with `key` and `pol`
+        slots, pol None while the key is not tracked) instead of in nodes of our own.
+        The owner adds a key's node before on_insert, removes it only after on_remove,
+        and hands the `pol` of a replaced node to its successor. Only an empty policy
+        can be bound."""
         if self._nodes:
             raise ValueError("bind: the policy already tracks keys")
         self._nodes, self._bound = nodes, True
@@ -187,7 +188,7 @@ class PrefixLFRUPolicy:
         if node is None:
             if self._bound:
                 return  # the owner did not add the key: nothing to keep the state in
-            node = self._nodes[key] = _Node()
+            node = self._nodes[key] = _Node(key)
         elif node.pol is not None:  # an upsert: a use like any other
             self.on_access(key)
             return
@@ -197,7 +198,9 @@ class PrefixLFRUPolicy:
             cls = self._class_of(uses)
         else:
             cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
-        node.pol = self._pack(tick, uses, depth, cls, self._queues[cls].append(key))
+        # The queues hold node.key, the owner's own string: a caller's equal copy (each
+        # RPC decodes its keys anew) would keep a second copy of the key text alive.
+        node.pol = self._pack(tick, uses, depth, cls, self._queues[cls].append(node.key))
         self._live += 1
         if self._live > self._peak:
             self._peak = self._live
@@ -214,7 +217,7 @@ class PrefixLFRUPolicy:
         if st >> _TICK_SHIFT != tick:  # count each request once, however many calls it makes
             uses += 1
         cls = self._class_of(uses)
-        seq = self._queues[cls].append(key)
+        seq = self._queues[cls].append(node.key)   # the owner's string, not the caller's
         if uses > _M24 or depth > _M32:
             node.pol = self._pack(tick, uses, depth, cls, seq)
         else:   # _pack without its clamps
@@ -306,9 +309,10 @@ _CHUNK = 1 << _OFF_BITS
 class _Node:
     """A standalone policy's per-key holder (an index's objects play this part when bound)."""
 
-    __slots__ = ("pol",)
+    __slots__ = ("key", "pol")
 
-    def __init__(self) -> None:
+    def __init__(self, key: str) -> None:
+        self.key = key
         self.pol: int | None = None
 
 
