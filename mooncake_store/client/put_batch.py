@@ -175,7 +175,9 @@ class _Writes:
                 if f[1] >= CHUNK_BYTES:
                     del filling[endpoint]
                     self._submit(endpoint, *self._requests(f[0], by_index), sent)
-            for endpoint, (jobs, _) in filling.items():
+            # The rest, largest first: a batch small enough for the inline lane runs in
+            # this thread during submit, so it goes after those the streams carry.
+            for endpoint, (jobs, _) in sorted(filling.items(), key=lambda kv: -kv[1][1]):
                 self._submit(endpoint, *self._requests(jobs, by_index), sent)
         finally:
             # Waited for even on the way out of an exception: the engine reads the caller's
