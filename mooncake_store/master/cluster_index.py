@@ -54,10 +54,16 @@ class ClusterIndex:
                              for t, reps in ix._graveyard]
         return damaged
 
-    def adopt(self, segment: str, inventory: Iterable[Sequence]) -> int:
+    def adopt(self, segment: str, inventory: Iterable[Sequence], returning: bool = False) -> int:
         """Record objects found in `segment`: entries (key, offset, length, size, flags).
         Returns how many entries became replicas (an entry whose range is not free or whose
-        size disagrees with a known object of the same key is skipped)."""
+        size disagrees with a known object of the same key is skipped).
+
+        `returning`: this master dropped the segment earlier (its node went silent and came
+        back, or restarted on the same memory). Its records of keys the index knows now are
+        either copies that repair already replaced or values written again meanwhile, and a
+        record carries no version to tell which; so they are freed (and their headers zapped,
+        master/tombstones.py), never attached. Keys the index does not know come back."""
         ix = self.ix
         n = 0
         stripes: list[tuple] = []
@@ -66,6 +72,9 @@ class ClusterIndex:
             if seg is None:
                 return 0
             for key, offset, length, size, flags in inventory:
+                if returning and _known(ix, key):
+                    self._refuse(segment, offset, length)
+                    continue
                 if STRIPE_SEP in key:
                     stripes.append((key, offset, length, flags))
                     continue
@@ -86,6 +95,13 @@ class ClusterIndex:
         for skey, offset, length, flags in stripes:   # outside the lock: it takes it itself
             n += self.striped.adopt_stripe(segment, skey, offset, length, flags)
         return n
+
+    def _refuse(self, segment: str, offset: int, length: int) -> None:
+        # Reserved first so the free goes through the index's hook like any other.
+        ix = self.ix
+        if ix.segments[segment].allocator.reserve(offset, length):
+            ix._free_replicas([(Slice(segment, offset, length),)])
+            ix.counters["stale_refused"] = ix.counters.get("stale_refused", 0) + 1
 
     def replicas(self, key: str) -> list[Replica] | None:
         with self.ix.lock:
@@ -151,6 +167,14 @@ def stripe_key(key: str, replica: int, part: int, parts: int, total: int) -> str
     """The key written in the header of one stripe: findable by an inventory scan, and
     carrying what is needed to reassemble the object from its stripes."""
     return f"{key}{STRIPE_SEP}{replica}/{part}/{parts}/{total}"
+
+
+def _known(ix: ObjectIndex, key: str) -> bool:
+    """Whether the index has (or is writing) the object a record or stripe part belongs to."""
+    if STRIPE_SEP in key:
+        parsed = parse_stripe_key(key)
+        key = parsed[0] if parsed is not None else key
+    return key in ix._objects or key in ix._pending
 
 
 def parse_stripe_key(skey: str) -> tuple[str, int, int, int, int] | None:

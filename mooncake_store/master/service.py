@@ -37,6 +37,7 @@ REPAIRS_PER_TICK = 256
 HEAT_TAU_S = 2.0          # decay time constant of the per-object read rate
 NODE_CALLS = {"register_node", "heartbeat", "task_done", "leave", "zap_done"}
 TASKS_PER_HEARTBEAT = 64
+MAX_DROPPED = 65_536       # dropped segment names remembered, to know a node that comes back
 
 
 @dataclass
@@ -97,6 +98,7 @@ class MasterService:
         self.segdesc: dict[str, SegmentDesc] = {}
         self.want: dict[str, int] = {}           # keys asked for more than one replica
         self._repair: dict[str, None] = {}       # keys that may be under-replicated
+        self._dropped: dict[str, None] = {}      # segments this master dropped (oldest first)
         self._tasks: dict[int, Task] = {}
         self._task_ids = itertools.count(1)
         self.counters = {"nodes_joined": 0, "nodes_lost": 0, "repairs_started": 0,
@@ -468,7 +470,9 @@ class MasterService:
                 self.segdesc[name] = SegmentDesc(name, endpoint, int(seg["base"]), int(seg["size"]),
                                                  seg.get("tier", "dram"), node_id)
                 names.append(name)
-                adopted = self.cluster.adopt(name, inventory.get(name, ()))
+                returning = name in self._dropped
+                self._dropped.pop(name, None)
+                adopted = self.cluster.adopt(name, inventory.get(name, ()), returning)
                 self.counters["adopted"] += adopted
                 for entry in inventory.get(name, ()):
                     self._repair[entry[0]] = None
@@ -524,6 +528,9 @@ class MasterService:
         self.tiers.node_lost(node_id)
         for name in node.segments:
             self.segdesc.pop(name, None)
+            self._dropped[name] = None
+            if len(self._dropped) > MAX_DROPPED:
+                del self._dropped[next(iter(self._dropped))]
             for key in self.cluster.unmount(name):
                 self._repair[key] = None
         for tid in [t for t, task in self._tasks.items() if task.node_id == node_id]:
