@@ -591,14 +591,87 @@ static int rec_verify(mcs_batch *b, uint32_t i) {
     return seen == j->value_len && crc == info.value_crc ? 0 : MCS_E_CHECKSUM;
 }
 
+/* ---- record writes ---- */
+
+static void put_le(uint8_t *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* The header of record.h / codec.py for job j (record.c's writer computes the
+ * CRC from the value it copies; here the sender computed it): magic, version,
+ * codec, flags, key length, header length, value CRC, value length, raw length,
+ * epoch, header CRC (over the header with that field zero), key, zero pad.
+ * tests/transfer/test_record_writes.py checks it against mcs_rec_write. */
+void mcs_recw_encode(const mcs_rec_job *j, uint32_t value_crc) {
+    uint8_t *h = j->hdr;
+    memset(h, 0, j->hdr_len);
+    memcpy(h, "MCS1", 4);
+    h[4] = 1;
+    h[5] = j->codec;
+    h[6] = j->flags;
+    put_le(h + 8, j->key_len, 2);
+    put_le(h + 10, j->hdr_len, 2);
+    put_le(h + 12, value_crc, 4);
+    put_le(h + 16, j->value_len, 8);
+    put_le(h + 24, j->raw_len ? j->raw_len : j->value_len, 8);
+    put_le(h + 32, j->epoch, 8);
+    memcpy(h + MCS_REC_FIXED, j->key, j->key_len);
+    put_le(h + 40, mcs_crc32c(0, h, j->hdr_len), 4);
+}
+
+/* The value's CRC, combined from its slices' CRCs (each taken by the thread
+ * that sent the slice, as it sent it). Called when every value slice is sent:
+ * by the sender of the header, which is the only thread touching the job. */
+void mcs_recw_seal(mcs_slice *h) {
+    mcs_batch *b = h->batch;
+    const mcs_rec_job *j = &b->rec[h->req];
+    uint32_t crc = 0;
+    uint64_t seen = 0;
+    for (int k = j->first_slice; k < j->first_slice + j->nslices; k++) {
+        const mcs_slice *s = &b->slices[k];
+        uint32_t c = s->crc_done ? s->crc : mcs_crc32c(0, (const void *)(uintptr_t)s->local, s->len);
+        crc = seen ? mcs_crc32c_combine(crc, c, s->len) : c;
+        seen += s->len;
+    }
+    mcs_recw_encode(j, crc);
+}
+
+int mcs_recw_gate(mcs_engine *e, mcs_slice *h) {
+    mcs_batch *b = h->batch;
+    mcs_rec_job *j = &b->rec[h->req];
+    pthread_mutex_lock(&e->mu);
+    if (j->vals_pending > 0) {
+        j->hdr_held = 1;   /* the last value slice to finish queues it (mcs_slice_done) */
+        pthread_mutex_unlock(&e->mu);
+        return 0;
+    }
+    int code = b->st[h->req].code;
+    pthread_mutex_unlock(&e->mu);
+    if (code) {
+        mcs_slice_done(e, h, code, 0);   /* no header over a value that did not land */
+        return 0;
+    }
+    return 1;
+}
+
 void mcs_slice_done(mcs_engine *e, mcs_slice *s, int code, uint64_t bytes) {
+    mcs_slice *release = NULL;   /* a held record header whose value is now in */
+    int release_code = 0;
     pthread_mutex_lock(&e->mu);
     mcs_batch *b = s->batch;
     mcs_req_status *st = &b->st[s->req];
     st->bytes += bytes;
     if (code && st->code == 0) st->code = code;
+    if (b->rec_write && !s->rec_hdr) {
+        mcs_rec_job *j = &b->rec[s->req];
+        if (--j->vals_pending == 0 && j->hdr_held) {
+            j->hdr_held = 0;
+            release = &b->slices[j->first_slice + j->nslices];
+            release_code = st->code;
+        }
+    }
     if (--b->slices_left[s->req] == 0) {
-        if (b->rec && st->code == 0) {
+        if (b->rec && !b->rec_write && st->code == 0) {
             /* Verified outside the lock: this slice still counts in live_slices,
              * so the batch stays, and no other thread touches this request. */
             pthread_mutex_unlock(&e->mu);
@@ -609,8 +682,14 @@ void mcs_slice_done(mcs_engine *e, mcs_slice *s, int code, uint64_t bytes) {
         }
         finish_request(e, b, s->req);
     }
+    /* A released header still counts in live_slices: the batch outlives this. */
+    mcs_peer *p = b->peer;
     if (--b->live_slices == 0 && b->freed) batch_release(b);
     pthread_mutex_unlock(&e->mu);
+    if (release && release_code)
+        mcs_slice_done(e, release, release_code, 0);
+    else if (release)
+        mcs_tcp_push(p, release);
 }
 
 static int check_request(const mcs_request *r) {
@@ -669,9 +748,43 @@ static void slice_fill(mcs_batch *b, mcs_slice *s, int i, const mcs_request *r, 
     }
 }
 
+/* A record write's slices: its value cut into slice_bytes pieces, then its header. */
+static uint64_t recw_slice_count(const mcs_rec_job *j, uint64_t slice) {
+    return (j->value_len + slice - 1) / slice + 1;
+}
+
+/* Fill record write i's slices from index k: value slices (checksummed as they
+ * are sent), then the header slice (sent once they are in). Returns the next index. */
+static int recw_fill(mcs_batch *b, int k, int i, uint64_t slice) {
+    mcs_rec_job *j = &b->rec[i];
+    j->nslices = 0;
+    for (uint64_t off = 0; off < j->value_len; off += slice) {
+        mcs_slice *s = &b->slices[k++];
+        s->batch = b;
+        s->req = (uint32_t)i;
+        s->op = MCS_OP_WRITE;
+        s->local = j->value + off;
+        s->remote = j->remote + j->hdr_len + off;
+        s->len = j->value_len - off < slice ? j->value_len - off : slice;
+        s->crc_on = 1;
+        j->nslices++;
+    }
+    j->vals_pending = j->nslices;
+    mcs_slice *h = &b->slices[k++];
+    h->batch = b;
+    h->req = (uint32_t)i;
+    h->op = MCS_OP_WRITE;
+    h->local = (uint64_t)(uintptr_t)j->hdr;
+    h->remote = j->remote;
+    h->len = j->hdr_len;
+    h->rec_hdr = 1;
+    return k;
+}
+
 /* Copy what shm/local reach right here, cut the rest into slices and hand them
  * to rdma or tcp. Takes ownership of b (and of the peer reference). */
-static int64_t batch_run(mcs_engine *e, mcs_peer *p, mcs_batch *b, const mcs_request *reqs, int n) {
+static int64_t batch_run(mcs_engine *e, mcs_peer *p, mcs_batch *b, const mcs_request *reqs, int n,
+                         int flags) {
     /* Same-host and local requests are copied right here, in the caller's
      * thread (the GIL is released): a hand-off to another thread costs more
      * than a 64 KiB memcpy. The rest is cut into slices for the tcp streams. */
@@ -682,9 +795,10 @@ static int64_t batch_run(mcs_engine *e, mcs_peer *p, mcs_batch *b, const mcs_req
         int code = 0;
         mcs_rec_split split = {0};
         if (b->rec) split = (mcs_rec_split){.hdr = (uint64_t)(uintptr_t)b->rec[i].hdr,
-                                            .hdr_len = b->rec[i].hdr_len};
+                                            .hdr_len = b->rec[i].hdr_len,
+                                            .wr = b->rec_write ? &b->rec[i] : NULL};
         if (mcs_shm_try_copy(e, p, &reqs[i], b->rec ? &split : NULL, &code)) {
-            if (code == 0 && b->rec) {
+            if (code == 0 && b->rec && !b->rec_write) {
                 mcs_rec_info info;
                 const mcs_rec_job *j = &b->rec[i];
                 if (mcs_rec_check_split(j->hdr, j->hdr_len, j->value_len, j->key, j->key_len,
@@ -695,7 +809,8 @@ static int64_t batch_run(mcs_engine *e, mcs_peer *p, mcs_batch *b, const mcs_req
             b->st[i].bytes = code ? 0 : b->rec ? b->rec[i].value_len : reqs[i].length;
             b->st[i].state = code ? MCS_ST_FAILED : MCS_ST_COMPLETED;
         } else {
-            uint64_t k = slice_count(&reqs[i], slice, b->rec != NULL);
+            uint64_t k = b->rec_write ? recw_slice_count(&b->rec[i], slice)
+                                      : slice_count(&reqs[i], slice, b->rec != NULL);
             b->slices_left[i] = (int)k;
             nslices += (int)k;
             b->pending++;
@@ -712,6 +827,10 @@ static int64_t batch_run(mcs_engine *e, mcs_peer *p, mcs_batch *b, const mcs_req
         for (int i = 0; i < n; i++) {
             if (b->rec) b->rec[i].first_slice = k;
             int left = b->slices_left[i];
+            if (b->rec_write && left > 0) {
+                k = recw_fill(b, k, i, slice);
+                continue;
+            }
             for (uint64_t off = 0; left > 0; off += slice, left--) {
                 uint64_t len = left == 1 ? reqs[i].length - off : slice;
                 slice_fill(b, &b->slices[k++], i, &reqs[i], off, len);
@@ -743,13 +862,14 @@ static int64_t batch_run(mcs_engine *e, mcs_peer *p, mcs_batch *b, const mcs_req
             head = s;
         tail = s;
     }
-    if (head) mcs_tcp_enqueue(p, head, tail);
+    if (head) mcs_tcp_enqueue(p, head, tail, flags);
     peer_put(e, p);
     return bid;
 }
 
 int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, int flags) {
-    if (!e || !reqs || n <= 0 || n > (1 << 20)) return MCS_E_INVALID_PARAMS;
+    if (!e || !reqs || n <= 0 || n > (1 << 20) || (flags & ~MCS_SUBMIT_NO_INLINE))
+        return MCS_E_INVALID_PARAMS;
     for (int i = 0; i < n; i++)
         if (check_request(&reqs[i])) return MCS_E_INVALID_PARAMS;
     mcs_peer *p = peer_get(e, id);
@@ -759,12 +879,12 @@ int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, 
         peer_put(e, p);
         return MCS_E_INTERNAL;
     }
-    (void)flags;
-    return batch_run(e, p, b, reqs, n);
+    return batch_run(e, p, b, reqs, n, flags);
 }
 
 int64_t mcs_batch_submit_rec(mcs_engine *e, int id, const mcs_rec_request *rr, int n, int flags) {
-    if (!e || !rr || n <= 0 || n > (1 << 20)) return MCS_E_INVALID_PARAMS;
+    if (!e || !rr || n <= 0 || n > (1 << 20) || (flags & ~MCS_SUBMIT_NO_INLINE))
+        return MCS_E_INVALID_PARAMS;
     size_t mem = 0;
     for (int i = 0; i < n; i++) {
         if (!rr[i].key || rr[i].key_len == 0 || rr[i].key_len > MCS_REC_MAX_KEY ||
@@ -806,10 +926,65 @@ int64_t mcs_batch_submit_rec(mcs_engine *e, int id, const mcs_rec_request *rr, i
         }
     }
     mcs_peer *p = peer_get(e, id);
-    int64_t rc = p ? batch_run(e, p, b, reqs, n) : MCS_E_INVALID_PARAMS;
+    int64_t rc = p ? batch_run(e, p, b, reqs, n, flags) : MCS_E_INVALID_PARAMS;
     if (!p) batch_release(b);
     free(reqs);
-    (void)flags;
+    return rc;
+}
+
+int64_t mcs_batch_submit_recw(mcs_engine *e, int id, const mcs_recw_request *rr, int n,
+                              int flags) {
+    if (!e || !rr || n <= 0 || n > (1 << 20) || (flags & ~MCS_SUBMIT_NO_INLINE))
+        return MCS_E_INVALID_PARAMS;
+    size_t mem = 0;
+    for (int i = 0; i < n; i++) {
+        /* Every range check here is on our own numbers; the peer checks its range. */
+        if (!rr[i].key || rr[i].key_len == 0 || rr[i].key_len > MCS_REC_MAX_KEY ||
+            rr[i].value == 0 || rr[i].value_len == 0 || rr[i].remote == 0 ||
+            rr[i].value_len > UINT64_MAX - 2 * MCS_REC_MAX_KEY ||
+            rr[i].value + rr[i].value_len < rr[i].value ||
+            rr[i].remote + mcs_rec_header_size(rr[i].key_len) + rr[i].value_len < rr[i].remote)
+            return MCS_E_INVALID_PARAMS;
+        mem += mcs_rec_header_size(rr[i].key_len) + rr[i].key_len;
+    }
+    mcs_request *reqs = malloc((size_t)n * sizeof *reqs);
+    mcs_batch *b = reqs ? batch_new(n) : NULL;
+    if (b) {
+        b->rec = calloc((size_t)n, sizeof *b->rec);
+        b->rec_mem = malloc(mem);
+        b->rec_write = 1;
+    }
+    if (!b || !b->rec || !b->rec_mem) {
+        if (b) batch_release(b);
+        free(reqs);
+        return MCS_E_INTERNAL;
+    }
+    uint8_t *at = b->rec_mem;
+    for (int i = 0; i < n; i++) {
+        mcs_rec_job *j = &b->rec[i];
+        j->hdr_len = (uint32_t)mcs_rec_header_size(rr[i].key_len);
+        j->hdr = at;
+        at += j->hdr_len;
+        memcpy(at, rr[i].key, rr[i].key_len);
+        j->key = (const char *)at;
+        j->key_len = rr[i].key_len;
+        at += rr[i].key_len;
+        j->value = rr[i].value;
+        j->value_len = rr[i].value_len;
+        j->remote = rr[i].remote;
+        j->epoch = rr[i].epoch;
+        j->raw_len = rr[i].raw_len;
+        j->codec = rr[i].codec;
+        j->flags = rr[i].flags;
+        /* Whole record, for the shm/local copy (header apart, written last). */
+        reqs[i] = (mcs_request){.opcode = MCS_OP_WRITE, .local = rr[i].value,
+                                .remote = rr[i].remote, .length = j->hdr_len + rr[i].value_len};
+    }
+    mcs_peer *p = peer_get(e, id);
+    if (p) b->peer = p;
+    int64_t rc = p ? batch_run(e, p, b, reqs, n, flags) : MCS_E_INVALID_PARAMS;
+    if (!p) batch_release(b);
+    free(reqs);
     return rc;
 }
 

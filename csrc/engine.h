@@ -102,7 +102,13 @@ int mcs_peer_transport(mcs_engine *e, int peer);
  * remote_base in the peer's address space. */
 int mcs_shm_attach(mcs_engine *e, int peer, int fd, uint64_t len, uint64_t remote_base);
 
-/* Batches. flags: reserved (0). Returns a batch id > 0. */
+/* Batch submit flags. NO_INLINE: never run the batch in the caller's thread
+ * (the tcp inline lane takes a batch of at most 4 slices / 2 MiB and returns
+ * when it is done); use it when the caller submits to several peers before
+ * waiting, so the transfers overlap. */
+#define MCS_SUBMIT_NO_INLINE 1
+
+/* Batches. flags: MCS_SUBMIT_*. Returns a batch id > 0. */
 int64_t mcs_batch_submit(mcs_engine *e, int peer, const mcs_request *reqs, int n, int flags);
 /* Record reads (the record layout of record.h). Each is one READ of
  * header + value (header size from key_len) starting at `remote`: the header
@@ -120,6 +126,27 @@ typedef struct {
 } mcs_rec_request;
 int64_t mcs_batch_submit_rec(mcs_engine *e, int peer, const mcs_rec_request *reqs, int n,
                              int flags);
+/* Record writes: the mirror of record reads. Record i goes to `remote` in the
+ * peer's memory: its value (value_len bytes from `value`, 1 or more) at
+ * remote + header size, then its header (key, epoch, codec, flags, raw_len
+ * as given; raw_len 0 = value_len) with the value's CRC32C, computed by the
+ * thread that sends the value (64 KiB at a time, just before each piece goes
+ * out; shm: in the copy's pass). The header is written only after every byte
+ * of the value is in the peer's memory (on tcp: after the value's requests
+ * were answered, or behind them on the same connection), so nobody ever sees a
+ * valid header in front of a torn value; a record whose value fails gets no
+ * header. Keys are copied at submit. Returns a batch id > 0. */
+typedef struct {
+    uint64_t value;         /* where the value is read from */
+    uint64_t remote;        /* the record's first byte in the peer's memory */
+    uint64_t value_len;
+    const char *key;
+    uint32_t key_len;       /* 1..4096 */
+    uint8_t codec, flags;
+    uint64_t epoch, raw_len;
+} mcs_recw_request;
+int64_t mcs_batch_submit_recw(mcs_engine *e, int peer, const mcs_recw_request *reqs, int n,
+                              int flags);
 /* 0 when every request has finished (see statuses), MCS_E_TIMEOUT otherwise. */
 int mcs_batch_wait(mcs_engine *e, int64_t batch, int timeout_ms);
 /* Fills out[0..n) (n must equal the batch size); returns the count still pending. */

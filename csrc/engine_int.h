@@ -97,18 +97,28 @@ typedef struct mcs_slice {
      * computes the CRC32C of that value part while it is hot in cache. */
     uint64_t hdr_local;
     uint32_t hdr_len;
-    uint8_t crc_on;          /* compute crc as the value part arrives */
+    uint8_t crc_on;          /* compute crc as the value part arrives (reads) or
+                              * as it is sent (record writes) */
     uint8_t crc_done;        /* crc holds crc32c(value part) */
+    uint8_t rec_hdr;         /* a record write's header: sent only once its value is
+                              * in the peer's memory (mcs_recw_gate) */
     uint32_t crc;
 } mcs_slice;
 
-/* One record read of a batch: checked when its last slice finishes. */
+/* One record read of a batch: checked when its last slice finishes. Record
+ * writes use the same job: nslices value slices, then the header slice. */
 typedef struct {
     uint8_t *hdr;            /* engine-owned copy of the header (hdr_len bytes) */
     const char *key;         /* engine-owned copy of the key the header must name */
     uint32_t hdr_len, key_len;
     uint64_t value, value_len;
     int first_slice, nslices;
+    /* record writes */
+    uint64_t remote;         /* the record's first byte in the peer */
+    uint64_t epoch, raw_len;
+    uint8_t codec, flags;
+    int vals_pending;        /* value slices not finished yet (e->mu) */
+    int hdr_held;            /* the header waits for them (e->mu) */
 } mcs_rec_job;
 
 typedef struct mcs_batch {
@@ -121,8 +131,10 @@ typedef struct mcs_batch {
     int *slices_left;        /* per request */
     mcs_slice *slices;
     int nslices;
-    mcs_rec_job *rec;        /* record reads: one per request, else NULL */
+    mcs_rec_job *rec;        /* record reads/writes: one per request, else NULL */
     uint8_t *rec_mem;        /* their headers and keys */
+    int rec_write;           /* rec holds record writes */
+    struct mcs_peer *peer;   /* record writes: where held headers are queued */
 } mcs_batch;
 
 /* ---- peers ---- */
@@ -241,8 +253,19 @@ int mcs_tcp_listen(mcs_engine *e, const char *host, int port, int *bound_port);
 void mcs_tcp_stop(mcs_engine *e);
 int mcs_tcp_peer_start(mcs_engine *e, mcs_peer *p);
 void mcs_tcp_peer_stop(mcs_engine *e, mcs_peer *p);
-void mcs_tcp_enqueue(mcs_peer *p, mcs_slice *head, mcs_slice *tail);
+/* flags: MCS_SUBMIT_* (MCS_SUBMIT_NO_INLINE: straight to the streams) */
+void mcs_tcp_enqueue(mcs_peer *p, mcs_slice *head, mcs_slice *tail, int flags);
+/* Queue one slice for the streams (a record write's header whose value is in). */
+void mcs_tcp_push(mcs_peer *p, mcs_slice *s);
 int mcs_tcp_connect(mcs_engine *e, const char *host, int port, mcs_hs_hello *hello);
+
+/* engine.c: record writes. gate: 1 when header slice h may be sent now (its
+ * value is in; the header is then sealed), 0 when it is held (queued by the
+ * completion of its value) or failed (its value failed). seal: encode h's
+ * header with the CRC of the value as sent. */
+int mcs_recw_gate(mcs_engine *e, mcs_slice *h);
+void mcs_recw_seal(mcs_slice *h);
+void mcs_recw_encode(const mcs_rec_job *j, uint32_t value_crc);
 
 /* transport_shm.c */
 int mcs_shm_serve_conn(mcs_engine *e, int fd);
@@ -257,6 +280,8 @@ typedef struct {
     uint64_t hdr;
     uint32_t hdr_len;
     uint32_t crc;            /* out */
+    const mcs_rec_job *wr;   /* a record write: value copied first, then this job's
+                              * header, sealed with the copy's CRC */
 } mcs_rec_split;
 /* Copy for a shm/local request; 1 when handled (code in *code), 0 when the
  * remote range is not mapped (the caller routes it to tcp). rec: NULL, or the

@@ -247,7 +247,16 @@ int mcs_shm_peer_alive(mcs_peer *p) {
 }
 
 static void copy(const mcs_request *r, mcs_rec_split *rec, const void *remote) {
-    if (r->opcode == MCS_OP_WRITE) {
+    if (r->opcode == MCS_OP_WRITE && rec && rec->wr) {
+        /* A record write: the value, checksummed in the copy's pass, then the
+         * header last (a reader never sees a valid header before its value). */
+        uint8_t *dst = (uint8_t *)remote;
+        rec->crc = mcs_copy_crc32c(dst + rec->hdr_len, (const void *)(uintptr_t)r->local,
+                                   r->length - rec->hdr_len, 0);
+        mcs_recw_encode(rec->wr, rec->crc);
+        atomic_thread_fence(memory_order_release);
+        memcpy(dst, rec->wr->hdr, rec->hdr_len);
+    } else if (r->opcode == MCS_OP_WRITE) {
         memcpy((void *)remote, (void *)(uintptr_t)r->local, r->length);
     } else if (rec) {   /* a record: header apart, value checksummed in the copy's pass */
         memcpy((void *)(uintptr_t)rec->hdr, remote, rec->hdr_len);

@@ -16,7 +16,11 @@
  * sends them (back to back) and reads the answers itself on the peer's inline
  * connection (two thread hand-offs fewer: most of a 4 KiB round trip, ~half of
  * a 1 MiB one). Record reads (mcs_batch_submit_rec) are checksummed by
- * whichever thread receives their bytes, as the bytes arrive. */
+ * whichever thread receives their bytes, as the bytes arrive; record writes
+ * (mcs_batch_submit_recw) by whichever thread sends them, as they go out, and
+ * their header follows the value: on one connection right behind it (the
+ * server runs a connection's requests in order and stops at the first that
+ * fails), on the streams once the value's requests were answered. */
 #include "transport_tcp.h"
 
 #include <errno.h>
@@ -488,22 +492,61 @@ static void recv_one(mcs_stream *st) {
 
 #define MCS_RUN_MAX 32
 
-/* Send a run of same-op slices with one sendmsg (headers, and payloads for
- * writes); on success they are in flight, in order. */
-static int send_run(mcs_stream *st, mcs_slice **run, int n) {
+/* A record write's value slice: its wire header, then the payload 64 KiB at a
+ * time, each piece checksummed just before it goes out (so the CRC reads it
+ * into the cache the send then copies from). */
+static int send_value_crc(int fd, mcs_wire_hdr *h, mcs_slice *s) {
+    const uint8_t *at = (const uint8_t *)(uintptr_t)s->local;
+    uint64_t left = s->len;
+    size_t n = left < MCS_CRC_CHUNK ? (size_t)left : MCS_CRC_CHUNK;
+    uint32_t crc = mcs_crc32c(0, at, n);
+    struct iovec iov[2] = {{h, sizeof *h}, {(void *)at, n}};
+    int rc = mcs_writev_full(fd, iov, 2);
+    for (at += n, left -= n; rc == 0 && left > 0; at += n, left -= n) {
+        n = left < MCS_CRC_CHUNK ? (size_t)left : MCS_CRC_CHUNK;
+        crc = mcs_crc32c(crc, at, n);
+        rc = mcs_write_full(fd, at, n);
+    }
+    if (rc == 0) {
+        s->crc = crc;
+        s->crc_done = 1;
+    }
+    return rc;
+}
+
+/* The requests of v[0, n) with their ids, in order: plain ones gathered into
+ * one writev (headers, and the payloads of writes); a record write's value is
+ * checksummed as it is sent, and its header is sealed (with that CRC) just
+ * before it goes out behind it. */
+static int send_slices(int fd, mcs_slice **v, int n, const uint64_t *ids) {
     mcs_wire_hdr h[MCS_RUN_MAX];
     struct iovec iov[2 * MCS_RUN_MAX];
-    int k = 0;
-    for (int i = 0; i < n; i++) {
-        mcs_slice *s = run[i];
+    int k = 0, rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        mcs_slice *s = v[i];
         h[i] = (mcs_wire_hdr){.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
                               .opcode = s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE,
-                              .req_id = ++st->next_id, .addr = s->remote, .length = s->len};
-        s->wire_id = h[i].req_id;
+                              .req_id = ids[i], .addr = s->remote, .length = s->len};
+        if (s->op == MCS_OP_WRITE && s->crc_on) {
+            if (k) rc = mcs_writev_full(fd, iov, k);
+            k = 0;
+            if (rc == 0) rc = send_value_crc(fd, &h[i], s);
+            continue;
+        }
+        if (s->rec_hdr) mcs_recw_seal(s);   /* its value slices were all sent before it */
         iov[k++] = (struct iovec){&h[i], sizeof h[i]};
         if (s->op == MCS_OP_WRITE) iov[k++] = (struct iovec){(void *)(uintptr_t)s->local, s->len};
     }
-    int rc = mcs_writev_full(st->fd, iov, k);
+    if (rc == 0 && k) rc = mcs_writev_full(fd, iov, k);
+    return rc;
+}
+
+/* Send a run of same-op slices (one sendmsg unless it holds record writes); on
+ * success they are in flight, in order. */
+static int send_run(mcs_stream *st, mcs_slice **run, int n) {
+    uint64_t ids[MCS_RUN_MAX];
+    for (int i = 0; i < n; i++) ids[i] = run[i]->wire_id = ++st->next_id;
+    int rc = send_slices(st->fd, run, n, ids);
     if (rc) return rc;
     for (int i = 0; i < n; i++) {
         mcs_slice *s = run[i];
@@ -632,23 +675,6 @@ void mcs_tcp_peer_stop(mcs_engine *e, mcs_peer *p) {
 
 enum { INL_DONE, INL_DONE_CLOSE, INL_TIMEOUT, INL_RETRY };
 
-/* The requests of v[0, n) (one opcode) with one writev: headers, and the
- * payloads of writes. */
-static int inline_send(int fd, mcs_slice **v, int n, const uint64_t *ids) {
-    mcs_wire_hdr h[MCS_INLINE_RUN];
-    struct iovec iov[2 * MCS_INLINE_RUN];
-    int k = 0;
-    for (int i = 0; i < n; i++) {
-        mcs_slice *s = v[i];
-        h[i] = (mcs_wire_hdr){.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
-                              .opcode = s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE,
-                              .req_id = ids[i], .addr = s->remote, .length = s->len};
-        iov[k++] = (struct iovec){&h[i], sizeof h[i]};
-        if (s->op == MCS_OP_WRITE) iov[k++] = (struct iovec){(void *)(uintptr_t)s->local, s->len};
-    }
-    return mcs_writev_full(fd, iov, k);
-}
-
 /* The answer to slice s (request `id`) on the inline connection. INL_RETRY:
  * nothing is known to have happened (broken connection; the request is
  * idempotent, so the streams may run it again); the others: s is finished. */
@@ -705,7 +731,7 @@ static int inline_runs(mcs_engine *e, int fd, uint64_t *next_id, mcs_slice **v, 
         int g = i + 1;
         while (g < n && v[g]->op == v[i]->op) g++;
         for (int k = i; k < g; k++) ids[k] = ++*next_id;
-        int rc = inline_send(fd, v + i, g - i, ids + i);
+        int rc = send_slices(fd, v + i, g - i, ids + i);
         if (rc) {
             *end = rc == MCS_E_TIMEOUT ? INL_TIMEOUT : INL_DONE_CLOSE;
             return i;
@@ -767,18 +793,45 @@ static int inline_fits(const mcs_slice *head, const mcs_slice *tail) {
     return 0;
 }
 
-void mcs_tcp_enqueue(mcs_peer *p, mcs_slice *head, mcs_slice *tail) {
-    if (inline_fits(head, tail)) {
+void mcs_tcp_push(mcs_peer *p, mcs_slice *s) {
+    pthread_mutex_lock(&p->mu);
+    s->next = NULL;
+    if (p->qt)
+        p->qt->next = s;
+    else
+        p->qh = s;
+    p->qt = s;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void mcs_tcp_enqueue(mcs_peer *p, mcs_slice *head, mcs_slice *tail, int flags) {
+    if (!(flags & MCS_SUBMIT_NO_INLINE) && inline_fits(head, tail)) {
         head = inline_chain(p, head, tail);
         if (!head) return;   /* all finished; else head..tail go to the streams */
     }
+    /* On the streams a record write's header could overtake its value (another
+     * stream): it is held back until the value is in (mcs_recw_gate; the last
+     * value slice to finish queues it). Links are read before a gate runs: a
+     * header it releases may be queued, and relinked, at once. */
+    mcs_slice *h = NULL, *t = NULL, *next;
+    for (mcs_slice *s = head; s; s = next) {
+        next = s == tail ? NULL : s->next;
+        if (s->rec_hdr && !mcs_recw_gate(p->e, s)) continue;
+        s->next = NULL;
+        if (t)
+            t->next = s;
+        else
+            h = s;
+        t = s;
+    }
+    if (!h) return;
     pthread_mutex_lock(&p->mu);
-    tail->next = NULL;
     if (p->qt)
-        p->qt->next = head;
+        p->qt->next = h;
     else
-        p->qh = head;
-    p->qt = tail;
+        p->qh = h;
+    p->qt = t;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
 }

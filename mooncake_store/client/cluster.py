@@ -31,7 +31,7 @@ from ..errors import (ErrorCode, InvalidParams, RpcFailed, RpcTimeout, StoreErro
 from ..master.index import Lookup
 from ..master.wire import lookup_from_wire, rc_to_wire, replicas_from_wire
 from ..replica import Replica, ReplicateConfig, Slice
-from ..codec import FIXED_SIZE, encode_header, header_size
+from ..codec import FIXED_SIZE, header_size
 from ..master.cluster_index import parse_stripe_key, stripe_key
 from ..rpc.client import RpcClient, RpcClients
 from ..transfer import READ, WRITE
@@ -362,10 +362,9 @@ class RemoteData:
 
     def write(self, sl: Slice, kb: bytes, src: Any, n: int, epoch: int, flags: int) -> None:
         if n >= DIRECT_MIN:
-            # Value straight from the caller's memory; only the header is built here.
-            hdr = encode_header(kb, n, lib.mcs_crc32c(0, src, n), epoch, flags=flags)
-            h = ffi.from_buffer(hdr)
-            self._xfer(sl, WRITE, [(_addr(h), 0, len(hdr)), (_addr(src), len(hdr), n)])
+            # One record write: the engine sends the value straight from the caller's
+            # memory, checksumming it as it goes, then the header behind it.
+            self._write_records([(sl, kb, _addr(src), n)], epoch, flags)
             return
         buf = self._staging(sl.length)
         cbuf = ffi.from_buffer(buf)
@@ -373,6 +372,59 @@ class RemoteData:
         if rc < 0:
             raise StoreError(f"record write failed ({rc})", ErrorCode.INVALID_WRITE)
         self._xfer(sl, WRITE, [(_addr(cbuf), 0, sl.length)])
+
+    def write_replicas(self, kb: bytes, slices: Sequence[Slice], src: Any, n: int, epoch: int,
+                       flags: int) -> None:
+        """The same record into several single-slice replicas (on several nodes) at once:
+        every write is submitted before any is waited on."""
+        self._write_records([(sl, kb, _addr(src), n) for sl in slices], epoch, flags)
+
+    def _write_records(self, jobs: list[tuple[Slice, bytes, int, int]], epoch: int,
+                       flags: int) -> None:
+        """Record writes (sl, key bytes, value address, value length), each into its own
+        slice; with more than one, none runs in this thread (csrc: MCS_SUBMIT_NO_INLINE),
+        so writes to different nodes overlap. A failed one gets one retry after a segment
+        table refresh (the node may have restarted under the same name)."""
+        for sl, kb, _, n in jobs:
+            if header_size(len(kb)) + n > sl.length:
+                raise StoreError(f"slice {sl} cannot hold a {n}-byte record of its key",
+                                 ErrorCode.INVALID_WRITE)
+        inline = len(jobs) == 1
+        for attempt in (0, 1):
+            pending, failed = [], []
+            try:
+                for job in jobs:
+                    sl, kb, src, n = job
+                    endpoint, base, size = self._where(sl.segment, refresh=attempt == 1)
+                    if sl.offset + sl.length > size:
+                        failed.append((job, endpoint, f"slice {sl} lies outside segment "
+                                                      f"{sl.segment}"))
+                        continue
+                    try:
+                        pending.append((job, endpoint, self.engine.submit_record_writes(
+                            endpoint, (src,), (base + sl.offset,), (n,), (kb,), epoch, flags,
+                            inline=inline)))
+                    except StoreError as e:
+                        failed.append((job, endpoint, str(e)))
+            finally:
+                codes = [(job, endpoint, self._codes(bid)) for job, endpoint, bid in pending]
+            failed += [(job, endpoint, f"code {c}") for job, endpoint, c in codes if c != 0]
+            if not failed:
+                return
+            for _, endpoint, _ in failed:
+                if endpoint:
+                    self.engine.disconnect(endpoint)
+            if attempt == 1:
+                raise TransferFailed(f"record write to segment {failed[0][0][0].segment}: "
+                                     f"{failed[0][2]}")
+            jobs = [f[0] for f in failed]
+            inline = len(jobs) == 1
+
+    def _codes(self, bid: int) -> int:
+        try:
+            return self.engine.wait_codes(bid)[0]
+        except StoreError as e:
+            return int(e.code)
 
     def read(self, sl: Slice, kb: bytes, dst: Any, dst_len: int) -> int:
         """Value length, or a negative code (CHECKSUM_MISMATCH, INVALID_PARAMS, TRANSFER_FAIL).
@@ -408,21 +460,21 @@ class RemoteData:
     # ---- striped replicas: one record per slice, moved in parallel across nodes ----------------
     def write_striped(self, kb: bytes, replicas: list[Replica], src: Any, n: int, epoch: int,
                       flags: int) -> None:
+        """One record per stripe (its own key), all of every replica's stripes submitted
+        before any is waited on; each stripe's CRC is taken by the engine as it sends."""
         key = kb.decode("utf-8", "surrogatepass")
-        keep = []
+        jobs = []
+        base = _addr(src)
         for r, replica in enumerate(replicas):
-            jobs, at = [], 0
+            at = 0
             for i, sl in enumerate(replica):
                 skb = stripe_key(key, r, i, len(replica), n).encode("utf-8", "surrogatepass")
                 part = sl.length - header_size(len(skb))
-                hdr = encode_header(skb, part, lib.mcs_crc32c(0, src + at, part), epoch, flags=flags)
-                h = ffi.from_buffer(hdr)
-                keep.append(h)
-                jobs.append((sl, [(_addr(h), 0, len(hdr)), (_addr(src) + at, len(hdr), part)]))
+                jobs.append((sl, skb, base + at, part))
                 at += part
             if at != n:
                 raise StoreError(f"stripes hold {at} bytes, value has {n}", ErrorCode.INVALID_WRITE)
-            self._parallel(WRITE, jobs)
+        self._write_records(jobs, epoch, flags)
 
     def read_striped(self, key: str, look: Lookup, dst: Any, dst_len: int) -> int:
         """Value length, or a negative code; tries each replica until one verifies."""

@@ -41,6 +41,10 @@ def _raise(code: int, what: str) -> None:
     raise error_for(code, msg)
 
 
+def _flags(inline: bool) -> int:
+    return 0 if inline else lib.MCS_SUBMIT_NO_INLINE
+
+
 def rdma_probe() -> tuple[int, str]:
     """(device count or negative errno, reason) from ibv_get_device_list."""
     msg = ffi.new("char[256]")
@@ -297,8 +301,10 @@ class TransferEngine:
 
     # -------------------------------------------------------------- batches
     def submit(self, target: str, op: int, buffers: Sequence[Any], peer_addresses: Sequence[int],
-               lengths: Sequence[int]) -> int:
-        """Submit a batch; returns its id. Raises for malformed calls."""
+               lengths: Sequence[int], inline: bool = True) -> int:
+        """Submit a batch; returns its id. Raises for malformed calls. inline=False: never
+        run it in this thread (a small tcp batch otherwise does, and returns done): for
+        batches to several peers submitted before any is waited on."""
         n = len(buffers)
         if not (n == len(peer_addresses) == len(lengths)) or n == 0:
             raise InvalidParams("buffers, peer_addresses and lengths must be non-empty and of equal length")
@@ -316,7 +322,7 @@ class TransferEngine:
             keep.append(k)
             r = reqs[i]
             r.opcode, r.local, r.remote, r.length = op, a, ra, ln
-        bid = lib.mcs_batch_submit(self._e, pid, reqs, n, 0)
+        bid = lib.mcs_batch_submit(self._e, pid, reqs, n, _flags(inline))
         if bid < 0:
             _raise(bid, f"submit to {target}")
         self._batch_sizes[bid] = n
@@ -324,7 +330,8 @@ class TransferEngine:
         return bid
 
     def submit_records(self, target: str, values: Sequence[int], remotes: Sequence[int],
-                       value_lens: Sequence[int], keys: Sequence[bytes], keep: Any = None) -> int:
+                       value_lens: Sequence[int], keys: Sequence[bytes], keep: Any = None,
+                       inline: bool = True) -> int:
         """Submit record reads (csrc/record.h layout): record i starts at remotes[i] in the
         peer's memory, its header names keys[i] and its value (value_lens[i] bytes) lands at
         address values[i]. The engine checks each record as its bytes arrive: wait() /
@@ -341,7 +348,45 @@ class TransferEngine:
             r = reqs[i]
             r.value, r.remote, r.value_len = values[i], remotes[i], value_lens[i]
             r.key, r.key_len = kc[i], len(kc[i])
-        bid = lib.mcs_batch_submit_rec(self._e, pid, reqs, n, 0)
+        bid = lib.mcs_batch_submit_rec(self._e, pid, reqs, n, _flags(inline))
+        if bid < 0:
+            _raise(bid, f"submit to {target}")
+        self._batch_sizes[bid] = n
+        self._keep[bid] = keep
+        return bid
+
+    def submit_record_writes(self, target: str, values: Sequence[int], remotes: Sequence[int],
+                             value_lens: Sequence[int], keys: Sequence[bytes], epoch: int = 0,
+                             flags: int | Sequence[int] = 0, keep: Any = None,
+                             inline: bool = True) -> int:
+        """Submit record writes (csrc/record.h layout), the mirror of submit_records:
+        record i goes to remotes[i] in the peer's memory, its value (value_lens[i] bytes at
+        address values[i]) then its header (keys[i], `epoch`, flags[i]) with the value's
+        CRC32C, which the engine computes while sending the value. The header lands only
+        after the whole value did: a record whose value fails gets no header. wait() /
+        wait_codes() report each record. `keep`: what must stay alive while the engine
+        reads the values."""
+        n = len(values)
+        if not (n == len(remotes) == len(value_lens) == len(keys)) or n == 0:
+            raise InvalidParams("values, remotes, value_lens and keys must be non-empty and "
+                                "of equal length")
+        fl = [flags] * n if isinstance(flags, int) else list(flags)
+        if len(fl) != n or not all(type(f) is int and 0 <= f < 256 for f in fl):
+            raise InvalidParams("flags must be an int 0..255, or one per record")
+        if type(epoch) is not int or not 0 <= epoch < 1 << 64:
+            raise InvalidParams(f"epoch must be an int in 0..2**64-1, got {epoch!r}")
+        pid = self._peer(target)
+        reqs = ffi.new("mcs_recw_request[]", n)
+        kc = [ffi.from_buffer(k) for k in keys]   # copied by the engine at submit
+        try:
+            for i in range(n):
+                r = reqs[i]
+                r.value, r.remote, r.value_len = values[i], remotes[i], value_lens[i]
+                r.key, r.key_len = kc[i], len(kc[i])
+                r.epoch, r.flags = epoch, fl[i]
+        except (TypeError, OverflowError) as e:
+            raise InvalidParams(f"bad record write: {e}") from None
+        bid = lib.mcs_batch_submit_recw(self._e, pid, reqs, n, _flags(inline))
         if bid < 0:
             _raise(bid, f"submit to {target}")
         self._batch_sizes[bid] = n
