@@ -492,18 +492,23 @@ static void recv_one(mcs_stream *st) {
 
 #define MCS_RUN_MAX 32
 
-/* A record write's value slice: its wire header, then the payload 64 KiB at a
- * time, each piece checksummed just before it goes out (so the CRC reads it
- * into the cache the send then copies from). */
+/* A record write's value goes out in pieces of this size, each checksummed just
+ * before it is sent (the CRC pulls it into the cache the send then copies
+ * from). 64 KiB pieces (one send each) made 1 MiB puts ~20% slower over
+ * loopback than one send; 256 KiB ones cost nothing (docs/PERFORMANCE.md). */
+#define MCS_SEND_PIECE (256u << 10)
+
+/* A record write's value slice: its wire header, then the payload piece by
+ * piece, each checksummed just before it goes out. */
 static int send_value_crc(int fd, mcs_wire_hdr *h, mcs_slice *s) {
     const uint8_t *at = (const uint8_t *)(uintptr_t)s->local;
     uint64_t left = s->len;
-    size_t n = left < MCS_CRC_CHUNK ? (size_t)left : MCS_CRC_CHUNK;
+    size_t n = left < MCS_SEND_PIECE ? (size_t)left : MCS_SEND_PIECE;
     uint32_t crc = mcs_crc32c(0, at, n);
     struct iovec iov[2] = {{h, sizeof *h}, {(void *)at, n}};
     int rc = mcs_writev_full(fd, iov, 2);
     for (at += n, left -= n; rc == 0 && left > 0; at += n, left -= n) {
-        n = left < MCS_CRC_CHUNK ? (size_t)left : MCS_CRC_CHUNK;
+        n = left < MCS_SEND_PIECE ? (size_t)left : MCS_SEND_PIECE;
         crc = mcs_crc32c(crc, at, n);
         rc = mcs_write_full(fd, at, n);
     }
