@@ -2,17 +2,25 @@
 
 - batch_put: many keys in three steps whatever the batch size (one batch_put_start RPC,
   the writes, one batch_put_end RPC, one batch_put_revoke for writes that failed).
+  A batch of small values with the default placement, while the cluster has one DRAM
+  segment, takes one block of its exact size instead (batch_put_reserve,
+  master/reserve.py), writes its records back to back into it (into this client's own
+  segment directly, else as one transfer) and names them all with one batch_put_commit:
+  no per-key allocation or pending entry on the master.
 - put_reserved / reserved_put_size: a small put written into the slice the master reserved
   for this client at its previous put, named with one put_commit (master/reserve.py).
 """
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from typing import Any, Callable, Sequence
 
 from .._engine import ffi, lib
 from ..codec import encode_header, header_size
-from ..errors import InvalidParams, StoreError
-from ..replica import ReplicateConfig
+from ..errors import ErrorCode, InvalidParams, StoreError
+from ..replica import ReplicateConfig, Slice
 from ..transfer import WRITE
 
 
@@ -42,6 +50,9 @@ def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any]
             out[i] = int(e.code)
     if not todo:
         return out
+    plan = _block_plan(store, pairs, regions, todo, config)
+    if plan is not None and _put_block(store, plan, pairs, regions, todo, out, upsert, flags):
+        return out
     ix = store._index
     starts = ix.batch_put_start([pairs[i][0] for i in todo], [regions[i].size for i in todo],
                                 config, upsert)
@@ -58,6 +69,115 @@ def batch_put(store: Any, keys: Sequence[Any], make_region: Callable[[int], Any]
         for i, code in zip(written, ix.batch_put_end([pairs[i][0] for i in written], flags)):
             out[i] = code
     return out
+
+
+# ---- block reservations: a batch of small puts as one block and one commit -----------------
+# A batch goes through a block only when its records fit in one (master/reserve.py BLOCK_MAX).
+BLOCK_MAX = 64 << 20
+# After a refusal, batches take the normal path this long before asking for a block again.
+BLOCK_RETRY_S = 1.0
+_OWNER_LOCK = threading.Lock()
+
+
+class _BlockPlan:
+    """The records (header + value bytes, in batch order) one eligible batch lays out back
+    to back in its block, each rounded up to the allocator's alignment."""
+
+    def __init__(self, owner: str, records: list[int]) -> None:
+        self.owner = owner
+        self.records = records
+
+    def size(self, align: int = 64) -> int:
+        mask = align - 1
+        return sum((r + mask) & ~mask for r in self.records)
+
+
+def _block_plan(store: Any, pairs: list, regions: list, todo: list[int],
+                config: ReplicateConfig | None) -> _BlockPlan | None:
+    """A plan when the batch may go through a block: default placement, all records in
+    one block, and every value small unless this client holds a segment (the block then
+    is in it: the cluster has no other; a remote block is assembled here first, where
+    large values go better straight from the caller's memory)."""
+    if not (config is None or config == _PLAIN):
+        return None
+    limit = BLOCK_MAX if store._segments else RESERVED_PUT_MAX
+    records = []
+    for i in todo:
+        n = regions[i].size
+        if n > limit:
+            return None
+        records.append(header_size(len(pairs[i][1])) + n)
+    base = getattr(store, "_block_owner", None)
+    if base is None:
+        with _OWNER_LOCK:
+            base = getattr(store, "_block_owner", None)
+            if base is None:
+                base = store._block_owner = uuid.uuid4().hex
+    # One owner per thread: the master holds at most one block per owner, and a thread
+    # has one batch in flight (single puts keep their own reservation apart).
+    plan = _BlockPlan(f"{base}/batch/{threading.get_ident()}", records)
+    return plan if plan.size() <= BLOCK_MAX else None
+
+
+def _put_block(store: Any, plan: _BlockPlan, pairs: list, regions: list, todo: list[int],
+               out: list[int], upsert: bool, flags: int) -> bool:
+    """The batch written into a block of its exact size and named with one
+    batch_put_commit. False: no block (no room without evicting), or the master no longer
+    holds it: the caller puts the normal way."""
+    if time.monotonic() < getattr(store, "_block_off_until", 0.0):
+        return False
+    m = store._index.m
+    got = m.call("batch_put_reserve", plan.owner, plan.size(), 0)
+    if not got:
+        # No room without evicting, or several segments to spread over: ask again later.
+        store._block_off_until = time.monotonic() + BLOCK_RETRY_S
+        return False
+    rid, w, _use_ms, align = got
+    sl = Slice(w[0], w[1], w[2])
+    names, sizes = [pairs[i][0] for i in todo], [regions[i].size for i in todo]
+    if plan.size(align) > sl.length:   # another alignment than assumed: give it back
+        m.call("batch_put_commit", plan.owner, rid, [], [], flags, upsert, True)
+        return False
+    try:
+        _write_block(store, sl, plan, pairs, regions, todo, align, flags)
+    except StoreError:
+        # The node may have gone: give the block back (what may have landed is tombstoned)
+        # and let the normal path find another.
+        m.call("batch_put_commit", plan.owner, rid, names, sizes, flags, upsert, True)
+        return False
+    except BaseException:
+        m.call("batch_put_commit", plan.owner, rid, names, sizes, flags, upsert, True)
+        raise
+    codes = m.call("batch_put_commit", plan.owner, rid, names, sizes, flags, upsert)
+    if type(codes) is not list:
+        return False   # GONE: the master freed the block (and tombstoned what we wrote)
+    for i, code in zip(todo, codes):
+        out[i] = code if code < 0 else 0   # EXISTED: the first value stays, as put_start's None
+    return True
+
+
+def _write_block(store: Any, sl: Slice, plan: _BlockPlan, pairs: list, regions: list,
+                 todo: list[int], align: int, flags: int) -> None:
+    """Every record of the batch, back to back from the block's start: straight into this
+    client's own segment, else assembled here and sent in one transfer."""
+    used = plan.size(align)
+    seg = store._segments.get(sl.segment)
+    if seg is not None:
+        if sl.offset + used > seg.size:
+            raise StoreError(f"block {sl} lies outside segment {sl.segment}")
+        base, staging = seg.ptr + sl.offset, None
+    else:
+        staging = bytearray(used)
+        base = ffi.from_buffer(staging)
+    epoch, at, mask = store._epoch, 0, align - 1
+    write = lib.mcs_rec_write
+    for i, rec in zip(todo, plan.records):
+        kb, src = pairs[i][1], regions[i]
+        if write(base + at, rec, kb, len(kb), src.ptr, src.size, epoch, 0, flags, 0) < 0:
+            raise StoreError("record write failed", ErrorCode.INVALID_WRITE)
+        at += (rec + mask) & ~mask
+    if staging is not None:
+        store._remote._xfer(Slice(sl.segment, sl.offset, used), WRITE, [(_addr(base), 0, used)])
 
 
 class _Writes:

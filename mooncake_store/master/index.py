@@ -33,7 +33,7 @@ from ..replica import Replica, ReplicateConfig, Slice
 from .allocator import Allocator
 from .objmeta import PIN_HARD, PIN_NONE, PIN_SOFT, Lookup, Obj
 from .policy import make_policy
-from .reserve import Reservations
+from .reserve import BLOCK_MAX, Reservations
 
 # Obj and Lookup live in objmeta.py (packed layout); re-exported for the modules importing them.
 __all__ = ["Obj", "ObjectIndex", "Lookup", "SegmentInfo", "TieringHooks",
@@ -186,6 +186,29 @@ class ObjectIndex:
                 nxt = self.reservations.grant_locked(owner, record, 0, now) if record else None
             return code, nxt
 
+    def batch_put_reserve(self, owner: str, size: int, give_back: int = 0
+                          ) -> tuple[int, Slice] | None:
+        """A block of `size` bytes for the batch the owner writes now (reserve.py), or None.
+        Only while one DRAM segment is mounted: a block puts the whole batch on one
+        segment, where placement spreads keys over every node in proportion to free space."""
+        with self.lock:
+            if sum(1 for seg in self.segments.values() if seg.tier == "dram") != 1:
+                return None
+            return self.reservations.grant_locked(owner, size, give_back, self.clock(),
+                                                  BLOCK_MAX, written_now=True)
+
+    def batch_put_commit(self, owner: str, rid: int, keys: list, sizes: list, flags: int = 0,
+                         upsert: bool = False, revoke: bool = False) -> list[int] | int:
+        """A batch written into its block: per key COMMITTED / EXISTED / an error code, or
+        GONE for all (revoke: the client gives the block back, GONE too)."""
+        now = self.clock()
+        with self.lock:
+            codes = self.reservations.commit_many_locked(owner, rid, keys, sizes, flags,
+                                                         upsert, now, revoke)
+            if type(codes) is list:
+                self._maybe_evict_locked()
+            return codes
+
     def batch_put_end(self, keys: Sequence[str], flags: int = 0) -> None:
         with self.lock:
             for key in keys:
@@ -194,15 +217,18 @@ class ObjectIndex:
 
     def batch_put_end_codes(self, keys: Sequence[str], flags: int = 0) -> list[int]:
         """put_end for many keys under one lock: per key 0 or the error code."""
-        out: list[int] = []
         with self.lock:
-            for key in keys:
-                try:
-                    self._put_end_locked(key, flags)
-                    out.append(0)
-                except StoreError as e:
-                    out.append(int(e.code))
-            self._maybe_evict_locked()
+            return self._batch_put_end_locked(keys, flags)
+
+    def _batch_put_end_locked(self, keys: Sequence[str], flags: int) -> list[int]:
+        out: list[int] = []
+        for key in keys:
+            try:
+                self._put_end_locked(key, flags)
+                out.append(0)
+            except StoreError as e:
+                out.append(int(e.code))
+        self._maybe_evict_locked()
         return out
 
     def _put_end_locked(self, key: str, flags: int) -> None:

@@ -11,6 +11,16 @@ A reservation is held like a pending put: at most one per client, freed when
 not committed within put_timeout_ms (a dead client leaks nothing), gone with
 its segment. A late commit fails cleanly; the client then takes the normal
 path and the bytes it wrote are never visible.
+
+A batch of small puts takes a block instead (batch_put_reserve): one allocation
+of exactly its records' size, owned by the client like a reservation but written
+at once, like a put_start's slice. The client writes its records back to back
+(each rounded to the allocator's alignment, so every line start of the block is
+overwritten) and names them all with one batch_put_commit: per key the object is
+published, or its record freed under a tombstone of its own length (the key
+existed, or its size is refused). No per-key allocation or pending entry. A
+block not committed in time, or revoked by the client, is freed with a
+tombstone for every record the batch names.
 """
 from __future__ import annotations
 
@@ -20,13 +30,16 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 from ..codec import header_size
 from ..errors import InvalidParams
 from ..replica import ReplicateConfig, Slice
-from .objmeta import PIN_NONE, Obj
+from .objmeta import _FLAGS_SHIFT, _LEN_SHIFT, _M48, _OFF_SHIFT, _SEG_SHIFT, PIN_NONE, Obj, seg_id
 
 if TYPE_CHECKING:
     from .index import ObjectIndex, SegmentInfo
 
 # Records up to this size may be reserved (a 64 KiB value and a long key).
 RESERVE_MAX = (64 << 10) + 4096
+# A batch put may take a block up to this large: its records are laid out one after another
+# (each rounded to the allocator's alignment) and named with one batch_put_commit.
+BLOCK_MAX = 64 << 20
 # A client starts writing into a reservation at most this long after asking for it.
 RESERVE_USE_MS = 100
 # put_commit answers: the object is visible / the key existed (no-op, reservation kept) /
@@ -60,12 +73,16 @@ class Reservations:
     def __len__(self) -> int:
         return len(self._held)
 
-    def grant_locked(self, owner: str, record: int, give_back: int, now: float
+    def grant_locked(self, owner: str, record: int, give_back: int, now: float,
+                     limit: int = RESERVE_MAX, written_now: bool = False
                      ) -> tuple[int, Slice] | None:
         """A new reservation of `record` bytes for `owner`, or None (the owner still holds
-        one, the size is not small, or no segment has room without evicting)."""
+        one, the size is over `limit`, or no segment has room without evicting).
+        written_now: the owner writes every byte of it at once, like a put_start's slice
+        (a block for the batch in hand, of its exact size), so queued zaps may lie under it:
+        their lines are overwritten as soon as any new allocation's would be."""
         if type(owner) is not str or not owner or type(record) is not int \
-                or not 0 < record <= RESERVE_MAX:
+                or not 0 < record <= limit:
             return None
         held = self._held.get(self._owner.get(owner, 0))
         if held is not None and type(give_back) is int and give_back == self._owner[owner]:
@@ -82,7 +99,7 @@ class Reservations:
         seg = ix.segments[got[0][0].segment]
         # The block is rounded up to the allocator's alignment: all of it is usable.
         sl = got[0][0]._replace(length=seg.allocator.round(record))
-        if self.zap_due is not None and self.zap_due(sl.segment, sl.offset, sl.offset + sl.length):
+        if not written_now and self._zap_due(sl):
             seg.allocator.free(sl.offset, sl.length)   # as it was: nothing was written
             return None
         rid = next(self._ids)
@@ -90,6 +107,10 @@ class Reservations:
                                 now + ix.config.put_timeout_ms / 1000.0)
         self._owner[owner] = rid
         return rid, sl
+
+    def _zap_due(self, sl: Slice) -> bool:
+        return self.zap_due is not None and self.zap_due(sl.segment, sl.offset,
+                                                         sl.offset + sl.length)
 
     def commit_locked(self, owner: str, rid: int, key: str, size: int, flags: int,
                       upsert: bool, now: float) -> int:
@@ -127,6 +148,79 @@ class Reservations:
         ix.counters["reserved_puts"] += 1
         return COMMITTED
 
+    def commit_many_locked(self, owner: str, rid: int, keys: list, sizes: list, flags: int,
+                           upsert: bool, now: float, revoke: bool = False) -> list[int] | int:
+        """Name the records a batch wrote one after another into its block: per key
+        COMMITTED, EXISTED (its record is freed, the first value stays) or an error code, or
+        GONE for all when the reservation no longer holds or the client revokes it (every
+        record it names is then freed under its own tombstone)."""
+        if type(flags) is not int or not 0 <= flags <= 0xFF:
+            raise InvalidParams(f"flags must be an int in [0, 255] (a header byte), got {flags!r}")
+        if type(keys) is not list or type(sizes) is not list or len(keys) != len(sizes) \
+                or not (keys or revoke) or any(type(k) is not str for k in keys) \
+                or any(type(n) is not int or n <= 0 for n in sizes):
+            raise InvalidParams("batch commit needs equal, non-empty lists of str keys and "
+                                "positive int sizes")
+        held = self._held.get(rid) if type(rid) is int else None
+        if held is None or held.owner != owner:
+            return GONE
+        ix, sl = self.ix, held.slice
+        alloc = held.seg.allocator
+        # The layout the client wrote: records back to back, each rounded to the alignment.
+        records, at = [], 0
+        mask = alloc.align - 1
+        for key, size in zip(keys, sizes):
+            rec = header_size(len(key.encode("utf-8", "surrogatepass"))) + size
+            records.append((at, rec))
+            at += (rec + mask) & ~mask
+        if revoke or held.deadline <= now or ix.segments.get(sl.segment) is not held.seg:
+            self._release_many_locked(rid, records if at <= sl.length else [])
+            return GONE
+        if at > sl.length:
+            raise InvalidParams(f"records of {at} bytes do not fit the "
+                                f"{sl.length}-byte reservation")
+        del self._held[rid]
+        del self._owner[owner]
+        codes: list[int] = []
+        dropped: list[Slice] = []
+        max_value = ix.config.max_value_size
+        pending, objects, publish = ix._pending, ix._objects, ix._publish_locked
+        seg, base = sl.segment, sl.offset
+        sid = seg_id(seg)
+        for key, size, (off, rec) in zip(keys, sizes, records):
+            if size > max_value:
+                codes.append(int(InvalidParams.code))
+                dropped.append(Slice(seg, base + off, rec))
+            elif key in pending or (not upsert and key in objects):
+                codes.append(EXISTED)   # immutable: the first value stays
+                dropped.append(Slice(seg, base + off, rec))
+            else:
+                publish(_complete(key, size, flags, sid, seg, base + off, rec), flags)
+                codes.append(COMMITTED)
+        ix.counters["reserved_puts"] += codes.count(COMMITTED)
+        # Written records no key names go back under a tombstone of their own length; the
+        # unused tail (never written) like any freed slice.
+        for part in dropped:
+            alloc.free(part.offset, part.length)
+            if ix.on_free is not None:
+                ix.on_free(part)
+        used = alloc.round(at)
+        if sl.length > used:
+            ix._free_replicas([(Slice(sl.segment, sl.offset + used, sl.length - used),)])
+        return codes
+
+    def _release_many_locked(self, rid: int, records: list[tuple[int, int]]) -> None:
+        """A block freed as the records (offset in it, length) the client wrote there."""
+        held = self._held[rid]
+        if not records:
+            self._release_locked(rid)
+            return
+        self._release_locked(rid, records[0][1])   # the first record and the rest of the block
+        if self.ix.on_free is not None and self.ix.segments.get(held.slice.segment) is held.seg:
+            sl = held.slice
+            for off, rec in records[1:]:
+                self.ix.on_free(Slice(sl.segment, sl.offset + off, rec))
+
     def reclaim_locked(self, now: float) -> int:
         stale = [rid for rid, h in self._held.items() if h.deadline <= now]
         for rid in stale:
@@ -152,3 +246,22 @@ class Reservations:
             used = held.seg.allocator.round(written)
             if sl.length > used:
                 self.ix.on_free(Slice(sl.segment, sl.offset + used, sl.length - used))
+
+
+_new_obj = object.__new__
+
+
+def _complete(key: str, size: int, flags: int, sid: int | None, seg: str, offset: int,
+              length: int) -> Obj:
+    """A complete object of one packed slice, as Obj(...) then finish(flags) leaves it, built
+    without the incomplete state in between (a batch commit makes thousands of them)."""
+    if sid is None or not 0 < size <= _M48 or offset > _M48 or length > _M48:
+        return Obj(key, size, [(Slice(seg, offset, length),)], PIN_NONE, 0.0, 0.0)
+    obj = _new_obj(Obj)
+    obj.key = key
+    obj.lease_until = 0.0
+    obj.pol = None
+    obj._x = None
+    obj._loc = (size | flags << _FLAGS_SHIFT | (sid + 1) << _SEG_SHIFT | offset << _OFF_SHIFT
+                | length << _LEN_SHIFT)
+    return obj

@@ -133,6 +133,7 @@ class MasterService:
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
                  "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "put_commit",
+                 "batch_put_reserve", "batch_put_commit",
                  "room", "persist", "persisted",
                  "register_node", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
@@ -269,7 +270,20 @@ class MasterService:
                                           bool(upsert), record)
         return [code, self._reservation(nxt)]
 
-    def _reservation(self, got: Any) -> list | None:
+    def rpc_batch_put_reserve(self, owner: str, size: int, give_back: int = 0) -> list | None:
+        """A block of exactly `size` bytes for the batch of small puts the owner writes now
+        (the held one, if any, goes back): the block or None."""
+        return self._reservation(self.index.batch_put_reserve(_str(owner), size, give_back),
+                                 block=True)
+
+    def rpc_batch_put_commit(self, owner: str, rid: int, keys: list, sizes: list, flags: int = 0,
+                             upsert: bool = False, revoke: bool = False) -> Any:
+        """A batch written into its block: per key codes (reserve.COMMITTED / EXISTED /
+        error) or GONE; revoke gives the block back."""
+        return self.index.batch_put_commit(_str(owner), rid, keys, sizes, flags, bool(upsert),
+                                           bool(revoke))
+
+    def _reservation(self, got: Any, block: bool = False) -> list | None:
         if got is None:
             return None
         rid, sl = got
@@ -277,6 +291,9 @@ class MasterService:
         # most half the timeout (the rest covers the write and commit), and short, because
         # a leader that took over knows nothing of it and may hand the slice out again.
         use_ms = min(self.config.put_timeout_ms // 2, RESERVE_USE_MS)
+        if block:   # the client lays its records out at the allocator's alignment
+            seg = self.index.segments.get(sl.segment)
+            return [rid, replicas_to_wire([(sl,)]), use_ms, seg.allocator.align if seg else 64]
         return [rid, replicas_to_wire([(sl,)]), use_ms]
 
     def rpc_batch_put_end(self, keys: list, flags: int = 0) -> list:
