@@ -498,27 +498,6 @@ static void recv_one(mcs_stream *st) {
  * loopback than one send; 256 KiB ones cost nothing (docs/PERFORMANCE.md). */
 #define MCS_SEND_PIECE (256u << 10)
 
-/* A record write's value slice: its wire header, then the payload piece by
- * piece, each checksummed just before it goes out. */
-static int send_value_crc(int fd, mcs_wire_hdr *h, mcs_slice *s) {
-    const uint8_t *at = (const uint8_t *)(uintptr_t)s->local;
-    uint64_t left = s->len;
-    size_t n = left < MCS_SEND_PIECE ? (size_t)left : MCS_SEND_PIECE;
-    uint32_t crc = mcs_crc32c(0, at, n);
-    struct iovec iov[2] = {{h, sizeof *h}, {(void *)at, n}};
-    int rc = mcs_writev_full(fd, iov, 2);
-    for (at += n, left -= n; rc == 0 && left > 0; at += n, left -= n) {
-        n = left < MCS_SEND_PIECE ? (size_t)left : MCS_SEND_PIECE;
-        crc = mcs_crc32c(crc, at, n);
-        rc = mcs_write_full(fd, at, n);
-    }
-    if (rc == 0) {
-        s->crc = crc;
-        s->crc_done = 1;
-    }
-    return rc;
-}
-
 /* The requests of v[0, n) with their ids, in order: plain ones gathered into
  * one writev (headers, and the payloads of writes); a record write's value is
  * checksummed as it is sent, and its header is sealed (with that CRC) just
@@ -533,9 +512,23 @@ static int send_slices(int fd, mcs_slice **v, int n, const uint64_t *ids) {
                               .opcode = s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE,
                               .req_id = ids[i], .addr = s->remote, .length = s->len};
         if (s->op == MCS_OP_WRITE && s->crc_on) {
-            if (k) rc = mcs_writev_full(fd, iov, k);
-            k = 0;
-            if (rc == 0) rc = send_value_crc(fd, &h[i], s);
+            /* A record write's value: piece by piece, each checksummed just before
+             * it goes out; the last piece waits in iov for what follows (its header). */
+            const uint8_t *at = (const uint8_t *)(uintptr_t)s->local;
+            uint64_t left = s->len;
+            uint32_t crc = 0;
+            iov[k++] = (struct iovec){&h[i], sizeof h[i]};
+            for (; rc == 0 && left > MCS_SEND_PIECE; at += MCS_SEND_PIECE, left -= MCS_SEND_PIECE) {
+                crc = mcs_crc32c(crc, at, MCS_SEND_PIECE);
+                iov[k++] = (struct iovec){(void *)at, MCS_SEND_PIECE};
+                rc = mcs_writev_full(fd, iov, k);
+                k = 0;
+            }
+            if (rc == 0) {
+                s->crc = mcs_crc32c(crc, at, (size_t)left);
+                s->crc_done = 1;   /* a failed send below fails the slice; a resend redoes it */
+                iov[k++] = (struct iovec){(void *)at, (size_t)left};
+            }
             continue;
         }
         if (s->rec_hdr) mcs_recw_seal(s);   /* its value slices were all sent before it */

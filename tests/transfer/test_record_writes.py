@@ -151,7 +151,8 @@ def test_refused_value_leaves_no_header(shared_target, size, inline):
 def test_a_refused_record_in_a_batch(shared_target):
     """One record of a streamed batch is refused. It reports the error and has no header;
     the others either land verified or (when they shared its connection, which the peer
-    closes on a refusal without reading the rest) fail with no valid header either."""
+    closes on a refusal without reading the rest, failing the sender's whole run) fail
+    with no valid header either."""
     base, rsize = shared_target.regions["plain"]
     with TransferEngine(use_shm=False, timeout_ms=10_000) as te:
         recs = Records(te, shared_target.name, base + 72 * MiB)
@@ -166,8 +167,8 @@ def test_a_refused_record_in_a_batch(shared_target):
             [recs.items[i][0] for i in ids] + [b"bad"], epoch=5, keep=[recs.items, v])
         codes = te.wait_codes(bid)
         assert codes[3] in (int(ErrorCode.BUFFER_OVERFLOW), int(ErrorCode.TRANSFER_FAIL))
-        assert codes[0] == 0   # sent before the refused one
-        recs.check([i for i in ids if codes[i] == 0])
+        if any(codes[i] == 0 for i in ids):
+            recs.check([i for i in ids if codes[i] == 0])
         mem = recs.peer_bytes()
         info = ffi.new("mcs_rec_info *")
         for i in ids:
