@@ -86,10 +86,14 @@ class _BlockPlan:
     def __init__(self, owner: str, records: list[int]) -> None:
         self.owner = owner
         self.records = records
+        self._sizes: dict[int, int] = {}
 
     def size(self, align: int = 64) -> int:
-        mask = align - 1
-        return sum((r + mask) & ~mask for r in self.records)
+        got = self._sizes.get(align)
+        if got is None:
+            mask = align - 1
+            got = self._sizes[align] = sum((r + mask) & ~mask for r in self.records)
+        return got
 
 
 def _block_plan(store: Any, pairs: list, regions: list, todo: list[int],

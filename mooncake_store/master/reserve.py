@@ -170,7 +170,8 @@ class Reservations:
         records, at = [], 0
         mask = alloc.align - 1
         for key, size in zip(keys, sizes):
-            rec = header_size(len(key.encode("utf-8", "surrogatepass"))) + size
+            klen = len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass"))
+            rec = header_size(klen) + size
             records.append((at, rec))
             at += (rec + mask) & ~mask
         if revoke or held.deadline <= now or ix.segments.get(sl.segment) is not held.seg:
@@ -185,8 +186,10 @@ class Reservations:
         dropped: list[Slice] = []
         max_value = ix.config.max_value_size
         pending, objects, publish = ix._pending, ix._objects, ix._publish_locked
+        on_insert = ix.policy.on_insert
         seg, base = sl.segment, sl.offset
         sid = seg_id(seg)
+        fresh = 0
         for key, size, (off, rec) in zip(keys, sizes, records):
             if size > max_value:
                 codes.append(int(InvalidParams.code))
@@ -194,9 +197,15 @@ class Reservations:
             elif key in pending or (not upsert and key in objects):
                 codes.append(EXISTED)   # immutable: the first value stays
                 dropped.append(Slice(seg, base + off, rec))
-            else:
+            elif key in objects:   # an upsert: the old value goes (its lease kept)
                 publish(_complete(key, size, flags, sid, seg, base + off, rec), flags)
                 codes.append(COMMITTED)
+            else:   # _publish_locked for a key with no object, inline: the common case
+                objects[key] = _complete(key, size, flags, sid, seg, base + off, rec)
+                on_insert(key, size)
+                fresh += 1
+                codes.append(COMMITTED)
+        ix.counters["puts"] += fresh
         ix.counters["reserved_puts"] += codes.count(COMMITTED)
         # Written records no key names go back under a tombstone of their own length; the
         # unused tail (never written) like any freed slice.

@@ -1,0 +1,86 @@
+"""The master's side of block batch puts (master/reserve.py commit_many_locked), on an
+ObjectIndex in this process: layout, per-key outcomes, tombstones of freed records."""
+from __future__ import annotations
+
+from mooncake_store.codec import header_size
+from mooncake_store.config import Config
+from mooncake_store.master.index import ObjectIndex
+from mooncake_store.master.reserve import EXISTED, GONE
+from mooncake_store.replica import Slice
+
+
+def _index(**kw) -> tuple[ObjectIndex, list[Slice]]:
+    ix = ObjectIndex(Config(**kw))
+    ix.add_segment("n:1", 1 << 20)
+    freed: list[Slice] = []
+    ix.on_free = freed.append
+    return ix, freed
+
+
+def _rec(key: str, n: int) -> int:
+    return header_size(len(key.encode())) + n
+
+
+def _round(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+def test_commit_publishes_records_back_to_back():
+    ix, freed = _index()
+    keys, sizes = ["a", "bb" * 20, "c"], [100, 5000, 1]
+    size = sum(_round(_rec(k, n)) for k, n in zip(keys, sizes))
+    rid, sl = ix.batch_put_reserve("me", size)
+    assert sl.length == size and ix.stats()["reserved"] == 1
+    assert ix.batch_put_commit("me", rid, keys, sizes, 5) == [0, 0, 0]
+    at = sl.offset
+    for k, n in zip(keys, sizes):
+        look = ix.get_replicas(k)
+        assert look.size == n and look.flags == 5
+        assert look.replicas == ((Slice("n:1", at, _rec(k, n)),),)
+        at += _round(_rec(k, n))
+    st = ix.stats()
+    assert st["reserved"] == 0 and st["reserved_puts"] == 3 and st["puts"] == 3
+    assert st["used"] == size and not freed
+    # The same id twice, or another owner's: gone.
+    assert ix.batch_put_commit("me", rid, keys, sizes) == GONE
+    rid2, _ = ix.batch_put_reserve("me", 128)
+    assert ix.batch_put_commit("you", rid2, ["z"], [1]) == GONE
+
+
+def test_existing_keys_and_refused_sizes_free_their_records_under_tombstones():
+    ix, freed = _index(max_value_size=4096)
+    ix.put_start("old", 10)
+    ix.put_end("old")
+    keys, sizes = ["old", "new", "big", "new"], [10, 20, 5000, 30]
+    size = sum(_round(_rec(k, n)) for k, n in zip(keys, sizes))
+    rid, sl = ix.batch_put_reserve("me", size)
+    codes = ix.batch_put_commit("me", rid, keys, sizes)
+    # The existing key and the second "new" keep their first values; "big" is refused.
+    assert codes == [EXISTED, 0, -600, EXISTED]
+    assert ix.get_replicas("new").size == 20 and not ix.exists("big")
+    offs = [0, _round(_rec("old", 10)), _round(_rec("old", 10)) + _round(_rec("new", 20))]
+    offs.append(offs[2] + _round(_rec("big", 5000)))
+    assert freed == [Slice("n:1", sl.offset + offs[0], _rec("old", 10)),
+                     Slice("n:1", sl.offset + offs[2], _rec("big", 5000)),
+                     Slice("n:1", sl.offset + offs[3], _rec("new", 30))]
+    assert ix.stats()["used"] == _round(_rec("old", 10)) + _round(_rec("new", 20))
+    # An upsert batch replaces the value.
+    rid, _ = ix.batch_put_reserve("me", _round(_rec("new", 7)))
+    assert ix.batch_put_commit("me", rid, ["new"], [7], 0, True) == [0]
+    assert ix.get_replicas("new").size == 7
+
+
+def test_revoked_blocks_free_every_record_and_one_segment_rule():
+    ix, freed = _index(put_timeout_ms=1000)
+    keys, sizes = ["x", "y"], [100, 200]
+    size = sum(_round(_rec(k, n)) for k, n in zip(keys, sizes))
+    rid, sl = ix.batch_put_reserve("me", size)
+    assert ix.batch_put_commit("me", rid, keys, sizes, 0, False, True) == GONE
+    assert {(f.offset - sl.offset, f.length) for f in freed} >= {
+        (0, _rec("x", 100)), (_round(_rec("x", 100)), _rec("y", 200))}
+    assert ix.stats()["used"] == 0 and ix.stats()["reserved"] == 0
+    assert not ix.exists("x")
+    # Too large, or a second segment: no block (the normal path spreads keys).
+    assert ix.batch_put_reserve("me", (64 << 20) + 1) is None
+    ix.add_segment("n:2", 1 << 20)
+    assert ix.batch_put_reserve("me", 128) is None
