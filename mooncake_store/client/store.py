@@ -469,12 +469,32 @@ class Store:
         self._check_open()
         self._same_len(keys, bufs, sizes)
         if self._cluster is not None:
-            return self._cluster.batch_put(
-                self, keys, lambda i: self._zc_region(bufs[i], sizes[i] if sizes else None, False),
-                config, upsert)
+            return self._cluster.batch_put(self, keys, self._pointer_regions(bufs, sizes)
+                                           or (lambda i: self._zc_region(
+                                               bufs[i], sizes[i] if sizes else None, False)),
+                                           config, upsert)
         return self._batch_put_local(
             keys, lambda i: self._zc_region(bufs[i], sizes[i] if sizes else None, False),
             config, upsert)
+
+    def _pointer_regions(self, bufs: Sequence[Any], sizes: Sequence[int] | None) -> Any:
+        """make_region for the common zero-copy batch, raw addresses with their sizes, checked
+        all at once (bounds against registered buffers included); None: anything else, for
+        the per-key path (which reports a bad entry as that key's code)."""
+        if not sizes or self._registered and getattr(self, "_reg_sorted", None) is None:
+            return None
+        ok = all(type(b) is int and b > 0 for b in bufs) and \
+            all(type(n) is int and n >= 0 for n in sizes)
+        if not ok:
+            return None
+        if self._registered:
+            try:
+                for b, n in zip(bufs, sizes):
+                    self._check_registered(b, n)
+            except InvalidParams:
+                return None
+        cast = ffi.cast
+        return lambda i: Region(cast("char *", bufs[i]), sizes[i])
 
     def _batch_put_local(self, keys: Sequence[Any], region_of: Any,
                          config: ReplicateConfig | None, upsert: bool) -> list[int]:

@@ -72,6 +72,15 @@ def test_small_batches_commit_into_blocks_and_read_elsewhere(cluster):
                 assert s.stats()["reserved_puts"] - before == 40
             st = s.stats()
             assert st["pending"] == 0 and st["reserved"] == 0
+        # Raw addresses with sizes (the zero-copy batch), inside a registered buffer; one
+        # running past it fails alone.
+        arr = np.frombuffer(_value(9, 4 * 4096), dtype=np.uint8).copy()
+        base = own.register_buffer(arr)
+        assert own.batch_put_from(["p/0", "p/1"], [base, base + 4096], [4096, 4096]) == [0, 0]
+        assert own.batch_put_from(["p/2", "p/3"], [base + 2 * 4096, base + 3 * 4096],
+                                  [4096, 8192]) == [0, -600]
+        want.update({f"p/{i}": arr[i * 4096:(i + 1) * 4096].tobytes() for i in range(3)})
+        assert not own.exists("p/3")
         # Existing keys stay as they were (code 0, a no-op); one empty value fails alone;
         # a key given twice keeps its first value.
         old = "own/0/0"
