@@ -190,6 +190,10 @@ class Reservations:
         seg, base = sl.segment, sl.offset
         sid = seg_id(seg)
         fresh = 0
+        # Every record's slice bits fit the packed layout when the block's end does.
+        packs = sid is not None and base + sl.length <= _M48
+        loc = 0 if sid is None else flags << _FLAGS_SHIFT | (sid + 1) << _SEG_SHIFT
+        new_obj = _new_obj
         for key, size, (off, rec) in zip(keys, sizes, records):
             if size > max_value:
                 codes.append(int(InvalidParams.code))
@@ -200,7 +204,17 @@ class Reservations:
             elif key in objects:   # an upsert: the old value goes (its lease kept)
                 publish(_complete(key, size, flags, sid, seg, base + off, rec), flags)
                 codes.append(COMMITTED)
-            else:   # _publish_locked for a key with no object, inline: the common case
+            elif packs and size <= _M48:
+                # _publish_locked for a key with no object, inline (the common case), and
+                # its object built complete and packed as _complete does.
+                obj = new_obj(Obj)
+                obj.key, obj.lease_until, obj.pol, obj._x = key, 0.0, None, None
+                obj._loc = size | loc | (base + off) << _OFF_SHIFT | rec << _LEN_SHIFT
+                objects[key] = obj
+                on_insert(key, size)
+                fresh += 1
+                codes.append(COMMITTED)
+            else:
                 objects[key] = _complete(key, size, flags, sid, seg, base + off, rec)
                 on_insert(key, size)
                 fresh += 1
