@@ -84,3 +84,19 @@ def test_revoked_blocks_free_every_record_and_one_segment_rule():
     assert ix.batch_put_reserve("me", (64 << 20) + 1) is None
     ix.add_segment("n:2", 1 << 20)
     assert ix.batch_put_reserve("me", 128) is None
+
+
+def test_a_block_makes_room_by_eviction_like_a_put():
+    ix, freed = _index(lease_ttl_ms=0)
+    n = 0
+    while ix.stats()["used"] < 0.9 * (1 << 20):   # fill the segment with plain objects
+        ix.put_start(f"fill/{n}", 16 << 10)
+        ix.put_end(f"fill/{n}")
+        n += 1
+    size = 200 << 10
+    assert ix.stats()["evictions"] == 0 and (1 << 20) - ix.stats()["used"] < size
+    got = ix.batch_put_reserve("me", size)
+    assert got is not None and got[1].length == size
+    st = ix.stats()
+    assert st["evictions"] > 0 and st["used"] <= 1 << 20
+    assert ix.batch_put_commit("me", got[0], ["b"], [size - _rec("b", 0)]) == [0]

@@ -126,14 +126,14 @@ def _block_plan(store: Any, pairs: list, regions: list, todo: list[int],
 def _put_block(store: Any, plan: _BlockPlan, pairs: list, regions: list, todo: list[int],
                out: list[int], upsert: bool, flags: int) -> bool:
     """The batch written into a block of its exact size and named with one
-    batch_put_commit. False: no block (no room without evicting), or the master no longer
+    batch_put_commit. False: no block (no room even by evicting), or the master no longer
     holds it: the caller puts the normal way."""
     if time.monotonic() < getattr(store, "_block_off_until", 0.0):
         return False
     m = store._index.m
     got = m.call("batch_put_reserve", plan.owner, plan.size(), 0)
     if not got:
-        # No room without evicting, or several segments to spread over: ask again later.
+        # No room even by evicting, or several segments to spread over: ask again later.
         store._block_off_until = time.monotonic() + BLOCK_RETRY_S
         return False
     rid, w, _use_ms, align = got

@@ -28,7 +28,7 @@ import itertools
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from ..codec import header_size
-from ..errors import InvalidParams
+from ..errors import InvalidParams, StoreError
 from ..replica import ReplicateConfig, Slice
 from .objmeta import _FLAGS_SHIFT, _LEN_SHIFT, _M48, _OFF_SHIFT, _SEG_SHIFT, PIN_NONE, Obj, seg_id
 
@@ -79,8 +79,9 @@ class Reservations:
         """A new reservation of `record` bytes for `owner`, or None (the owner still holds
         one, the size is over `limit`, or no segment has room without evicting).
         written_now: the owner writes every byte of it at once, like a put_start's slice
-        (a block for the batch in hand, of its exact size), so queued zaps may lie under it:
-        their lines are overwritten as soon as any new allocation's would be."""
+        (a block for the batch in hand, of its exact size), so room is made for it as for
+        a put_start (eviction included), and queued zaps may lie under it: their lines are
+        overwritten as soon as any new allocation's would be."""
         if type(owner) is not str or not owner or type(record) is not int \
                 or not 0 < record <= limit:
             return None
@@ -92,8 +93,14 @@ class Reservations:
         elif held is not None:
             return None   # the client may still be writing into it: never free it under it
         ix = self.ix
-        segs = ix._candidate_segments(_PLAIN)
-        got = ix._try_allocate(record, segs, 1) if segs else None
+        if written_now:
+            try:
+                got = ix._allocate(record, _PLAIN)
+            except StoreError:
+                return None
+        else:
+            segs = ix._candidate_segments(_PLAIN)
+            got = ix._try_allocate(record, segs, 1) if segs else None
         if not got:
             return None
         seg = ix.segments[got[0][0].segment]
