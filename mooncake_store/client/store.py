@@ -31,6 +31,10 @@ from ..replica import Replica, ReplicateConfig
 from . import tensors
 from .buffers import Region, region
 
+# Replicas of a value at least this large on several nodes are written at once; below it
+# ClusterData would run them one after another anyway (the record-write threshold).
+OVERLAP_WRITES_MIN = 64 << 10
+
 _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
 _new_bytes.restype = ctypes.py_object
 _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
@@ -192,6 +196,11 @@ class Store:
         if len(replicas[0]) > 1:   # striped over several nodes (cluster mode only)
             self._remote.write_striped(kb, replicas, src, n, self._epoch, flags)
             return
+        remote = [r[0] for r in replicas if r[0].segment not in self._segments]
+        if len(remote) > 1 and n >= OVERLAP_WRITES_MIN:
+            # Several nodes at once: the engine overlaps them (ClusterData._write_records).
+            self._remote.write_replicas(kb, remote, src, n, self._epoch, flags)
+            replicas = [r for r in replicas if r[0].segment in self._segments]
         for replica in replicas:
             sl = replica[0]
             seg = self._segments.get(sl.segment)
