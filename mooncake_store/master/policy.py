@@ -56,7 +56,37 @@ class LRUPolicy:
         return iter(self._order)
 
 
-class PrefixLFRUPolicy:
+class RequestChains:
+    """The request in progress, learned from hint_prefix: a tick per request and each
+    key's depth in it. Prefix-aware policies share it (they set the four fields)."""
+
+    _tick: int
+    _chain: dict[str, int]
+    _chain_keys: list[str]
+    _tail: str | None
+
+    def hint_prefix(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        start = self._chain.get(keys[0])
+        if start is not None and self._chain_keys[start:start + len(keys)] == list(keys):
+            return  # a slice of the request in progress (its get or its put)
+        self._tick += 1
+        self._chain_keys = list(keys)
+        self._chain = {k: i for i, k in enumerate(self._chain_keys)}
+        self._tail = self._chain_keys[-1]
+
+    def _now(self, key: str) -> tuple[int, int]:
+        """(tick, depth) of a touch; a key outside the hinted chain is a request of its own."""
+        depth = self._chain.get(key)
+        if depth is None:
+            self._tick += 1
+            self._chain, self._chain_keys, self._tail = {}, [], None
+            return self._tick, 0
+        return self._tick, depth
+
+
+class PrefixLFRUPolicy(RequestChains):
     """Recency with a frequency credit, leaf-first, for prefix-structured KV caches.
 
     Every key carries the logical time (request number) it was last used and
@@ -146,27 +176,6 @@ class PrefixLFRUPolicy:
         node = self._nodes.get(key)
         st = None if node is None else node.pol
         return 0 if st is None else (st >> _USES_SHIFT) & _M24
-
-    # ---- structure learned from calls --------------------------------------------------------
-    def hint_prefix(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        start = self._chain.get(keys[0])
-        if start is not None and self._chain_keys[start:start + len(keys)] == list(keys):
-            return  # a slice of the request in progress (its get or its put)
-        self._tick += 1
-        self._chain_keys = list(keys)
-        self._chain = {k: i for i, k in enumerate(self._chain_keys)}
-        self._tail = self._chain_keys[-1]
-
-    def _now(self, key: str) -> tuple[int, int]:
-        """(tick, depth) of a touch; a key outside the hinted chain is a request of its own."""
-        depth = self._chain.get(key)
-        if depth is None:
-            self._tick += 1
-            self._chain, self._chain_keys, self._tail = {}, [], None
-            return self._tick, 0
-        return self._tick, depth
 
     @staticmethod
     def _pack(tick: int, uses: int, depth: int, cls: int, seq: int) -> int:

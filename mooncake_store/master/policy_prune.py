@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from typing import Iterator, Sequence
+from typing import Iterator
 
-from .policy import _GhostCounts
+from .policy import RequestChains, _GhostCounts
 
 _M32, _M40 = (1 << 32) - 1, (1 << 40) - 1
 
 
-class PrefixPrunePolicy:
+class PrefixPrunePolicy(RequestChains):
     """prefix-lfru plus pruning of passed-over branches (module docstring)."""
 
     name = "prefix-prune"
@@ -69,27 +69,6 @@ class PrefixPrunePolicy:
         self._ghost = _GhostCounts()
         self._peak = 0
         self.pruned = 0   # keys moved to the dead queue as passed-over (for benches)
-
-    # ---- structure learned from calls --------------------------------------------------------
-    def hint_prefix(self, keys: Sequence[str]) -> None:
-        if not keys:
-            return
-        start = self._chain.get(keys[0])
-        if start is not None and self._chain_keys[start:start + len(keys)] == list(keys):
-            return  # a slice of the request in progress (its get or its put)
-        self._tick += 1
-        self._chain_keys = list(keys)
-        self._chain = {k: i for i, k in enumerate(self._chain_keys)}
-        self._tail = self._chain_keys[-1]
-
-    def _now(self, key: str) -> tuple[int, int]:
-        """(tick, depth) of a touch; a key outside the hinted chain is a request of its own."""
-        depth = self._chain.get(key)
-        if depth is None:
-            self._tick += 1
-            self._chain, self._chain_keys, self._tail = {}, [], None
-            return self._tick, 0
-        return self._tick, depth
 
     @staticmethod
     def _pack(tick: int, uses: int, depth: int, cls: int) -> int:
