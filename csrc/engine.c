@@ -882,6 +882,39 @@ int64_t mcs_batch_submit(mcs_engine *e, int id, const mcs_request *reqs, int n, 
     return batch_run(e, p, b, reqs, n, flags);
 }
 
+/* A batch of n record jobs with their header and key room (mem bytes) in one
+ * block, and n requests for the caller to fill; NULL when memory ran out. */
+static mcs_batch *rec_batch_new(int n, size_t mem, mcs_request **reqs) {
+    *reqs = malloc((size_t)n * sizeof **reqs);
+    mcs_batch *b = *reqs ? batch_new(n) : NULL;
+    if (b) {
+        b->rec = calloc((size_t)n, sizeof *b->rec);
+        b->rec_mem = malloc(mem);
+    }
+    if (!b || !b->rec || !b->rec_mem) {
+        if (b) batch_release(b);
+        free(*reqs);
+        *reqs = NULL;
+        return NULL;
+    }
+    return b;
+}
+
+/* Points job j at its header room and a copy of its key, both at `at`; returns
+ * the next free byte of the batch's block. */
+static uint8_t *rec_job_init(mcs_rec_job *j, uint8_t *at, const char *key, uint32_t key_len,
+                             uint64_t value, uint64_t value_len) {
+    j->hdr_len = (uint32_t)mcs_rec_header_size(key_len);
+    j->hdr = at;
+    at += j->hdr_len;
+    memcpy(at, key, key_len);
+    j->key = (const char *)at;
+    j->key_len = key_len;
+    j->value = value;
+    j->value_len = value_len;
+    return at + key_len;
+}
+
 int64_t mcs_batch_submit_rec(mcs_engine *e, int id, const mcs_rec_request *rr, int n, int flags) {
     if (!e || !rr || n <= 0 || n > (1 << 20) || (flags & ~MCS_SUBMIT_NO_INLINE))
         return MCS_E_INVALID_PARAMS;
@@ -894,29 +927,13 @@ int64_t mcs_batch_submit_rec(mcs_engine *e, int id, const mcs_rec_request *rr, i
             return MCS_E_INVALID_PARAMS;
         mem += mcs_rec_header_size(rr[i].key_len) + rr[i].key_len;
     }
-    mcs_request *reqs = malloc((size_t)n * sizeof *reqs);
-    mcs_batch *b = reqs ? batch_new(n) : NULL;
-    if (b) {
-        b->rec = calloc((size_t)n, sizeof *b->rec);
-        b->rec_mem = malloc(mem);
-    }
-    if (!b || !b->rec || !b->rec_mem) {
-        if (b) batch_release(b);
-        free(reqs);
-        return MCS_E_INTERNAL;
-    }
+    mcs_request *reqs;
+    mcs_batch *b = rec_batch_new(n, mem, &reqs);
+    if (!b) return MCS_E_INTERNAL;
     uint8_t *at = b->rec_mem;
     for (int i = 0; i < n; i++) {
         mcs_rec_job *j = &b->rec[i];
-        j->hdr_len = (uint32_t)mcs_rec_header_size(rr[i].key_len);
-        j->hdr = at;
-        at += j->hdr_len;
-        memcpy(at, rr[i].key, rr[i].key_len);
-        j->key = (const char *)at;
-        j->key_len = rr[i].key_len;
-        at += rr[i].key_len;
-        j->value = rr[i].value;
-        j->value_len = rr[i].value_len;
+        at = rec_job_init(j, at, rr[i].key, rr[i].key_len, rr[i].value, rr[i].value_len);
         reqs[i] = (mcs_request){.opcode = MCS_OP_READ, .local = rr[i].value,
                                 .remote = rr[i].remote, .length = j->hdr_len + rr[i].value_len};
         if (check_request(&reqs[i])) {
@@ -947,30 +964,14 @@ int64_t mcs_batch_submit_recw(mcs_engine *e, int id, const mcs_recw_request *rr,
             return MCS_E_INVALID_PARAMS;
         mem += mcs_rec_header_size(rr[i].key_len) + rr[i].key_len;
     }
-    mcs_request *reqs = malloc((size_t)n * sizeof *reqs);
-    mcs_batch *b = reqs ? batch_new(n) : NULL;
-    if (b) {
-        b->rec = calloc((size_t)n, sizeof *b->rec);
-        b->rec_mem = malloc(mem);
-        b->rec_write = 1;
-    }
-    if (!b || !b->rec || !b->rec_mem) {
-        if (b) batch_release(b);
-        free(reqs);
-        return MCS_E_INTERNAL;
-    }
+    mcs_request *reqs;
+    mcs_batch *b = rec_batch_new(n, mem, &reqs);
+    if (!b) return MCS_E_INTERNAL;
+    b->rec_write = 1;
     uint8_t *at = b->rec_mem;
     for (int i = 0; i < n; i++) {
         mcs_rec_job *j = &b->rec[i];
-        j->hdr_len = (uint32_t)mcs_rec_header_size(rr[i].key_len);
-        j->hdr = at;
-        at += j->hdr_len;
-        memcpy(at, rr[i].key, rr[i].key_len);
-        j->key = (const char *)at;
-        j->key_len = rr[i].key_len;
-        at += rr[i].key_len;
-        j->value = rr[i].value;
-        j->value_len = rr[i].value_len;
+        at = rec_job_init(j, at, rr[i].key, rr[i].key_len, rr[i].value, rr[i].value_len);
         j->remote = rr[i].remote;
         j->epoch = rr[i].epoch;
         j->raw_len = rr[i].raw_len;
