@@ -12,21 +12,7 @@ from mooncake_store.master import policy as policy_mod
 from mooncake_store.master.policy import (POLICIES, LRUPolicy, PrefixLFRUPolicy,
                                           _GhostCounts, make_policy)
 
-
-def request(policy, keys, hits):
-    """What the store's index sees for one request: longest_prefix, a batch get
-    of the leading `hits` keys, then one put per missing key."""
-    policy.hint_prefix(keys)
-    if hits:
-        policy.hint_prefix(keys[:hits])
-        for k in keys[:hits]:
-            policy.on_access(k)
-    for k in keys[hits:]:
-        policy.on_insert(k, 1)
-
-
-def order(policy):
-    return list(policy.victims())
+from support.policies import order, request
 
 
 def test_make_policy_by_name_and_unknown_name():

@@ -7,23 +7,9 @@ from mooncake_store.master.policy import POLICIES, PrefixLFRUPolicy, make_policy
 from mooncake_store.master.policy_prune import PrefixPrunePolicy
 from mooncake_store.trace import capacity_blocks, load_trace, replay, simulate_policy
 
+from support.policies import order, request
+
 HEAD300 = os.path.join(os.path.dirname(__file__), "data", "conversation_trace_head300.jsonl")
-
-
-def request(policy, keys, hits):
-    """What the store's index sees for one request: longest_prefix, a batch get
-    of the leading `hits` keys, then one put per missing key."""
-    policy.hint_prefix(keys)
-    if hits:
-        policy.hint_prefix(keys[:hits])
-        for k in keys[:hits]:
-            policy.on_access(k)
-    for k in keys[hits:]:
-        policy.on_insert(k, 1)
-
-
-def order(policy):
-    return list(policy.victims())
 
 
 def test_registered_by_name():
