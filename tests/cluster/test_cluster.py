@@ -12,18 +12,9 @@ import pytest
 from mooncake_store import ReplicateConfig
 from mooncake_store.errors import ErrorCode, ObjectNotFound, RpcFailed, RpcTimeout, StoreError
 
-from support.cluster import after_master_restart, store, wait_nodes
+from support.cluster import after_master_restart, read_elsewhere, store, wait_nodes
 from support.net import free_port
 from support.procs import wait_until
-
-CHILD_GET = """
-import hashlib, sys
-from mooncake_store import Store
-s = Store(master=sys.argv[1], global_segment_size=0, rpc_timeout_ms=5000)
-for key in sys.argv[2:]:
-    print(key, hashlib.sha256(s.get(key)).hexdigest(), flush=True)
-s.close()
-"""
 
 
 def _value(i: int, n: int) -> bytes:
@@ -40,10 +31,7 @@ def test_put_on_one_client_get_from_another(cluster):
         for k, v in values.items():
             a.put(k, v)
         a.put("obj/0", b"second put of an existing key is a no-op")
-    out = subprocess.run([sys.executable, "-c", CHILD_GET, m.addr, *values], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    got = dict(line.split() for line in out.stdout.splitlines())
+    got = read_elsewhere(m.addr, values)
     assert got == {k: hashlib.sha256(v).hexdigest() for k, v in values.items()}
 
 

@@ -15,17 +15,8 @@ from mooncake_store.client import put_batch
 from mooncake_store.client.put_batch import RESERVED_PUT_MAX
 from mooncake_store.errors import TransferFailed
 
-from support.cluster import store, wait_nodes
+from support.cluster import read_elsewhere, store, wait_nodes
 from support.procs import wait_until
-
-CHILD_GET = """
-import hashlib, sys
-from mooncake_store import Store
-s = Store(master=sys.argv[1], global_segment_size=0, rpc_timeout_ms=5000)
-for key in sys.argv[2:]:
-    print(key, hashlib.sha256(s.get(key)).hexdigest(), flush=True)
-s.close()
-"""
 
 # Takes a block for a batch and dies while writing it.
 DIES_WRITING = """
@@ -43,19 +34,12 @@ def _value(i: int, n: int) -> bytes:
     return np.random.default_rng(i).integers(0, 256, n, dtype=np.uint8).tobytes()
 
 
-def _read_elsewhere(addr: str, keys: list[str]) -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-c", CHILD_GET, addr, *keys], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return dict(line.split() for line in out.stdout.splitlines())
-
-
 def _settled(s) -> bool:   # no tombstone line held while `used` is compared
     st = s.stats()
     return st["zaps_done"] + st["zaps_skipped"] + st["zaps_dropped"] == st["zaps_queued"]
 
 
-def test_small_batches_commit_into_blocks_and_read_elsewhere(cluster):
+def test_small_batches_commit_into_blocks_andread_elsewhere(cluster):
     m = cluster.master()
     want: dict[str, bytes] = {}
     # One client writes into its own segment (the only one), the other (segment-less)
@@ -117,7 +101,7 @@ def test_small_batches_commit_into_blocks_and_read_elsewhere(cluster):
         segs = {own._index.stat(k)["replicas"][0][0]["segment"] for k in keys}
         assert len(segs) == 2
         want.update((k, b"v" * 2000) for k in keys)
-        got = _read_elsewhere(m.addr, list(want))
+        got = read_elsewhere(m.addr, list(want))
     assert got == {k: hashlib.sha256(v).hexdigest() for k, v in want.items()}
 
 

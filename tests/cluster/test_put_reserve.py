@@ -12,17 +12,8 @@ import numpy as np
 from mooncake_store import ReplicateConfig
 from mooncake_store.master.reserve import RESERVE_MAX
 
-from support.cluster import store, wait_nodes
+from support.cluster import read_elsewhere, store, wait_nodes
 from support.procs import wait_until
-
-CHILD_GET = """
-import hashlib, sys
-from mooncake_store import Store
-s = Store(master=sys.argv[1], global_segment_size=0, rpc_timeout_ms=5000)
-for key in sys.argv[2:]:
-    print(key, hashlib.sha256(s.get(key)).hexdigest(), flush=True)
-s.close()
-"""
 
 # Puts two small values, so it holds a reservation, prints its length and dies.
 DIES_HOLDING = """
@@ -44,14 +35,7 @@ def _round(n: int) -> int:
     return (n + 63) // 64 * 64
 
 
-def _read_elsewhere(addr: str, keys: list[str]) -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-c", CHILD_GET, addr, *keys], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return dict(line.split() for line in out.stdout.splitlines())
-
-
-def test_small_puts_commit_into_reservations_and_read_elsewhere(cluster):
+def test_small_puts_commit_into_reservations_andread_elsewhere(cluster):
     m = cluster.master()
     cluster.node(m.addr)
     cluster.node(m.addr)
@@ -81,7 +65,7 @@ def test_small_puts_commit_into_reservations_and_read_elsewhere(cluster):
         a.put("r/two", b"t" * 4096, ReplicateConfig(replica_num=2))
         assert a.stats()["reserved_puts"] == before
         values["r/pinned"], values["r/two"] = b"p" * 4096, b"t" * 4096
-    got = _read_elsewhere(m.addr, [*values, "r/1"])
+    got = read_elsewhere(m.addr, [*values, "r/1"])
     want = {k: hashlib.sha256(v).hexdigest() for k, v in values.items()}
     want["r/1"] = hashlib.sha256(b"new value").hexdigest()
     assert got == want

@@ -109,6 +109,24 @@ def store(master: str, **kw):
     return Store(master=master, **kw)
 
 
+CHILD_GET = """
+import hashlib, sys
+from mooncake_store import Store
+s = Store(master=sys.argv[1], global_segment_size=0, rpc_timeout_ms=5000)
+for key in sys.argv[2:]:
+    print(key, hashlib.sha256(s.get(key)).hexdigest(), flush=True)
+s.close()
+"""
+
+
+def read_elsewhere(master: str, keys) -> dict[str, str]:
+    """key -> sha256 hex of its value, as read by a fresh client in another process."""
+    out = subprocess.run([sys.executable, "-c", CHILD_GET, master, *keys], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
 def wait_nodes(master: str, n: int) -> None:
     """Until the master lists exactly n nodes."""
     with store(master) as s:
