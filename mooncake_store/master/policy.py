@@ -57,13 +57,44 @@ class LRUPolicy:
 
 
 class RequestChains:
-    """The request in progress, learned from hint_prefix: a tick per request and each
-    key's depth in it. Prefix-aware policies share it (they set the four fields)."""
+    """What the prefix-aware policies share: the request in progress, learned from
+    hint_prefix (a tick per request and each key's depth in it), the credit scale,
+    the frequency classes and the class a newly inserted key starts in."""
 
-    _tick: int
-    _chain: dict[str, int]
-    _chain_keys: list[str]
-    _tail: str | None
+    # How much longer (in lifetimes) a key used by twice as many requests stays.
+    # Swept on the shipped conversation trace (docs/eviction.md): larger values
+    # help small caches and start to cost at 20% of the distinct blocks.
+    credit_scale = 0.7
+    _DEAD, _ONCE = 0, 1
+    _MAX_CLASS = 24
+    _RUN_CAP = 512  # longer than any request of the shipped trace (247 blocks)
+    _ghost: "_GhostCounts"
+
+    def __init__(self, credit_scale: float | None = None) -> None:
+        if credit_scale is not None:
+            if not credit_scale >= 0:
+                from ..errors import InvalidParams
+
+                raise InvalidParams(f"credit_scale: must be >= 0, got {credit_scale!r}")
+            self.credit_scale = float(credit_scale)
+        self._tick = 0
+        # The request in progress, as the last hinted chain: key -> depth.
+        self._chain: dict[str, int] = {}
+        self._chain_keys: list[str] = []
+        self._tail: str | None = None
+
+    @classmethod
+    def _class_of(cls, uses: int) -> int:
+        return min(uses.bit_length(), cls._MAX_CLASS) if uses > 1 else cls._ONCE
+
+    def _entry(self, key: str) -> tuple[int, int, int, int]:
+        """(tick, uses, depth, class) of a key being inserted: its ghost count resumes,
+        and the tail of the chain as written goes with the dead."""
+        tick, depth = self._now(key)
+        uses = self._ghost.get(key) + 1
+        if uses > 1:
+            return tick, uses, depth, self._class_of(uses)
+        return tick, uses, depth, self._DEAD if key == self._tail and depth > 0 else self._ONCE
 
     def hint_prefix(self, keys: Sequence[str]) -> None:
         if not keys:
@@ -119,21 +150,9 @@ class PrefixLFRUPolicy(RequestChains):
     """
 
     name = "prefix-lfru"
-    # How much longer (in lifetimes) a key used by twice as many requests stays.
-    # Swept on the shipped conversation trace (docs/eviction.md): larger values
-    # help small caches and start to cost at 20% of the distinct blocks.
-    credit_scale = 0.7
-    _DEAD, _ONCE = 0, 1
-    _MAX_CLASS = 24
-    _RUN_CAP = 512  # longer than any request of the shipped trace (247 blocks)
 
     def __init__(self, credit_scale: float | None = None) -> None:
-        if credit_scale is not None:
-            if not credit_scale >= 0:
-                from ..errors import InvalidParams
-
-                raise InvalidParams(f"credit_scale: must be >= 0, got {credit_scale!r}")
-            self.credit_scale = float(credit_scale)
+        super().__init__(credit_scale)
         # key -> node whose `pol` holds the packed state (_pack), None while untracked.
         self._nodes: dict = {}
         self._bound = False
@@ -142,11 +161,6 @@ class PrefixLFRUPolicy(RequestChains):
         # c >= 2 = used by 2**(c-1) .. 2**c - 1 requests (credit c - 1 = floor(log2 uses)).
         # Lazy queues of key refs (8-10 bytes a key; an OrderedDict cost ~80), see _Fifo.
         self._queues = [_Fifo(c, self._nodes) for c in range(self._MAX_CLASS + 1)]
-        self._tick = 0
-        # The request in progress, as the last hinted chain: key -> depth.
-        self._chain: dict[str, int] = {}
-        self._chain_keys: list[str] = []
-        self._tail: str | None = None
         # Use counts of recently dropped keys (at most as many as are cached): a
         # block that comes back after eviction resumes its count instead of
         # restarting as a once-used block.
@@ -187,10 +201,6 @@ class PrefixLFRUPolicy(RequestChains):
         """(last_tick, uses, depth, class) of a packed state."""
         return st >> _TICK_SHIFT, (st >> _USES_SHIFT) & _M24, (st >> 5) & _M32, st & 31
 
-    @staticmethod
-    def _class_of(uses: int) -> int:
-        return min(uses.bit_length(), PrefixLFRUPolicy._MAX_CLASS) if uses > 1 else 1
-
     # ---- protocol ----------------------------------------------------------------------------
     def on_insert(self, key: str, size: int) -> None:
         node = self._nodes.get(key)
@@ -201,12 +211,7 @@ class PrefixLFRUPolicy(RequestChains):
         elif node.pol is not None:  # an upsert: a use like any other
             self.on_access(key)
             return
-        tick, depth = self._now(key)
-        uses = self._ghost.get(key) + 1
-        if uses > 1:
-            cls = self._class_of(uses)
-        else:
-            cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
+        tick, uses, depth, cls = self._entry(key)
         # The queues hold node.key, the owner's own string: a caller's equal copy (each
         # RPC decodes its keys anew) would keep a second copy of the key text alive.
         node.pol = self._pack(tick, uses, depth, cls, self._queues[cls].append(node.key))

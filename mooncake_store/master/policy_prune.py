@@ -43,27 +43,14 @@ class PrefixPrunePolicy(RequestChains):
     """prefix-lfru plus pruning of passed-over branches (module docstring)."""
 
     name = "prefix-prune"
-    credit_scale = 0.7
-    _DEAD, _ONCE = 0, 1
-    _MAX_CLASS = 24
-    _RUN_CAP = 512
 
     def __init__(self, credit_scale: float | None = None) -> None:
-        if credit_scale is not None:
-            if not credit_scale >= 0:
-                from ..errors import InvalidParams
-
-                raise InvalidParams(f"credit_scale: must be >= 0, got {credit_scale!r}")
-            self.credit_scale = float(credit_scale)
+        super().__init__(credit_scale)
         # Class 0: dead (chain tails as written, passed-over branches); 1: used by one
         # request; c >= 2: used by 2**(c-1) .. 2**c - 1 requests. FIFO each, in time order.
         self._queues: list[OrderedDict[str, None]] = [OrderedDict()
                                                        for _ in range(self._MAX_CLASS + 1)]
         self._state: dict[str, int] = {}   # key -> packed (last tick, uses, depth, class)
-        self._tick = 0
-        self._chain: dict[str, int] = {}   # the request in progress: key -> depth
-        self._chain_keys: list[str] = []
-        self._tail: str | None = None
         # tick -> [number of cached keys whose last use is that request, its key list]
         self._reqs: dict[int, list] = {}
         self._ghost = _GhostCounts()
@@ -77,10 +64,6 @@ class PrefixPrunePolicy(RequestChains):
     @staticmethod
     def _unpack(st: int) -> tuple[int, int, int, int]:
         return st >> 77, (st >> 37) & _M40, (st >> 5) & _M32, st & 31
-
-    @classmethod
-    def _class_of(cls, uses: int) -> int:
-        return min(uses.bit_length(), cls._MAX_CLASS) if uses > 1 else cls._ONCE
 
     # ---- who used a key last ----------------------------------------------------------------
     def _own(self, tick: int) -> None:
@@ -104,12 +87,7 @@ class PrefixPrunePolicy(RequestChains):
         if key in self._state:  # an upsert: a use like any other
             self.on_access(key)
             return
-        tick, depth = self._now(key)
-        uses = self._ghost.get(key) + 1
-        if uses > 1:
-            cls = self._class_of(uses)
-        else:
-            cls = self._DEAD if key == self._tail and depth > 0 else self._ONCE
+        tick, uses, depth, cls = self._entry(key)
         self._state[key] = self._pack(tick, uses, depth, cls)
         self._queues[cls][key] = None
         self._own(tick)
