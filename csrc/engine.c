@@ -915,15 +915,21 @@ static uint8_t *rec_job_init(mcs_rec_job *j, uint8_t *at, const char *key, uint3
     return at + key_len;
 }
 
+/* The caller's numbers of one record read or write: a key of 1..MCS_REC_MAX_KEY
+ * bytes, a non-empty value that does not wrap, a remote address. */
+static int rec_args_ok(const char *key, uint32_t key_len, uint64_t value, uint64_t value_len,
+                       uint64_t remote) {
+    return key && key_len > 0 && key_len <= MCS_REC_MAX_KEY && value != 0 && value_len > 0 &&
+           remote != 0 && value_len <= UINT64_MAX - 2 * MCS_REC_MAX_KEY &&
+           value + value_len >= value;
+}
+
 int64_t mcs_batch_submit_rec(mcs_engine *e, int id, const mcs_rec_request *rr, int n, int flags) {
     if (!e || !rr || n <= 0 || n > (1 << 20) || (flags & ~MCS_SUBMIT_NO_INLINE))
         return MCS_E_INVALID_PARAMS;
     size_t mem = 0;
     for (int i = 0; i < n; i++) {
-        if (!rr[i].key || rr[i].key_len == 0 || rr[i].key_len > MCS_REC_MAX_KEY ||
-            rr[i].value == 0 || rr[i].value_len == 0 || rr[i].remote == 0 ||
-            rr[i].value_len > UINT64_MAX - 2 * MCS_REC_MAX_KEY ||
-            rr[i].value + rr[i].value_len < rr[i].value)
+        if (!rec_args_ok(rr[i].key, rr[i].key_len, rr[i].value, rr[i].value_len, rr[i].remote))
             return MCS_E_INVALID_PARAMS;
         mem += mcs_rec_header_size(rr[i].key_len) + rr[i].key_len;
     }
@@ -956,10 +962,7 @@ int64_t mcs_batch_submit_recw(mcs_engine *e, int id, const mcs_recw_request *rr,
     size_t mem = 0;
     for (int i = 0; i < n; i++) {
         /* Every range check here is on our own numbers; the peer checks its range. */
-        if (!rr[i].key || rr[i].key_len == 0 || rr[i].key_len > MCS_REC_MAX_KEY ||
-            rr[i].value == 0 || rr[i].value_len == 0 || rr[i].remote == 0 ||
-            rr[i].value_len > UINT64_MAX - 2 * MCS_REC_MAX_KEY ||
-            rr[i].value + rr[i].value_len < rr[i].value ||
+        if (!rec_args_ok(rr[i].key, rr[i].key_len, rr[i].value, rr[i].value_len, rr[i].remote) ||
             rr[i].remote + mcs_rec_header_size(rr[i].key_len) + rr[i].value_len < rr[i].remote)
             return MCS_E_INVALID_PARAMS;
         mem += mcs_rec_header_size(rr[i].key_len) + rr[i].key_len;
