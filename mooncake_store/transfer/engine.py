@@ -45,6 +45,27 @@ def _flags(inline: bool) -> int:
     return 0 if inline else lib.MCS_SUBMIT_NO_INLINE
 
 
+def _record_count(values: Sequence, remotes: Sequence, value_lens: Sequence,
+                  keys: Sequence) -> int:
+    n = len(values)
+    if not (n == len(remotes) == len(value_lens) == len(keys)) or n == 0:
+        raise InvalidParams("values, remotes, value_lens and keys must be non-empty and "
+                            "of equal length")
+    return n
+
+
+def _fill_records(reqs: Any, values: Sequence[int], remotes: Sequence[int],
+                  value_lens: Sequence[int], keys: Sequence[bytes]) -> list:
+    """The fields record reads and writes share. Returns the key buffers the requests
+    point into: the caller keeps them alive until the submit (which copies them)."""
+    kc = [ffi.from_buffer(k) for k in keys]
+    for i, k in enumerate(kc):
+        r = reqs[i]
+        r.value, r.remote, r.value_len = values[i], remotes[i], value_lens[i]
+        r.key, r.key_len = k, len(k)
+    return kc
+
+
 def rdma_probe() -> tuple[int, str]:
     """(device count or negative errno, reason) from ibv_get_device_list."""
     msg = ffi.new("char[256]")
@@ -322,12 +343,8 @@ class TransferEngine:
             keep.append(k)
             r = reqs[i]
             r.opcode, r.local, r.remote, r.length = op, a, ra, ln
-        bid = lib.mcs_batch_submit(self._e, pid, reqs, n, _flags(inline))
-        if bid < 0:
-            _raise(bid, f"submit to {target}")
-        self._batch_sizes[bid] = n
-        self._keep[bid] = keep  # buffers stay alive until the batch is freed
-        return bid
+        return self._submitted(lib.mcs_batch_submit(self._e, pid, reqs, n, _flags(inline)),
+                               target, n, keep)
 
     def submit_records(self, target: str, values: Sequence[int], remotes: Sequence[int],
                        value_lens: Sequence[int], keys: Sequence[bytes], keep: Any = None,
@@ -337,23 +354,13 @@ class TransferEngine:
         address values[i]. The engine checks each record as its bytes arrive: wait() /
         wait_codes() then report CHECKSUM_MISMATCH (-801) for one that fails. `keep`: what
         must stay alive while the engine writes into the values."""
-        n = len(values)
-        if not (n == len(remotes) == len(value_lens) == len(keys)) or n == 0:
-            raise InvalidParams("values, remotes, value_lens and keys must be non-empty and "
-                                "of equal length")
+        n = _record_count(values, remotes, value_lens, keys)
         pid = self._peer(target)
         reqs = ffi.new("mcs_rec_request[]", n)
-        kc = [ffi.from_buffer(k) for k in keys]   # copied by the engine at submit
-        for i in range(n):
-            r = reqs[i]
-            r.value, r.remote, r.value_len = values[i], remotes[i], value_lens[i]
-            r.key, r.key_len = kc[i], len(kc[i])
+        kc = _fill_records(reqs, values, remotes, value_lens, keys)
         bid = lib.mcs_batch_submit_rec(self._e, pid, reqs, n, _flags(inline))
-        if bid < 0:
-            _raise(bid, f"submit to {target}")
-        self._batch_sizes[bid] = n
-        self._keep[bid] = keep
-        return bid
+        del kc   # the engine copied the keys at submit
+        return self._submitted(bid, target, n, keep)
 
     def submit_record_writes(self, target: str, values: Sequence[int], remotes: Sequence[int],
                              value_lens: Sequence[int], keys: Sequence[bytes], epoch: int = 0,
@@ -366,10 +373,7 @@ class TransferEngine:
         after the whole value did: a record whose value fails gets no header. wait() /
         wait_codes() report each record. `keep`: what must stay alive while the engine
         reads the values."""
-        n = len(values)
-        if not (n == len(remotes) == len(value_lens) == len(keys)) or n == 0:
-            raise InvalidParams("values, remotes, value_lens and keys must be non-empty and "
-                                "of equal length")
+        n = _record_count(values, remotes, value_lens, keys)
         fl = [flags] * n if isinstance(flags, int) else list(flags)
         if len(fl) != n or not all(type(f) is int and 0 <= f < 256 for f in fl):
             raise InvalidParams("flags must be an int 0..255, or one per record")
@@ -377,20 +381,21 @@ class TransferEngine:
             raise InvalidParams(f"epoch must be an int in 0..2**64-1, got {epoch!r}")
         pid = self._peer(target)
         reqs = ffi.new("mcs_recw_request[]", n)
-        kc = [ffi.from_buffer(k) for k in keys]   # copied by the engine at submit
         try:
+            kc = _fill_records(reqs, values, remotes, value_lens, keys)
             for i in range(n):
-                r = reqs[i]
-                r.value, r.remote, r.value_len = values[i], remotes[i], value_lens[i]
-                r.key, r.key_len = kc[i], len(kc[i])
-                r.epoch, r.flags = epoch, fl[i]
+                reqs[i].epoch, reqs[i].flags = epoch, fl[i]
         except (TypeError, OverflowError) as e:
             raise InvalidParams(f"bad record write: {e}") from None
         bid = lib.mcs_batch_submit_recw(self._e, pid, reqs, n, _flags(inline))
+        del kc   # the engine copied the keys at submit
+        return self._submitted(bid, target, n, keep)
+
+    def _submitted(self, bid: int, target: str, n: int, keep: Any) -> int:
         if bid < 0:
             _raise(bid, f"submit to {target}")
         self._batch_sizes[bid] = n
-        self._keep[bid] = keep
+        self._keep[bid] = keep  # buffers stay alive until the batch is freed
         return bid
 
     def wait_codes(self, batch_id: int, timeout_ms: int | None = None) -> list[int]:
