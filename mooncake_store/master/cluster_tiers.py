@@ -350,6 +350,21 @@ class ClusterTiering:
             for node_id, task in forgets + demotes + promotes + copies:
                 self._send(node_id, task)
 
+    def _start_demotion(self, key: str, obj: Obj, replica: Replica, node: ColdNode,
+                        now: float) -> dict | None:
+        """The task demoting `replica` of key to `node`'s first tier, registered and the
+        object marked busy (None: no task could be built). The caller sends it."""
+        tid = next(self.svc._task_ids)
+        task = self._demote_task(key, obj, replica, node, tid)
+        if task is None:
+            return None
+        obj.busy = True
+        node.demoting += 1
+        self._register(tid, "demote", key, node.node_id, obj,
+                       now + 2 * self.svc.config.node_ttl_ms / 1000.0 + 10.0,
+                       replica=replica, tier=f"{node.tiers[0]}@{node.rpc}")
+        return task
+
     def _register(self, tid: int, kind: str, key: str, node_id: str, obj: Obj, deadline: float,
                   **kw: Any) -> None:
         """A task sent to a node, awaited until its answer or deadline (cold_repair.py too)."""
@@ -387,7 +402,6 @@ class ClusterTiering:
         if not budget:
             return []
         out = []
-        ttl = cfg.node_ttl_ms / 1000.0
         for i, key in enumerate(ix.policy.victims()):
             if i >= SCAN_PER_TICK or not budget:
                 break
@@ -403,14 +417,9 @@ class ClusterTiering:
                 if len(replica) == 1:   # its node has its hands full
                     budget.pop(replica[0].segment, None)
                 continue
-            tid = next(self.svc._task_ids)
-            task = self._demote_task(key, obj, replica, node, tid)
+            task = self._start_demotion(key, obj, replica, node, now)
             if task is None:
                 continue
-            obj.busy = True
-            node.demoting += 1
-            self._tasks[tid] = ColdTask("demote", key, node.node_id, obj, now + 2 * ttl + 10.0,
-                                        replica=replica, tier=f"{node.tiers[0]}@{node.rpc}")
             out.append((node.node_id, task))
             for sl in replica:
                 if sl.segment in budget:

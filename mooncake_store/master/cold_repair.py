@@ -176,15 +176,9 @@ class ColdRepair:
             node = t._demoter(r, now, busy_ok=False)
             if node is None or node.node_id in have:
                 continue
-            tid = next(t.svc._task_ids)
-            task = t._demote_task(key, obj, r, node, tid)
+            task = t._start_demotion(key, obj, r, node, now)
             if task is None:
                 continue
-            obj.busy = True
-            node.demoting += 1
-            t._register(tid, "demote", key, node.node_id, obj,
-                        now + 2 * t.svc.config.node_ttl_ms / 1000.0 + 10.0,
-                        replica=r, tier=f"{node.tiers[0]}@{node.rpc}")
             t._send(node.node_id, task)
             return True
         self.queue(key)
