@@ -492,55 +492,36 @@ static void recv_one(mcs_stream *st) {
 
 #define MCS_RUN_MAX 32
 
-/* A record write's value goes out in pieces of this size, each checksummed just
- * before it is sent (the CRC pulls it into the cache the send then copies
- * from). 64 KiB pieces (one send each) made 1 MiB puts ~20% slower over
- * loopback than one send; 256 KiB ones cost nothing (docs/PERFORMANCE.md). */
-#define MCS_SEND_PIECE (256u << 10)
-
-/* The requests of v[0, n) with their ids, in order: plain ones gathered into
- * one writev (headers, and the payloads of writes); a record write's value is
- * checksummed as it is sent, and its header is sealed (with that CRC) just
- * before it goes out behind it. */
+/* The requests of v[0, n) with their ids, in order, gathered into one writev
+ * (headers, and the payloads of writes); a record write's value is checksummed
+ * just before, and its header is sealed (with that CRC) behind it. */
 static int send_slices(int fd, mcs_slice **v, int n, const uint64_t *ids) {
     mcs_wire_hdr h[MCS_RUN_MAX];
     struct iovec iov[2 * MCS_RUN_MAX];
-    int k = 0, rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
+    int k = 0;
+    for (int i = 0; i < n; i++) {
         mcs_slice *s = v[i];
         h[i] = (mcs_wire_hdr){.magic = MCS_WIRE_MAGIC, .version = MCS_WIRE_VERSION,
                               .opcode = s->op == MCS_OP_READ ? MCS_WOP_READ : MCS_WOP_WRITE,
                               .req_id = ids[i], .addr = s->remote, .length = s->len};
         if (s->op == MCS_OP_WRITE && s->crc_on) {
-            /* A record write's value: piece by piece, each checksummed just before
-             * it goes out; the last piece waits in iov for what follows (its header). */
-            const uint8_t *at = (const uint8_t *)(uintptr_t)s->local;
-            uint64_t left = s->len;
-            uint32_t crc = 0;
-            iov[k++] = (struct iovec){&h[i], sizeof h[i]};
-            for (; rc == 0 && left > MCS_SEND_PIECE; at += MCS_SEND_PIECE, left -= MCS_SEND_PIECE) {
-                crc = mcs_crc32c(crc, at, MCS_SEND_PIECE);
-                iov[k++] = (struct iovec){(void *)at, MCS_SEND_PIECE};
-                rc = mcs_writev_full(fd, iov, k);
-                k = 0;
-            }
-            if (rc == 0) {
-                s->crc = mcs_crc32c(crc, at, (size_t)left);
-                s->crc_done = 1;   /* a failed send below fails the slice; a resend redoes it */
-                iov[k++] = (struct iovec){(void *)at, (size_t)left};
-            }
-            continue;
+            /* A record write's value slice (at most slice_bytes) is checksummed whole
+             * just before the send. Sending it in 256 KiB pieces, each checksummed
+             * just before it went out, made 1 MiB record writes 15-35% slower over
+             * loopback (docs/PERFORMANCE.md). A failed send fails the slice; a resend
+             * redoes the CRC. */
+            s->crc = mcs_crc32c(0, (const void *)(uintptr_t)s->local, (size_t)s->len);
+            s->crc_done = 1;
         }
         if (s->rec_hdr) mcs_recw_seal(s);   /* its value slices were all sent before it */
         iov[k++] = (struct iovec){&h[i], sizeof h[i]};
         if (s->op == MCS_OP_WRITE) iov[k++] = (struct iovec){(void *)(uintptr_t)s->local, s->len};
     }
-    if (rc == 0 && k) rc = mcs_writev_full(fd, iov, k);
-    return rc;
+    return k ? mcs_writev_full(fd, iov, k) : 0;
 }
 
-/* Send a run of same-op slices (one sendmsg unless it holds record writes); on
- * success they are in flight, in order. */
+/* Send a run of same-op slices (one sendmsg); on success they are in flight,
+ * in order. */
 static int send_run(mcs_stream *st, mcs_slice **run, int n) {
     uint64_t ids[MCS_RUN_MAX];
     for (int i = 0; i < n; i++) ids[i] = run[i]->wire_id = ++st->next_id;
