@@ -21,14 +21,14 @@ def _check_no_overlap(live, a):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(min_value=1, max_value=CAP // 8)),
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(min_value=1, max_value=CAP // 8)),
                 max_size=200))
 def test_random_alloc_free(ops):
     a = Allocator(CAP)
     live = {}
-    for do_alloc, size in ops:
-        if do_alloc or not live:
-            off = a.alloc(size)
+    for op, size in ops:    # 0: free, 1: alloc, 2: alloc_tail
+        if op or not live:
+            off = a.alloc_tail(size) if op == 2 else a.alloc(size)
             if off is None:
                 assert a.largest_free() < a.round(size)
             else:
@@ -49,6 +49,20 @@ def test_exhaustion_and_reuse():
     assert None not in offs and a.alloc(1) is None
     a.free(offs[10], 64)
     assert a.alloc(64) == offs[10]
+
+
+def test_alloc_tail_takes_the_far_end_of_the_largest_block():
+    a = Allocator(64 * 1024, align=64)
+    assert a.alloc_tail(1000) == 64 * 1024 - 1024
+    low = a.alloc(4096)                      # first fit: the start
+    assert low == 0
+    a.alloc(4096)
+    a.free(low, 4096)                        # a 4 KiB hole at 0, ~55 KiB free above
+    top = a.alloc_tail(100)
+    assert top == 64 * 1024 - 1024 - 128     # from the largest block, not the hole
+    assert a.alloc_tail(64 * 1024) is None
+    with pytest.raises(InvalidParams):
+        a.alloc_tail(0)
 
 
 def test_bad_calls():

@@ -6,9 +6,13 @@
 * `memcpy_bulk`: one big numpy copy, best of N (what the Mooncake anchor reports).
 * `tcp_loopback`: plain Python sockets between two processes over 127.0.0.1 (the bound for any
   remote read until a faster transport lands).
+* `tcp_round_trips`: the same sockets, one value per round trip (send it, wait for an 8-byte
+  answer): the bound for a lone put or get of that size, which must move the value through a
+  socket and hear back before it returns, before any control message of its own.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import socket
@@ -95,7 +99,8 @@ def memcpy_bulk(nbytes: int = 256 * MiB, reps: int = 5) -> dict:
             "GBps_median": round(nbytes / times[len(times) // 2] / 1e9, 3)}
 
 
-def _tcp_receiver(conn, chunk: int) -> None:
+def _accept_one(conn) -> socket.socket:
+    """Listen on 127.0.0.1, tell the parent the port over `conn`, take one connection."""
     ls = socket.socket()
     ls.bind(("127.0.0.1", 0))
     ls.listen(1)
@@ -104,6 +109,29 @@ def _tcp_receiver(conn, chunk: int) -> None:
     c, _ = ls.accept()
     ls.close()
     c.settimeout(30)
+    return c
+
+
+@contextlib.contextmanager
+def _peer(target, *args):
+    """A spawned process running target(pipe end, *args); yields (pipe, its port)."""
+    ctx = mp.get_context("spawn")
+    here, there = ctx.Pipe()
+    rx = ctx.Process(target=target, args=(there, *args), daemon=True)
+    rx.start()
+    try:
+        if not here.poll(60):
+            raise RuntimeError("tcp ceiling: peer process did not start")
+        yield here, here.recv()
+    finally:
+        rx.join(10)
+        if rx.is_alive():
+            rx.kill()
+            rx.join(5)
+
+
+def _tcp_receiver(conn, chunk: int) -> None:
+    c = _accept_one(conn)
     buf = memoryview(bytearray(chunk))
     total, t0, cpu0 = 0, None, time.process_time()
     while True:
@@ -119,14 +147,7 @@ def _tcp_receiver(conn, chunk: int) -> None:
 
 def tcp_loopback(seconds: float, chunk: int = 16 * MiB) -> dict:
     """Bytes/s of sendall -> recv_into between this process and a spawned one on 127.0.0.1."""
-    ctx = mp.get_context("spawn")
-    here, there = ctx.Pipe()
-    rx = ctx.Process(target=_tcp_receiver, args=(there, chunk), daemon=True)
-    rx.start()
-    try:
-        if not here.poll(60):
-            raise RuntimeError("tcp ceiling: receiver did not start")
-        port = here.recv()
+    with _peer(_tcp_receiver, chunk) as (here, port):
         payload = os.urandom(chunk)
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             cpu0 = time.process_time()
@@ -138,13 +159,51 @@ def tcp_loopback(seconds: float, chunk: int = 16 * MiB) -> dict:
         if not here.poll(60):
             raise RuntimeError("tcp ceiling: receiver did not report")
         total, secs, rx_cpu = here.recv()
-    finally:
-        rx.join(10)
-        if rx.is_alive():
-            rx.kill()
-            rx.join(5)
     secs = max(secs, 1e-9)
     return {"test": "ceiling_tcp_loopback", "chunk": chunk, "bytes": total,
             "secs": round(secs, 3), "GBps": round(total / secs / 1e9, 3),
             "cpu_s": round(cpu + rx_cpu, 4),
             "note": "python sendall/recv_into, 2 processes, 127.0.0.1"}
+
+
+def _tcp_acker(conn, size: int) -> None:
+    c = _accept_one(conn)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = memoryview(bytearray(size))
+    while True:
+        got = 0
+        while got < size:
+            n = c.recv_into(buf[got:])
+            if n == 0:
+                c.close()
+                return
+            got += n
+        c.sendall(b"ack-ack!")
+
+
+def tcp_round_trips(size: int, seconds: float, max_ops: int = 100_000) -> dict:
+    """Values/s when each value of `size` bytes is sent to a spawned process over 127.0.0.1
+    and an 8-byte answer awaited before the next (bounded by `seconds` and `max_ops`)."""
+    lat: list[float] = []
+    with _peer(_tcp_acker, size) as (_, port):
+        payload = os.urandom(size)
+        ack = bytearray(8)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            end = now() + seconds
+            while len(lat) < max_ops and now() < end:
+                t0 = now()
+                s.sendall(payload)
+                got = 0
+                while got < 8:
+                    n = s.recv_into(memoryview(ack)[got:])
+                    if n == 0:
+                        raise RuntimeError("tcp round-trip ceiling: receiver went away")
+                    got += n
+                lat.append(now() - t0)
+    secs = max(sum(lat), 1e-9)
+    lat.sort()
+    return {"test": "ceiling_tcp_round_trip", "value_size": size, "ops": len(lat),
+            "GBps": round(len(lat) * size / secs / 1e9, 3),
+            "p50_us": round(lat[len(lat) // 2] * 1e6, 1) if lat else None,
+            "note": "python sendall + 8-byte answer per value, 2 processes, 127.0.0.1"}

@@ -122,6 +122,13 @@ def _print_ceilings(records: list[dict], console: Console, mooncake: list[dict] 
                       f"{r['GBps_best']:.1f} GB/s")
     for r in _by(records, "ceiling_tcp_loopback"):
         console.print(f"TCP loopback ceiling (python socket pair): {r['GBps']:.2f} GB/s")
+    rts = _by(records, "ceiling_tcp_round_trip")
+    if rts:
+        console.print("TCP round-trip ceiling (python socket pair, one value then an 8-byte "
+                      "answer; bounds a lone put or get), GB/s (p50 us): "
+                      + ", ".join(f"{human_size(r['value_size'])} {r['GBps']:.2f} "
+                                  f"({_f(r.get('p50_us'), '{:.0f}')})" for r in rts),
+                      soft_wrap=True)
     for r in _by(records, "warmup"):
         console.print(f"warm-up (first touch of {r['bytes'] // MiB} MiB of segment, untimed by "
                       f"the phases): {r['GBps']:.2f} GB/s")
@@ -141,9 +148,11 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
                "and direction)")
     show_path = mooncake is not None or len({r["path"] for r in rows}) > 1
     show_tcp = any("x_tcp_ceiling" in r for r in rows)
+    show_rt = any("x_tcp_rt" in r for r in rows)
     for col in ("size", "op", "mode", "path", "GB/s", "ops/s", "p50 us", "p99 us",
-                "memcpy", "x memcpy", "x tcp"):
-        if (col == "path" and not show_path) or (col == "x tcp" and not show_tcp):
+                "memcpy", "x memcpy", "x tcp", "x tcp rt"):
+        if (col == "path" and not show_path) or (col == "x tcp" and not show_tcp) \
+                or (col == "x tcp rt" and not show_rt):
             continue
         t.add_column(col, justify="left" if col in ("op", "mode", "path") else "right")
     if mooncake is not None:
@@ -161,6 +170,7 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
                  _f(r.get("p50_us"), "{:.1f}"), _f(r.get("p99_us"), "{:.1f}"),
                  _f(r.get("memcpy_GBps")), _f(r.get("x_memcpy"))]
         cells += [_f(r.get("x_tcp_ceiling"))] if show_tcp else []
+        cells += [_f(r.get("x_tcp_rt"))] if show_rt else []
         if mooncake is not None:
             cells += _mooncake_gbps_cells(r, mooncake)
         cells.append(_ok_mark(r))

@@ -99,7 +99,8 @@ def ws_keys(plan: Plan, size: int) -> int:
 
 def count_phases(plan: Plan) -> int:
     paths = 2 if plan.remote else 1
-    n = len(plan.sizes) * (2 + len(plan.put_modes) * paths + len(plan.get_modes) * paths)
+    n = len(plan.sizes) * (2 + len(plan.put_modes) * paths + len(plan.get_modes) * paths
+                           + (1 if plan.remote and plan.tcp_ceiling else 0))
     n += paths if plan.small else 0
     n += (3 * paths + 2 * (BATCH_VALUE not in plan.sizes)) if plan.batch else 0
     return n + plan.warmup + (1 if plan.tcp_ceiling else 0) + (1 if plan.bulk_memcpy_mib else 0)
@@ -202,12 +203,21 @@ class Runner:
             out["x_memcpy"] = round(gbps / mc, 3)
         if path != "local" and self.ceil.get("tcp"):
             out["x_tcp_ceiling"] = round(gbps / self.ceil["tcp"], 3)
+        rt = self.ceil.get("tcp_rt", {}).get(size)
+        if path != "local" and rt:
+            out["tcp_rt_GBps"] = rt
+            out["x_tcp_rt"] = round(gbps / rt, 3)
         return out
 
     def _size_phases(self, clients: list, arena: ceilings.CopyArena, size: int) -> None:
         p = self.plan
         hs = _hs(size)
         self._memcpy_ceiling(arena, size, ceilings.TO_STORE)
+        if p.remote and p.tcp_ceiling:
+            self.on_phase(f"{hs}: TCP round-trip ceiling")
+            rec = ceilings.tcp_round_trips(size, min(p.seconds, 1.0))
+            self.ceil.setdefault("tcp_rt", {})[size] = rec["GBps"]
+            self.emit(rec)
         nb, nkeys = batch_keys(size), ws_keys(p, size)
         max_bytes = int(p.max_gib * GiB)
         for client, path in clients:

@@ -320,16 +320,19 @@ class _Writes:
         return written, failed
 
 
-# Values up to this size put through reservations (master/reserve.py keeps records up to
-# RESERVE_MAX, which leaves room for the header of a long key).
+# Batch puts of values up to this size go through a block from a segment-less client
+# (larger ones go better straight from the caller's memory, put by put).
 RESERVED_PUT_MAX = 64 << 10
+# Single puts of values up to this size go through reservations (master/reserve.py keeps
+# records up to RESERVE_MAX, which leaves room for the header of a long key).
+RESERVED_SINGLE_MAX = 4 << 20
 _PLAIN = ReplicateConfig()
 
 
 def reserved_put_size(config: ReplicateConfig | None, n: int, kb: bytes) -> int:
-    """The record size a put may place in a reservation, or 0: small values with the
+    """The record size a put may place in a reservation, or 0: values up to 4 MiB with the
     default placement only (one replica, no pins, no preferred segment)."""
-    if n > RESERVED_PUT_MAX or not (config is None or config == _PLAIN):
+    if n > RESERVED_SINGLE_MAX or not (config is None or config == _PLAIN):
         return 0
     return header_size(len(kb)) + n
 

@@ -7,6 +7,8 @@ never exist: after everything is freed there is exactly one block again.
 """
 from __future__ import annotations
 
+import itertools
+
 from ..errors import InvalidParams
 
 
@@ -42,6 +44,25 @@ class Allocator:
             self._add(start + size, block - size)
         self.used += size
         return start
+
+    def alloc_tail(self, size: int) -> int | None:
+        """A block of `size` bytes from the far end of the largest free block (of the first
+        64 in the top size class), or None: the space first-fit alloc() reaches last."""
+        if size <= 0:
+            raise InvalidParams(f"allocation size must be > 0, got {size}")
+        size = self.round(size)
+        if not self._nonempty:
+            return None
+        top = self._classes[self._nonempty.bit_length() - 1]
+        start = max(itertools.islice(top, 64), key=self._by_start.__getitem__)
+        block = self._by_start[start]
+        if block < size:
+            return None
+        self._remove(start)
+        if block > size:
+            self._add(start, block - size)
+        self.used += size
+        return start + block - size
 
     def free(self, offset: int, size: int) -> None:
         size = self.round(size)

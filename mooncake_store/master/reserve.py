@@ -1,6 +1,6 @@
-"""Put reservations: a slice a client writes its next small value into before naming it.
+"""Put reservations: a slice a client writes its next value into before naming it.
 
-A small put normally takes three round trips in a row (put_start, the write,
+A put normally takes three round trips in a row (put_start, the write,
 put_end). put_end may also ask for a reservation: a slice of one replica,
 allocated now (never by evicting anything) and owned by that client. The
 client's next put whose record fits writes the record there and sends one
@@ -35,8 +35,10 @@ from .objmeta import _FLAGS_SHIFT, _LEN_SHIFT, _M48, _OFF_SHIFT, _SEG_SHIFT, PIN
 if TYPE_CHECKING:
     from .index import ObjectIndex, SegmentInfo
 
-# Records up to this size may be reserved (a 64 KiB value and a long key).
-RESERVE_MAX = (64 << 10) + 4096
+# Records up to this size may be reserved (a 4 MiB value, the default stripe size, and a
+# long key). Larger values are striped or rare enough that a round trip more is noise; a
+# 1 MiB put saves ~15% with one (docs/PERFORMANCE.md), and a client holds at most one.
+RESERVE_MAX = (4 << 20) + 4096
 # A batch put may take a block up to this large: its records are laid out one after another
 # (each rounded to the allocator's alignment) and named with one batch_put_commit.
 BLOCK_MAX = 64 << 20
@@ -67,7 +69,8 @@ class Reservations:
         # (master/tombstones.py) starts inside [offset, end) of a segment. A zap is skipped
         # once its line is allocated again, trusting the new owner to overwrite the old
         # header at once; a reservation may stay unwritten for put_timeout_ms (and its
-        # unused tail never is written), so it never covers such a line.
+        # unused tail never is written), so it never covers such a line: the old header
+        # would outlive its zap, and a leader rebuilding from the nodes would find it.
         self.zap_due: Callable[[str, int, int], bool] | None = None
 
     def __len__(self) -> int:
@@ -108,12 +111,29 @@ class Reservations:
         sl = got[0][0]._replace(length=seg.allocator.round(record))
         if not written_now and self._zap_due(sl):
             seg.allocator.free(sl.offset, sl.length)   # as it was: nothing was written
-            return None
+            sl = self._far_end(seg, sl)
+            if sl is None:
+                return None
         rid = next(self._ids)
         self._held[rid] = _Held(owner, seg, sl,
                                 now + ix.config.put_timeout_ms / 1000.0)
         self._owner[owner] = rid
         return rid, sl
+
+    def _far_end(self, seg: "SegmentInfo", sl: Slice) -> Slice | None:
+        """The same size from the far end of the largest free block, if no queued zap lies
+        there. After a mass removal first fit lands on freed records whose zaps wait for
+        the node's next heartbeat; the far end of the largest hole is the space first fit
+        reaches last (freed longest ago, or never used), so reservations go on instead of
+        stopping until that heartbeat."""
+        off = seg.allocator.alloc_tail(sl.length)
+        if off is None:
+            return None
+        far = sl._replace(offset=off)
+        if self._zap_due(far):
+            seg.allocator.free(off, far.length)
+            return None
+        return far
 
     def _zap_due(self, sl: Slice) -> bool:
         return self.zap_due is not None and self.zap_due(sl.segment, sl.offset,

@@ -71,6 +71,32 @@ def test_small_puts_commit_into_reservations_andread_elsewhere(cluster):
     assert got == want
 
 
+def test_puts_up_to_4_mib_use_reservations_even_right_after_a_mass_removal(cluster):
+    m = cluster.master()
+    # Heartbeats 2 s apart: the freed records' zaps stay queued while the puts run.
+    cluster.node(m.addr, "--heartbeat-ms", "2000", dram="256MB")
+    wait_nodes(m.addr, 1)
+    mib = 1 << 20
+    with store(m.addr) as a:
+        # Fill, then free everything: every freed record's zap is queued at once, under
+        # the space the next puts take (first fit).
+        for i in range(24):
+            a.put_from(f"old/{i}", bytearray(_value(i, mib)))
+        assert a.remove_by_regex("^old/", force=True) == 24
+        before = a.stats()["reserved_puts"]
+        values = {f"big/{i}": _value(100 + i, n)
+                  for i, n in enumerate([mib] * 12 + [4 * mib, 4 * mib + 1, mib])}
+        for k, v in values.items():
+            a.put_from(k, bytearray(v))
+        st = a.stats()
+        # 1 MiB puts commit into the reservations their predecessors asked for (13 of the
+        # 15: the first 4 MiB put asks anew, the one over 4 MiB takes the normal path; a
+        # host stall past a reservation's 100 ms window sends one more the normal way).
+        assert st["reserved_puts"] - before >= 11 and st["pending"] == 0
+    got = read_elsewhere(m.addr, list(values))
+    assert got == {k: hashlib.sha256(v).hexdigest() for k, v in values.items()}
+
+
 def test_expired_reservation_falls_back_to_the_normal_path(cluster):
     m = cluster.master(put_timeout_ms=600)
     cluster.node(m.addr)

@@ -7,6 +7,7 @@ import pytest
 from mooncake_store import Config
 from mooncake_store._engine import ffi, lib
 from mooncake_store.errors import NoSpace
+from mooncake_store.codec import header_size
 from mooncake_store.master.index import ObjectIndex
 from mooncake_store.master.tombstones import Tombstones
 from mooncake_store.node import inventory
@@ -66,6 +67,49 @@ def test_reallocated_extent_is_not_sent():
     again = ix.put_start("b", 1000)        # first fit: the same extent again
     assert ts.take(["s"]) == [] and ts.counters["zaps_skipped"] == 1
     assert again is not None
+
+
+def _freed_records(n: int, seg_bytes: int):
+    """An index over one segment filled with n records of seg_bytes / n, all removed: every
+    record's zap queued, the node not heartbeating yet."""
+    ix = ObjectIndex(Config(high_watermark=1.0))   # full, and nothing evicted
+    ts = Tombstones(lambda: 0.0)
+    ts.attach(ix)
+    ix.add_segment("s", seg_bytes)
+    record = seg_bytes // n
+    freed = []
+    for i in range(n):
+        freed.append(ix.put_start(f"a{i}", record - header_size(2))[0][0])
+        ix.put_end(f"a{i}")
+    assert sum(sl.length for sl in freed) == seg_bytes
+    for i in range(n):
+        ix.remove(f"a{i}")
+    return ix, ts, freed
+
+
+def test_reservation_leaves_a_queued_zap_alone_and_takes_the_far_end():
+    ix, ts, freed = _freed_records(2, 8192)
+    # First fit would start the reservation on a0's header, whose zap is still queued; an
+    # unwritten reservation there would keep that header alive past its zap. It takes the
+    # far end of the free block instead, where no freed record starts.
+    with ix.lock:
+        got = ix.reservations.grant_locked("c1", 1000, 0, ix.clock())
+    assert got is not None
+    sl = got[1]
+    assert sl.offset + sl.length == 8192
+    assert not any(sl.offset <= f.offset < sl.offset + sl.length for f in freed)
+    # Both zaps go out at the next heartbeat.
+    assert sorted(z[2] for z in ts.take(["s"])) == sorted(f.offset for f in freed)
+
+
+def test_reservation_is_refused_when_every_free_place_has_a_queued_zap():
+    ix, ts, freed = _freed_records(4, 8192)
+    with ix.lock:
+        assert ix.reservations.grant_locked("c1", 2048, 0, ix.clock()) is None
+        assert ix.segments["s"].allocator.used == 0            # nothing left allocated
+    assert len(ts.take(["s"])) == 4
+    with ix.lock:                                              # zaps out: granted again
+        assert ix.reservations.grant_locked("c1", 1000, 0, ix.clock()) is not None
 
 
 @pytest.mark.parametrize("n", [3])
