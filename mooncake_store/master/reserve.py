@@ -42,6 +42,10 @@ RESERVE_MAX = (4 << 20) + 4096
 # A batch put may take a block up to this large: its records are laid out one after another
 # (each rounded to the allocator's alignment) and named with one batch_put_commit.
 BLOCK_MAX = 64 << 20
+# A reservation is granted only in a segment with at least this many times its size free:
+# a client holds one until its next put or put_timeout_ms, so idle ones (up to 4 MiB each)
+# never take the last of a node's room, where puts would then evict for them.
+RESERVE_ROOM = 16
 # A client starts writing into a reservation at most this long after asking for it.
 RESERVE_USE_MS = 100
 # put_commit answers: the object is visible / the key existed (no-op, reservation kept) /
@@ -80,7 +84,7 @@ class Reservations:
                      limit: int = RESERVE_MAX, written_now: bool = False
                      ) -> tuple[int, Slice] | None:
         """A new reservation of `record` bytes for `owner`, or None (the owner still holds
-        one, the size is over `limit`, or no segment has room without evicting).
+        one, the size is over `limit`, or no segment has RESERVE_ROOM times that free).
         written_now: the owner writes every byte of it at once, like a put_start's slice
         (a block for the batch in hand, of its exact size), so room is made for it as for
         a put_start (eviction included), and queued zaps may lie under it: their lines are
@@ -102,7 +106,8 @@ class Reservations:
             except StoreError:
                 return None
         else:
-            segs = ix._candidate_segments(_PLAIN)
+            segs = [s for s in ix._candidate_segments(_PLAIN)
+                    if s.allocator.free_bytes >= RESERVE_ROOM * record]
             got = ix._try_allocate(record, segs, 1) if segs else None
         if not got:
             return None

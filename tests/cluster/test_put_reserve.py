@@ -153,3 +153,30 @@ def test_reservation_of_a_killed_client_is_reclaimed(cluster):
         assert after["used"] == st["used"] - _round(length)
         assert after["reclaimed_reservations"] == 1
         assert s.get("dead/1") == b"x" * 3000 and s.get("dead/2") == b"y" * 3000
+
+
+def test_reservations_leave_room_in_a_nearly_full_segment():
+    """A reservation needs RESERVE_ROOM times its size free in its segment: a client holds
+    it until its next put (or put_timeout_ms), so idle ones never take a node's last room."""
+    from mooncake_store import Config
+    from mooncake_store.master.index import ObjectIndex
+    from mooncake_store.master.reserve import RESERVE_ROOM
+
+    ix = ObjectIndex(Config(high_watermark=1.0))
+    ix.add_segment("s", 1 << 20)
+    record = 4096
+    with ix.lock:
+        rid, _ = ix.reservations.grant_locked("a", record, 0, ix.clock())
+        ix.reservations._release_locked(rid)
+    # Fill until less than RESERVE_ROOM records' worth is free: no more reservations.
+    i = 0
+    while ix.segments["s"].allocator.free_bytes >= RESERVE_ROOM * record:
+        ix.put_start(f"fill/{i}", 16 << 10)
+        ix.put_end(f"fill/{i}")
+        i += 1
+    assert ix.segments["s"].allocator.free_bytes >= record     # room for it, yet refused
+    with ix.lock:
+        assert ix.reservations.grant_locked("a", record, 0, ix.clock()) is None
+    ix.remove_by_regex("^fill/")
+    with ix.lock:
+        assert ix.reservations.grant_locked("a", record, 0, ix.clock()) is not None

@@ -88,7 +88,7 @@ def _freed_records(n: int, seg_bytes: int):
 
 
 def test_reservation_leaves_a_queued_zap_alone_and_takes_the_far_end():
-    ix, ts, freed = _freed_records(2, 8192)
+    ix, ts, freed = _freed_records(2, 64 * 1024)
     # First fit would start the reservation on a0's header, whose zap is still queued; an
     # unwritten reservation there would keep that header alive past its zap. It takes the
     # far end of the free block instead, where no freed record starts.
@@ -96,19 +96,21 @@ def test_reservation_leaves_a_queued_zap_alone_and_takes_the_far_end():
         got = ix.reservations.grant_locked("c1", 1000, 0, ix.clock())
     assert got is not None
     sl = got[1]
-    assert sl.offset + sl.length == 8192
+    assert sl.offset + sl.length == 64 * 1024
     assert not any(sl.offset <= f.offset < sl.offset + sl.length for f in freed)
     # Both zaps go out at the next heartbeat.
     assert sorted(z[2] for z in ts.take(["s"])) == sorted(f.offset for f in freed)
 
 
 def test_reservation_is_refused_when_every_free_place_has_a_queued_zap():
-    ix, ts, freed = _freed_records(4, 8192)
+    ix, ts, freed = _freed_records(64, 64 * 1024)             # a freed record every 1 KiB
     with ix.lock:
-        assert ix.reservations.grant_locked("c1", 2048, 0, ix.clock()) is None
+        assert ix.reservations.grant_locked("c1", 1000, 0, ix.clock()) is None
         assert ix.segments["s"].allocator.used == 0            # nothing left allocated
-    assert len(ts.take(["s"])) == 4
-    with ix.lock:                                              # zaps out: granted again
+    zaps = ts.take(["s"])
+    assert len(zaps) == 64
+    assert ts.done([z[0] for z in zaps]) == 64                 # the node has zapped them
+    with ix.lock:
         assert ix.reservations.grant_locked("c1", 1000, 0, ix.clock()) is not None
 
 
