@@ -135,6 +135,13 @@ class MasterClient:
             time.sleep(0.05)
         raise _as_rpc_error(method, last, window)
 
+    def call_current(self, method: str, *args: Any, timeout_ms: int) -> Any:
+        """One attempt at the master last known to lead, no failover wait: for calls that
+        may simply be dropped (a closing client's courtesy)."""
+        if not self._current:
+            raise RpcFailed(f"{method}: no master known")
+        return self._client(self._current).call(method, *args, timeout_ms=timeout_ms)
+
     def close(self) -> None:
         self._clients.close()
 
@@ -233,6 +240,18 @@ class RemoteIndex:
                 return None
             back, self._rsv, self._rsv_back = (r[0] if r else self._rsv_back), None, 0
             return [self._owner, record, back]
+
+    def release_reservation(self) -> None:
+        """Give the held reservation back (the client is closing), so its room is free now
+        rather than after put_timeout_ms. Best effort: the master reclaims it anyway."""
+        with self._rsv_lock:
+            r, self._rsv = (None if self._rsv_busy else self._rsv), None
+        if r is None:
+            return
+        try:
+            self.m.call_current("reserve_release", self._owner, r[0], timeout_ms=1000)
+        except StoreError:
+            pass
 
     def _keep(self, got: Any, t0: float) -> None:
         if not got:
@@ -714,6 +733,7 @@ class ClusterSession:
         return batch_put(store, keys, make_region, config, upsert, flags)
 
     def close(self) -> None:
+        self.index.release_reservation()
         if self.membership is not None:
             self.membership.close()
         if self.agent is not None:

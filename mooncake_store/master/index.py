@@ -186,6 +186,11 @@ class ObjectIndex:
                 nxt = self.reservations.grant_locked(owner, record, 0, now) if record else None
             return code, nxt
 
+    def reserve_release(self, owner: str, rid: int) -> bool:
+        """Free the owner's reservation `rid` now, unwritten (reserve.py); False if gone."""
+        with self.lock:
+            return self.reservations.release_locked(owner, rid)
+
     def batch_put_reserve(self, owner: str, size: int, give_back: int = 0
                           ) -> tuple[int, Slice] | None:
         """A block of `size` bytes for the batch the owner writes now (reserve.py), or None.

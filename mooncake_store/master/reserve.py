@@ -276,6 +276,15 @@ class Reservations:
             for off, rec in records[1:]:
                 self.ix.on_free(Slice(sl.segment, sl.offset + off, rec))
 
+    def release_locked(self, owner: str, rid: int) -> bool:
+        """The owner gives `rid` back unwritten (a closing client): freed now, not after
+        put_timeout_ms. False when it is not the owner's (gone, or someone else's)."""
+        held = self._held.get(rid) if type(rid) is int else None
+        if held is None or held.owner != owner:
+            return False
+        self._release_locked(rid)
+        return True
+
     def reclaim_locked(self, now: float) -> int:
         stale = [rid for rid, h in self._held.items() if h.deadline <= now]
         for rid in stale:

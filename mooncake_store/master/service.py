@@ -133,7 +133,7 @@ class MasterService:
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
                  "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "put_commit",
-                 "batch_put_reserve", "batch_put_commit",
+                 "batch_put_reserve", "batch_put_commit", "reserve_release",
                  "room", "persist", "persisted",
                  "register_node", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
@@ -269,6 +269,10 @@ class MasterService:
         code, nxt = self.index.put_commit(_str(owner), rid, _str(key), size, flags,
                                           bool(upsert), record)
         return [code, self._reservation(nxt)]
+
+    def rpc_reserve_release(self, owner: str, rid: int) -> bool:
+        """The owner gives back a reservation it will not use (it is closing)."""
+        return self.index.reserve_release(_str(owner), rid)
 
     def rpc_batch_put_reserve(self, owner: str, size: int, give_back: int = 0) -> list | None:
         """A block of exactly `size` bytes for the batch of small puts the owner writes now

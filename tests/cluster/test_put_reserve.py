@@ -180,3 +180,16 @@ def test_reservations_leave_room_in_a_nearly_full_segment():
     ix.remove_by_regex("^fill/")
     with ix.lock:
         assert ix.reservations.grant_locked("a", record, 0, ix.clock()) is not None
+
+
+def test_a_closing_client_gives_its_reservation_back(cluster):
+    m = cluster.master()                      # put_timeout_ms: 30 s unless released
+    cluster.node(m.addr)
+    wait_nodes(m.addr, 1)
+    with store(m.addr) as a:
+        a.put("c/1", b"x" * 100_000)          # the put asks for a reservation of its size
+        assert a.stats()["reserved"] == 1
+    with store(m.addr) as b:
+        st = b.stats()
+        assert st["reserved"] == 0 and st["reclaimed_reservations"] == 0
+        assert b.get("c/1") == b"x" * 100_000
