@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..config import Config, parse_size
-from ..errors import StoreError
+from ..errors import ObjectNotFound, StoreError
 from .main import app
 
 DEFAULT_MASTER = "127.0.0.1:50051"
@@ -168,6 +168,18 @@ def _store(master: str, etcd: str, timeout_ms: int):
         _fail(f"cannot reach the cluster: {e}")
 
 
+def _with_store(master: str, etcd: str, timeout_ms: int, fn):
+    """fn(store) on a fresh segment-less client, closed after; a StoreError ends the
+    command with its one line."""
+    store = _store(master, etcd, timeout_ms)
+    try:
+        return fn(store)
+    except StoreError as e:
+        _fail(str(e))
+    finally:
+        store.close()
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -257,13 +269,7 @@ def ls_cmd(prefix: str = typer.Argument("", help="Key prefix."), master: str = M
 def get_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT, timeout_ms: int = TIMEOUT_OPT,
             out: Optional[str] = typer.Option(None, "-o", "--output", help="Write to FILE.")) -> None:
     """Read a value (to stdout, or -o FILE)."""
-    store = _store(master, etcd, timeout_ms)
-    try:
-        value = store.get(key)
-    except StoreError as e:
-        _fail(str(e))
-    finally:
-        store.close()
+    value = _with_store(master, etcd, timeout_ms, lambda store: store.get(key))
     if out:
         with open(out, "wb") as f:
             f.write(value)
@@ -298,25 +304,54 @@ def put_cmd(key: str, file: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
 def rm_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT, timeout_ms: int = TIMEOUT_OPT,
            force: bool = typer.Option(False, "--force", help="Remove even under a read lease.")) -> None:
     """Remove a key."""
-    store = _store(master, etcd, timeout_ms)
-    try:
-        store.remove(key, force=force)
-    except StoreError as e:
-        _fail(str(e))
-    finally:
-        store.close()
+    _with_store(master, etcd, timeout_ms, lambda store: store.remove(key, force=force))
     typer.echo(f"removed {key}")
 
 
 @app.command("stat")
 def stat_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
              timeout_ms: int = TIMEOUT_OPT) -> None:
-    """Size, replicas (segments, nodes) and remaining lease of one key, as JSON."""
-    store = _store(master, etcd, timeout_ms)
+    """Size, replicas (segments, nodes) and remaining lease of one key, as JSON; for a
+    missing key, why it is missing (as `mstore why`)."""
+    def stat(store):
+        try:
+            return store._index.stat(key)
+        except ObjectNotFound as e:
+            _fail(f"{e}: {_why_line(store, key)}")
+    typer.echo(json.dumps(_with_store(master, etcd, timeout_ms, stat), indent=2, sort_keys=True))
+
+
+@app.command("why")
+def why_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
+            timeout_ms: int = TIMEOUT_OPT,
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Why a key misses: evicted, removed, lost with its nodes, abandoned mid-put, dropped
+    as corrupt (with how long ago), or not seen recently (with stored keys that look like
+    it, for a key built another way). Exit status 0 when the key is stored, 1 when not."""
+    w = _with_store(master, etcd, timeout_ms, lambda store: store.why(key))
+    if as_json:
+        typer.echo(json.dumps(w, sort_keys=True))
+    elif w["present"]:
+        typer.echo(f"{key}: stored ({w['size']} bytes, tier {w['tier']})")
+    else:
+        typer.echo(f"{key}: {_describe(w)}")
+    raise typer.Exit(0 if w["present"] else 1)
+
+
+def _describe(w: dict) -> str:
+    """One line for a missing key's why() answer."""
+    if "seconds_ago" in w:
+        lo, hi = w["seconds_ago"]
+        when = f"{lo:.1f} s ago" if hi - lo < 0.05 else f"{lo:.1f}-{hi:.1f} s ago"
+        return f"{w['detail']}, {when}"
+    line = w["detail"]
+    if w.get("similar"):
+        line += "; stored keys like it: " + ", ".join(w["similar"])
+    return line
+
+
+def _why_line(store, key: str) -> str:
     try:
-        st = store._index.stat(key)
-    except StoreError as e:
-        _fail(str(e))
-    finally:
-        store.close()
-    typer.echo(json.dumps(st, indent=2, sort_keys=True))
+        return _describe(store.why(key))
+    except StoreError:
+        return "no explanation (the master did not answer)"

@@ -318,6 +318,9 @@ class RemoteIndex:
     def stat(self, key: str) -> dict:
         return self.m.call("stat", key)
 
+    def why(self, key: str) -> dict:
+        return self.m.call("why", key)
+
     @property
     def segments(self) -> dict[str, SimpleNamespace]:
         return {name: SimpleNamespace(capacity=d["capacity"], used=d["used"], tier=d["tier"],

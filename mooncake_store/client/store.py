@@ -353,6 +353,16 @@ class Store:
         self._check_open()
         return self._index.size(self._key(key)[0])
 
+    def why(self, key: Any) -> dict:
+        """Whether `key` is stored and, if not, why not: {"present": False, "reason":
+        "evicted" | "removed" | "lost" | "abandoned" | "corrupt" | "writing" | "unknown",
+        "detail", "seconds_ago": [least, most]} for a key that left recently (the index
+        remembers the last 1,048,576 departures), or "unknown" with "similar": stored
+        keys that look like it (a key built another way). {"present": True, "tier",
+        "size"} otherwise."""
+        self._check_open()
+        return self._index.why(self._key(key)[0])
+
     def remove(self, key: Any, force: bool = False) -> None:
         self._check_open()
         self._index.remove(self._key(key)[0], force=force)

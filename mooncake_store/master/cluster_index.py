@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from ..replica import Replica, Slice
+from .departures import LOST
 from .index import PIN_NONE, Obj, ObjectIndex
 from .stripe_repair import is_striped, mend
 
@@ -44,6 +45,7 @@ class ClusterIndex:
                     continue
                 ix.policy.on_remove(key)   # before the object goes: a bound policy reads it
                 del ix._objects[key]
+                ix.departures.note(key, LOST)
                 ix.counters["lost"] = ix.counters.get("lost", 0) + 1
             for key, obj in list(ix._pending.items()):
                 if _touches(obj.replicas, segment):

@@ -30,6 +30,8 @@ import itertools
 from collections import deque
 from typing import Any
 
+from .departures import LOST
+
 REPAIRS_PER_TICK = 64
 RETRY_S = 2.0                 # a failed or postponed cold copy is tried again after this
 MAX_LOST_HISTORY = 1 << 20    # keys whose copy died with a node, remembered for its return
@@ -237,5 +239,6 @@ def retier(ix: Any, key: str, obj: Any) -> bool:
         obj.tier = "dram"
     else:
         del ix._objects[key]
+        ix.departures.note(key, LOST)
         return False
     return True

@@ -9,6 +9,7 @@ graveyard until then.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import re
@@ -31,9 +32,13 @@ from ..errors import (
 )
 from ..replica import Replica, ReplicateConfig, Slice
 from .allocator import Allocator
+from .departures import ABANDONED, CORRUPT, EVICTED, REMOVED, Departures, nearest_keys
 from .objmeta import PIN_HARD, PIN_NONE, PIN_SOFT, Lookup, Obj
 from .policy import make_policy
 from .reserve import BLOCK_MAX, Reservations
+
+# why() compares a missing key with at most this many stored keys.
+SIMILAR_SCAN = 200_000
 
 # Obj and Lookup live in objmeta.py (packed layout); re-exported for the modules importing them.
 __all__ = ["Obj", "ObjectIndex", "Lookup", "SegmentInfo", "TieringHooks",
@@ -94,6 +99,7 @@ class ObjectIndex:
         self.hot: dict[str, int] = {}
         self.cooled: list[str] = []
         self.reservations = Reservations(self)   # slices clients write small puts into first
+        self.departures = Departures(clock)        # why a key is missing: recent departures
 
     # ---- segments -----------------------------------------------------------------------
     def add_segment(self, name: str, capacity: int, tier: str = "dram", node: str = "",
@@ -375,6 +381,26 @@ class ObjectIndex:
     def __len__(self) -> int:
         return len(self._objects)
 
+    def why(self, key: str) -> dict:
+        """Whether `key` is stored and, if not, why not: the reason it left (departures.py),
+        a put in progress, or "unknown" with the stored keys that look most like it."""
+        with self.lock:
+            obj = self._objects.get(key)
+            if obj is not None:
+                return {"key": key, "present": True, "tier": obj.tier, "size": obj.size}
+            if key in self._pending:
+                return {"key": key, "present": False, "reason": "writing",
+                        "detail": "a put of it is in progress (put_start, no put_end yet)"}
+            gone = self.departures.explain(key)
+            sample = None if gone else list(itertools.islice(self._objects, SIMILAR_SCAN))
+        if gone:
+            return {"key": key, "present": False, **gone}
+        return {"key": key, "present": False, "reason": "unknown",
+                "detail": f"not stored, and not among the last {self.departures.limit} keys "
+                          "to leave: never stored here (a key built another way?), or "
+                          "left long ago",
+                "similar": nearest_keys(key, sample)}
+
     # ---- removal ------------------------------------------------------------------------------
     def remove(self, key: str, force: bool = False) -> None:
         with self.lock:
@@ -403,9 +429,10 @@ class ObjectIndex:
     def remove_all(self, force: bool = False) -> int:
         return self.remove_many(self.keys(), force)
 
-    def _remove_locked(self, obj: Obj) -> None:
+    def _remove_locked(self, obj: Obj, why: int = REMOVED) -> None:
         self.policy.on_remove(obj.key)   # first: a bound policy reads the object
         del self._objects[obj.key]
+        self.departures.note(obj.key, why)
         self.counters["removes"] += 1
         self._drop(obj, keep_until=obj.lease_until)
 
@@ -423,6 +450,7 @@ class ObjectIndex:
             stale = [o for o in self._pending.values() if o.deadline <= now]
             for obj in stale:
                 del self._pending[obj.key]
+                self.departures.note(obj.key, ABANDONED)
                 self._free_replicas(obj.replicas)
             self.counters["reclaimed_puts"] += len(stale)
             self.counters["reclaimed_reservations"] += self.reservations.reclaim_locked(now)
@@ -511,7 +539,7 @@ class ObjectIndex:
             obj = self._objects.get(key)
             if obj is None or tuple(obj.replicas) != tuple(replicas):
                 return False
-            self._remove_locked(obj)
+            self._remove_locked(obj, CORRUPT)
             return True
 
     def mark_hot(self, key: str, keep: int) -> None:
@@ -588,6 +616,7 @@ class ObjectIndex:
                     self.tiering.on_demoted(obj)
                 continue
             del self._objects[obj.key]
+            self.departures.note(obj.key, EVICTED)
             self._free_replicas(obj.replicas)
         self.counters["evictions"] += len(chosen)
         self.counters["evicted_bytes"] += freed - extras

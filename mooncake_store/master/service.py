@@ -132,7 +132,7 @@ class MasterService:
         names = ("ping", "put_start", "put_end", "put_revoke", "get_replicas", "batch_get_replicas",
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
                  "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
-                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "put_commit",
+                 "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "why", "put_commit",
                  "batch_put_reserve", "batch_put_commit", "reserve_release",
                  "room", "persist", "persisted",
                  "register_node", "heartbeat", "task_done", "leave", "zap_done")
@@ -431,6 +431,10 @@ class MasterService:
             want = self.want.get(key, 1)
         return {"key": key, "size": size, "replicas": reps, "replica_num": want,
                 "lease_ms": self.index.lease_remaining_ms(key), **self.tiers.describe(key)}
+
+    def rpc_why(self, key: str) -> dict:
+        """Whether key is stored, and if not why not (ObjectIndex.why)."""
+        return self.index.why(_str(key))
 
     def rpc_room(self, need: int, copies: int = 1) -> str:
         """Whether `copies` records of `need` bytes fit in DRAM now: yes / wait / no (put

@@ -7,8 +7,11 @@ import sys
 import urllib.error
 import urllib.request
 
-from support.cluster import CLI, wait_nodes
+from mooncake_store import ReplicateConfig
+
+from support.cluster import CLI, store, wait_nodes
 from support.net import free_port
+from support.procs import wait_until
 
 
 def mstore(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -108,3 +111,31 @@ def test_metrics_need_the_shared_secret_and_health_reveals_nothing(cluster):
     for p in (m, n):
         with open(p.log, errors="replace") as f:
             assert secret not in f.read()
+
+
+def test_why_a_key_misses(cluster):
+    m = cluster.master(node_ttl_ms=1000)
+    keep = cluster.node(m.addr)
+    doomed = cluster.node(m.addr)
+    wait_nodes(m.addr, 2)
+    mm = ["--master", m.addr]
+    with store(m.addr) as s:
+        s.put("conv/root1/0001", b"a" * 5000, ReplicateConfig(preferred_segment=keep.endpoint))
+        s.put("conv/gone", b"b" * 5000)
+        s.remove("conv/gone")
+        # A key with one replica on the node about to die.
+        s.put("conv/on-doomed", b"c" * 5000, ReplicateConfig(preferred_segment=doomed.endpoint))
+        assert s._index.stat("conv/on-doomed")["replicas"][0][0]["segment"] == doomed.endpoint
+    out = mstore("why", "conv/root1/0001", *mm)
+    assert b"stored (5000 bytes, tier dram)" in out.stdout
+    removed = mstore("why", "conv/gone", *mm, ok=False)
+    assert removed.returncode == 1 and b"removed by a client" in removed.stdout
+    stat = mstore("stat", "conv/gone", *mm, ok=False)
+    assert b"not found: removed by a client" in stat.stderr and b"Traceback" not in stat.stderr
+    other_root = json.loads(mstore("why", "conv/root2/0001", "--json", *mm, ok=False).stdout)
+    assert other_root["reason"] == "unknown" and other_root["similar"] == ["conv/root1/0001"]
+    doomed.kill()
+    with store(m.addr) as s:
+        wait_until(lambda: s.why("conv/on-doomed").get("reason") == "lost", what="loss noted")
+        assert s.why("conv/root1/0001")["present"]
+    assert keep.p.poll() is None            # only the node we killed went
