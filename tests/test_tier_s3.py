@@ -98,7 +98,9 @@ def test_corrupt_object_raises_checksum_mismatch(seaweedfs, s3_bucket):
 
 
 def test_frozen_s3_fails_in_bounded_time(seaweedfs, s3_bucket):
-    with _tier(seaweedfs, s3_bucket) as t:
+    # Each attempt at a frozen server takes ~2 s (botocore's own 2 tries x read timeout):
+    # a 6 s retry deadline leaves room for a retry even on a loaded host.
+    with _tier(seaweedfs, s3_bucket, retry_deadline_s=6.0) as t:
         t.put("k", b"value")
         seaweedfs.pause()
         try:
