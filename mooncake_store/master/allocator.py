@@ -45,24 +45,32 @@ class Allocator:
         self.used += size
         return start
 
-    def alloc_tail(self, size: int) -> int | None:
-        """A block of `size` bytes from the far end of the largest free block (of the first
-        64 in the top size class), or None: the space first-fit alloc() reaches last."""
-        if size <= 0:
-            raise InvalidParams(f"allocation size must be > 0, got {size}")
+    def largest_blocks(self, n: int) -> list[tuple[int, int]]:
+        """Up to n free blocks (start, length), largest first, from the top size class
+        (of its first 64) and the one below it."""
+        out: list[tuple[int, int]] = []
+        for c in range(self._nonempty.bit_length() - 1, -1, -1):
+            if self._nonempty >> c & 1:
+                out += [(st, self._by_start[st]) for st in itertools.islice(self._classes[c], 64)]
+                if len(out) >= n:
+                    break
+        out.sort(key=lambda b: -b[1])
+        return out[:n]
+
+    def carve(self, block: int, offset: int, size: int) -> None:
+        """Allocate [offset, offset + size) (rounded) out of the free block starting at
+        `block`, which must hold it."""
         size = self.round(size)
-        if not self._nonempty:
-            return None
-        top = self._classes[self._nonempty.bit_length() - 1]
-        start = max(itertools.islice(top, 64), key=self._by_start.__getitem__)
-        block = self._by_start[start]
-        if block < size:
-            return None
-        self._remove(start)
-        if block > size:
-            self._add(start, block - size)
+        length = self._by_start.get(block)
+        if length is None or offset < block or offset % self.align or \
+                offset + size > block + length:
+            raise InvalidParams(f"[{offset}, +{size}) is not inside a free block at {block}")
+        self._remove(block)
+        if offset > block:
+            self._add(block, offset - block)
+        if block + length > offset + size:
+            self._add(offset + size, block + length - offset - size)
         self.used += size
-        return start + block - size
 
     def free(self, offset: int, size: int) -> None:
         size = self.round(size)

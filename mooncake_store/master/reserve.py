@@ -25,7 +25,7 @@ tombstone for every record the batch names.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..codec import header_size
 from ..errors import InvalidParams, StoreError
@@ -34,6 +34,7 @@ from .objmeta import _FLAGS_SHIFT, _LEN_SHIFT, _M48, _OFF_SHIFT, _SEG_SHIFT, PIN
 
 if TYPE_CHECKING:
     from .index import ObjectIndex, SegmentInfo
+    from .tombstones import Tombstones
 
 # Records up to this size may be reserved (a 4 MiB value, the default stripe size, and a
 # long key). Larger values are striped or rare enough that a round trip more is noise; a
@@ -69,13 +70,13 @@ class Reservations:
         self._held: dict[int, _Held] = {}
         self._owner: dict[str, int] = {}
         self._ids = itertools.count(1)
-        # Set by the cluster master: whether a freed record whose tombstone is still queued
-        # (master/tombstones.py) starts inside [offset, end) of a segment. A zap is skipped
-        # once its line is allocated again, trusting the new owner to overwrite the old
-        # header at once; a reservation may stay unwritten for put_timeout_ms (and its
-        # unused tail never is written), so it never covers such a line: the old header
-        # would outlive its zap, and a leader rebuilding from the nodes would find it.
-        self.zap_due: Callable[[str, int, int], bool] | None = None
+        # Set by the cluster master: the freed records whose tombstones are still queued
+        # (master/tombstones.py). A zap is skipped once its line is allocated again,
+        # trusting the new owner to overwrite the old header at once; a reservation may
+        # stay unwritten for put_timeout_ms (and its unused tail never is written), so it
+        # never covers the start of such a record: the old header would outlive its zap,
+        # and a leader rebuilding from the nodes would find it.
+        self.zaps: "Tombstones | None" = None
 
     def __len__(self) -> int:
         return len(self._held)
@@ -116,7 +117,7 @@ class Reservations:
         sl = got[0][0]._replace(length=seg.allocator.round(record))
         if not written_now and self._zap_due(sl):
             seg.allocator.free(sl.offset, sl.length)   # as it was: nothing was written
-            sl = self._far_end(seg, sl)
+            sl = self._clean_spot(seg, sl)
             if sl is None:
                 return None
         rid = next(self._ids)
@@ -125,24 +126,24 @@ class Reservations:
         self._owner[owner] = rid
         return rid, sl
 
-    def _far_end(self, seg: "SegmentInfo", sl: Slice) -> Slice | None:
-        """The same size from the far end of the largest free block, if no queued zap lies
-        there. After a mass removal first fit lands on freed records whose zaps wait for
-        the node's next heartbeat; the far end of the largest hole is the space first fit
+    def _clean_spot(self, seg: "SegmentInfo", sl: Slice) -> Slice | None:
+        """The same size where no queued zap starts, high in one of the largest free
+        blocks. After a mass removal first fit lands on freed records whose zaps wait for
+        the node's next heartbeat; the top of the largest hole is the space first fit
         reaches last (freed longest ago, or never used), so reservations go on instead of
         stopping until that heartbeat."""
-        off = seg.allocator.alloc_tail(sl.length)
-        if off is None:
-            return None
-        far = sl._replace(offset=off)
-        if self._zap_due(far):
-            seg.allocator.free(off, far.length)
-            return None
-        return far
+        alloc = seg.allocator
+        for start, length in alloc.largest_blocks(4):
+            off = self.zaps.clean_spot(sl.segment, start, start + length, sl.length,
+                                       alloc.align)
+            if off is not None:
+                alloc.carve(start, off, sl.length)
+                return sl._replace(offset=off)
+        return None
 
     def _zap_due(self, sl: Slice) -> bool:
-        return self.zap_due is not None and self.zap_due(sl.segment, sl.offset,
-                                                         sl.offset + sl.length)
+        return self.zaps is not None and self.zaps.due_in(sl.segment, sl.offset,
+                                                          sl.offset + sl.length)
 
     def commit_locked(self, owner: str, rid: int, key: str, size: int, flags: int,
                       upsert: bool, now: float) -> int:

@@ -34,7 +34,11 @@ import itertools
 from collections import deque
 from typing import Any, Callable
 
+import numpy as np
+
 from ..replica import Slice
+
+_NONE = np.zeros(0, np.int64)
 
 MAX_QUEUED = 65_536        # per segment; beyond it the oldest entries are dropped (and counted)
 PER_HEARTBEAT = 4096       # zaps handed to one node per heartbeat
@@ -52,7 +56,7 @@ class Tombstones:
         self._lent: dict[int, tuple[str, Any, int, float]] = {}
         self._lent_at: dict[str, dict[int, int]] = {}
         self._ids = itertools.count(1)
-        self._sorted: dict[str, tuple[tuple, list[int]]] = {}   # segment -> (queue state, offsets)
+        self._sorted: dict[str, tuple[tuple, np.ndarray]] = {}   # segment -> (queue state, offsets)
         self.counters = {"zaps_queued": 0, "zaps_sent": 0, "zaps_done": 0, "zaps_skipped": 0,
                          "zaps_dropped": 0, "zap_lines_lent": 0}
 
@@ -68,7 +72,7 @@ class Tombstones:
         index.on_no_room = self.no_room
         # A reservation may stay unwritten for put_timeout_ms, so it must never cover a
         # freed record whose zap is still queued (master/reserve.py).
-        index.reservations.zap_due = self.due_in
+        index.reservations.zaps = self
 
     def _freed(self, sl: Slice) -> None:
         # Called under the index lock from every free: keep it to an append.
@@ -85,22 +89,41 @@ class Tombstones:
     def due_in(self, seg: str, start: int, end: int) -> bool:
         """Whether a freed record still queued for its zap starts inside [start, end) of
         `seg`. Called under the index lock, where the queue changes."""
+        offs = self._offsets(seg)
+        i = int(np.searchsorted(offs, start))
+        return i < len(offs) and int(offs[i]) < end
+
+    def clean_spot(self, seg: str, start: int, end: int, size: int, line: int) -> int | None:
+        """The highest offset p in [start, end - size] such that no queued zap starts in
+        [p, p + size), or None. Offsets, size and line (the allocator's alignment) are
+        multiples of line, so p is one too; a window may begin right after a zap's line."""
+        offs = self._offsets(seg)
+        z = offs[np.searchsorted(offs, start):np.searchsorted(offs, end)]
+        if not len(z):
+            return end - size if end - size >= start else None
+        if end - int(z[-1]) - line >= size:
+            return end - size
+        fits = np.flatnonzero(z[1:] - z[:-1] - line >= size)
+        if len(fits):
+            return int(z[fits[-1] + 1]) - size
+        return int(z[0]) - size if int(z[0]) - size >= start else None
+
+    def _offsets(self, seg: str) -> np.ndarray:
+        """Sorted offsets of the freed records still queued in `seg`. A long queue (after
+        a mass removal) stays as it is between heartbeats: it is sorted once per change
+        (the queue only appends and pops from the left, so the counts of both identify
+        its content)."""
         q = self._queued.get(seg)
         if not q:
-            return False
-        if len(q) <= 64:
-            return any(start <= off < end for off, _n in q)
-        # A long queue (after a mass removal) stays as it is between heartbeats: its
-        # offsets are sorted once per change (the queue only appends and pops from the
-        # left, so the counts of both identify its content).
+            return _NONE
         c = self.counters
         state = (id(q), c["zaps_queued"], c["zaps_sent"] + c["zaps_skipped"])
         got = self._sorted.get(seg)
         if got is None or got[0] != state:
-            got = self._sorted[seg] = (state, sorted(off for off, _n in q))
-        offs = got[1]
-        i = bisect.bisect_left(offs, start)
-        return i < len(offs) and offs[i] < end
+            offs = np.fromiter((off for off, _n in q), np.int64, len(q))
+            offs.sort()
+            got = self._sorted[seg] = (state, offs)
+        return got[1]
 
     def take(self, segments: list[str]) -> list[list]:
         """Zaps for a heartbeating node: [id, segment, offset, length] each, header lines held."""

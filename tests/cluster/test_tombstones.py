@@ -87,11 +87,11 @@ def _freed_records(n: int, seg_bytes: int):
     return ix, ts, freed
 
 
-def test_reservation_leaves_a_queued_zap_alone_and_takes_the_far_end():
+def test_reservation_leaves_a_queued_zap_alone_and_takes_a_clean_spot():
     ix, ts, freed = _freed_records(2, 64 * 1024)
     # First fit would start the reservation on a0's header, whose zap is still queued; an
-    # unwritten reservation there would keep that header alive past its zap. It takes the
-    # far end of the free block instead, where no freed record starts.
+    # unwritten reservation there would keep that header alive past its zap. It goes high
+    # in the free block instead, where no freed record starts.
     with ix.lock:
         got = ix.reservations.grant_locked("c1", 1000, 0, ix.clock())
     assert got is not None
@@ -100,6 +100,17 @@ def test_reservation_leaves_a_queued_zap_alone_and_takes_the_far_end():
     assert not any(sl.offset <= f.offset < sl.offset + sl.length for f in freed)
     # Both zaps go out at the next heartbeat.
     assert sorted(z[2] for z in ts.take(["s"])) == sorted(f.offset for f in freed)
+
+
+def test_clean_spot_finds_the_highest_gap_between_queued_zaps():
+    ix, ts, freed = _freed_records(8, 64 * 1024)             # freed records every 8 KiB
+    starts = [f.offset for f in freed]
+    assert ts.clean_spot("s", 0, 64 * 1024, 8192 - 64, 64) == starts[-1] + 64
+    assert ts.clean_spot("s", 0, 64 * 1024, 8192, 64) is None   # each gap is a line short
+    assert ts.clean_spot("s", 0, starts[3], 4096, 64) == starts[3] - 4096
+    assert ts.clean_spot("s", 0, 64, 64, 64) is None          # only a0's header line
+    assert ts.clean_spot("s", 64, 8192, 1024, 64) == 8192 - 1024
+    assert ts.clean_spot("other", 0, 4096, 4096, 64) == 0     # nothing queued there
 
 
 def test_reservation_is_refused_when_every_free_place_has_a_queued_zap():
