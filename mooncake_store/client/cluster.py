@@ -303,6 +303,9 @@ class RemoteIndex:
     def remove_many(self, keys: Sequence[str], force: bool = False) -> int:
         return self.m.call("remove_many", list(keys), force)
 
+    def remove_each(self, keys: Sequence[str], force: bool = False) -> list[int]:
+        return self.m.call("remove_each", list(keys), force)
+
     def remove_by_regex(self, pattern: str, force: bool = False) -> int:
         return self.m.call("remove_by_regex", pattern, force)
 

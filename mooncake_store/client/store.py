@@ -642,9 +642,10 @@ class Store:
         return self._index.batch_exists([k for k, _ in self._keys(keys)])
 
     def batch_remove(self, keys: Sequence[Any], force: bool = False) -> list[int]:
+        """Per key 0 or a negative code (OBJECT_NOT_FOUND, OBJECT_HAS_LEASE); one call to
+        the index (in cluster mode one RPC) for the whole list."""
         self._check_open()
-        self._keys(keys)
-        return self._each(lambda k: self.remove(k, force), keys)
+        return self._index.remove_each([k for k, _ in self._keys(keys)], force)
 
     # ---- tensors ----------------------------------------------------------------------------------------
     def put_tensor(self, key: Any, tensor: Any, config: ReplicateConfig | None = None,

@@ -131,7 +131,8 @@ class MasterService:
     def _handlers(self) -> dict[str, Callable[..., Any]]:
         names = ("ping", "put_start", "put_end", "put_revoke", "get_replicas", "batch_get_replicas",
                  "exists", "batch_exists", "longest_prefix", "size", "lease_remaining_ms", "keys",
-                 "remove", "remove_many", "remove_by_regex", "remove_all", "stats", "segments",
+                 "remove", "remove_many", "remove_each", "remove_by_regex", "remove_all", "stats",
+                 "segments",
                  "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "why", "put_commit",
                  "batch_put_reserve", "batch_put_commit", "reserve_release",
                  "room", "persist", "persisted",
@@ -409,6 +410,12 @@ class MasterService:
 
     def rpc_remove(self, key: str, force: bool = False) -> None:
         self.index.remove(_str(key), bool(force))
+
+    def rpc_remove_each(self, keys: list, force: bool = False) -> list:
+        """Per key 0, OBJECT_NOT_FOUND or OBJECT_HAS_LEASE (Store.batch_remove)."""
+        if type(keys) is not list:
+            raise InvalidParams("remove_each needs a list of keys")
+        return self.index.remove_each(keys, bool(force))
 
     def rpc_remove_many(self, keys: list, force: bool = False) -> int:
         return self.index.remove_many(keys, bool(force))

@@ -76,6 +76,16 @@ def test_batch_apis_across_three_nodes(cluster):
         assert sorted(s.keys("^b/00")) == keys[:10]
         assert s.remove_by_regex("^b/01", force=True) == 10
         assert s.batch_remove(["b/000", "b/nope"], force=True) == [0, -704]
+        # One RPC for the whole list, leases respected per key without force.
+        calls = []
+        call = s._index.m.call
+        s._index.m.call = lambda method, *a, **k: calls.append(method) or call(method, *a, **k)
+        assert s.batch_put(["b/fresh"], [b"never read: no lease"]) == [0]
+        s.get("b/001")                                     # a fresh read lease
+        assert s.batch_remove(["b/001", "b/fresh", "b/000"]) == [-706, 0, -704]
+        s._index.m.call = call
+        assert calls[-2:] == ["get_replicas", "remove_each"]
+        assert s.exists("b/001") and not s.exists("b/fresh")
         assert len(s.keys()) == 48 - 11
         assert s.remove_all(force=True) == 37
         # Space of leased objects is reused only after their leases end.
