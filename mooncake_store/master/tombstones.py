@@ -96,17 +96,19 @@ class Tombstones:
     def clean_spot(self, seg: str, start: int, end: int, size: int, line: int) -> int | None:
         """The highest offset p in [start, end - size] such that no queued zap starts in
         [p, p + size), or None. Offsets, size and line (the allocator's alignment) are
-        multiples of line, so p is one too; a window may begin right after a zap's line."""
+        multiples of line, so p is one too; a window may begin right after a zap's line.
+        Never a lent line (no_room): a zap is still out for the record that began there,
+        and first-fit allocations never start on one, so a new record must not either."""
         offs = self._offsets(seg)
         z = offs[np.searchsorted(offs, start):np.searchsorted(offs, end)]
-        if not len(z):
-            return end - size if end - size >= start else None
-        if end - int(z[-1]) - line >= size:
-            return end - size
-        fits = np.flatnonzero(z[1:] - z[:-1] - line >= size)
-        if len(fits):
-            return int(z[fits[-1] + 1]) - size
-        return int(z[0]) - size if int(z[0]) - size >= start else None
+        if not len(z) or end - int(z[-1]) - line >= size:
+            p = end - size
+        else:
+            fits = np.flatnonzero(z[1:] - z[:-1] - line >= size)
+            p = int(z[fits[-1] + 1]) - size if len(fits) else int(z[0]) - size
+        if p < start or p in self._lent_at.get(seg, ()):
+            return None
+        return p
 
     def _offsets(self, seg: str) -> np.ndarray:
         """Sorted offsets of the freed records still queued in `seg`. A long queue (after

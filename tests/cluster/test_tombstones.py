@@ -111,6 +111,9 @@ def test_clean_spot_finds_the_highest_gap_between_queued_zaps():
     assert ts.clean_spot("s", 0, 64, 64, 64) is None          # only a0's header line
     assert ts.clean_spot("s", 64, 8192, 1024, 64) == 8192 - 1024
     assert ts.clean_spot("other", 0, 4096, 4096, 64) == 0     # nothing queued there
+    # A lent line (its zap out, no_room gave it back) is never where a new record starts.
+    ts._lent_at["s"] = {64 * 1024 - 8192 + 64: 1}
+    assert ts.clean_spot("s", 0, 64 * 1024, 8192 - 64, 64) is None
 
 
 def test_reservation_is_refused_when_every_free_place_has_a_queued_zap():
