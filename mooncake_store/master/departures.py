@@ -103,24 +103,41 @@ class Departures:
         return out
 
 
-def nearest_keys(key: str, keys: list[str], n: int = 3, scan: int = 200_000) -> list[str]:
+def nearest_keys(key: str, keys: list[str], n: int = 3, scan: int = 200_000,
+                 candidates: int = 20_000) -> list[str]:
     """Up to n stored keys sharing the longest leading or trailing part with `key` (at
-    least half of it), among the first `scan` keys: a key built by another instance (with
-    another hash root, or under another namespace) differs from the stored one in its tail
-    or in its prefix."""
+    least half of it), among the first `scan` keys and the first `candidates` that share
+    that half: a key built by another instance (with another hash root, or under another
+    namespace) differs from the stored one in its tail or in its prefix."""
     half = max(1, len(key) // 2)
     head, tail = key[:half], key[-half:]
     scored = []
     for k in keys[:scan]:
         if k != key and (k.startswith(head) or k.endswith(tail)):
-            scored.append((-max(_common(key, k), _common(key[::-1], k[::-1])), k))
+            scored.append((-max(_common_head(key, k), _common_tail(key, k)), k))
+            if len(scored) >= candidates:
+                break
     scored.sort()
     return [k for _, k in scored[:n]]
 
 
-def _common(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _common_head(a: str, b: str) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:                  # binary search with C-speed slice compares
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_tail(a: str, b: str) -> int:
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
