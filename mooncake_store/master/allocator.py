@@ -65,12 +65,7 @@ class Allocator:
         if length is None or offset < block or offset % self.align or \
                 offset + size > block + length:
             raise InvalidParams(f"[{offset}, +{size}) is not inside a free block at {block}")
-        self._remove(block)
-        if offset > block:
-            self._add(block, offset - block)
-        if block + length > offset + size:
-            self._add(offset + size, block + length - offset - size)
-        self.used += size
+        self._take(block, length, offset, size)
 
     def free(self, offset: int, size: int) -> None:
         size = self.round(size)
@@ -92,12 +87,7 @@ class Allocator:
         size = self.round(size)
         for start, length in self._by_start.items():
             if start <= offset and offset + size <= start + length:
-                self._remove(start)
-                if offset > start:
-                    self._add(start, offset - start)
-                if start + length > offset + size:
-                    self._add(offset + size, start + length - offset - size)
-                self.used += size
+                self._take(start, length, offset, size)
                 return True
         return False
 
@@ -127,6 +117,16 @@ class Allocator:
             if n >= 64:
                 break
         return None
+
+    def _take(self, block: int, length: int, offset: int, size: int) -> None:
+        """[offset, offset + size) out of free block [block, block + length) that holds it;
+        what is left on either side stays free."""
+        self._remove(block)
+        if offset > block:
+            self._add(block, offset - block)
+        if block + length > offset + size:
+            self._add(offset + size, block + length - offset - size)
+        self.used += size
 
     def _add(self, start: int, size: int) -> None:
         self._by_start[start] = size
