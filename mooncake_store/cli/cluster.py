@@ -252,13 +252,8 @@ def ls_cmd(prefix: str = typer.Argument("", help="Key prefix."), master: str = M
     """List keys (optionally by prefix)."""
     import re
 
-    store = _store(master, etcd, timeout_ms)
-    try:
-        keys = sorted(store.keys("^" + re.escape(prefix) if prefix else None))
-    except StoreError as e:
-        _fail(str(e))
-    finally:
-        store.close()
+    keys = sorted(_with_store(master, etcd, timeout_ms,
+                              lambda store: store.keys("^" + re.escape(prefix) if prefix else None)))
     for k in keys[:limit]:
         typer.echo(k)
     if len(keys) > limit:
@@ -290,13 +285,8 @@ def put_cmd(key: str, file: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
             value = f.read()
     except OSError as e:
         _fail(f"{file}: {e.strerror}")
-    store = _store(master, etcd, timeout_ms)
-    try:
-        store.put(key, value, ReplicateConfig(replica_num=replicas))
-    except StoreError as e:
-        _fail(str(e))
-    finally:
-        store.close()
+    _with_store(master, etcd, timeout_ms,
+                lambda store: store.put(key, value, ReplicateConfig(replica_num=replicas)))
     typer.echo(f"put {key}: {len(value)} bytes")
 
 
