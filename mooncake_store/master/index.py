@@ -412,18 +412,10 @@ class ObjectIndex:
             self._remove_locked(obj)
 
     def remove_many(self, keys: Iterable[str], force: bool = False) -> int:
-        now = self.clock()
-        n = 0
-        with self.lock:
-            for key in keys:
-                obj = self._objects.get(key)
-                if obj is None or (not force and obj.lease_until > now):
-                    continue
-                self._remove_locked(obj)
-                n += 1
-        return n
+        """How many of `keys` were removed (missing and leased ones are skipped)."""
+        return self.remove_each(keys, force).count(0)
 
-    def remove_each(self, keys: Sequence[str], force: bool = False) -> list[int]:
+    def remove_each(self, keys: Iterable[str], force: bool = False) -> list[int]:
         """remove() of every key under one lock hold: per key 0, OBJECT_NOT_FOUND or
         OBJECT_HAS_LEASE (batch_remove, one call instead of one per key)."""
         now = self.clock()
