@@ -4,8 +4,6 @@ client processes on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +13,7 @@ from mooncake_store.client import put_batch
 from mooncake_store.client.put_batch import RESERVED_PUT_MAX
 from mooncake_store.errors import TransferFailed
 
-from support.cluster import read_elsewhere, store, wait_nodes
+from support.cluster import client_that_dies, read_elsewhere, store, wait_nodes
 from support.procs import wait_until
 
 # Takes a block for a batch and dies while writing it.
@@ -140,12 +138,7 @@ def test_late_or_failed_block_writes_fall_back_to_the_normal_path(cluster, monke
 
 
 def test_block_of_a_killed_client_is_reclaimed(cluster):
-    m = cluster.master(put_timeout_ms=800)
-    cluster.node(m.addr)
-    wait_nodes(m.addr, 1)
-    out = subprocess.run([sys.executable, "-c", DIES_WRITING, m.addr], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    m, out = client_that_dies(cluster, DIES_WRITING, put_timeout_ms=800)
     with store(m.addr) as s:
         st = s.stats()
         assert st["reserved"] == 1 and st["objects"] == 0 and st["used"] >= 8 * 3000

@@ -3,8 +3,6 @@ with real master, node and client processes on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -12,7 +10,7 @@ import numpy as np
 from mooncake_store import ReplicateConfig
 from mooncake_store.master.reserve import RESERVE_MAX
 
-from support.cluster import read_elsewhere, store, wait_nodes
+from support.cluster import client_that_dies, read_elsewhere, store, wait_nodes
 from support.procs import wait_until
 
 # Puts two small values, so it holds a reservation, prints its length and dies.
@@ -131,13 +129,8 @@ def test_expired_reservation_falls_back_to_the_normal_path(cluster):
 
 
 def test_reservation_of_a_killed_client_is_reclaimed(cluster):
-    m = cluster.master(put_timeout_ms=800)
-    cluster.node(m.addr)
-    wait_nodes(m.addr, 1)
-    out = subprocess.run([sys.executable, "-c", DIES_HOLDING, m.addr], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    length = int(out.stdout.split()[-1])
+    m, out = client_that_dies(cluster, DIES_HOLDING, put_timeout_ms=800)
+    length = int(out.split()[-1])
     assert 3000 < length <= RESERVE_MAX
     with store(m.addr) as s:
         def settled():   # no tombstone line held while `used` is compared

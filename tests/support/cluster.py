@@ -127,6 +127,19 @@ def read_elsewhere(master: str, keys) -> dict[str, str]:
     return dict(line.split() for line in out.stdout.splitlines())
 
 
+def client_that_dies(cluster, script: str, put_timeout_ms: int):
+    """A master (reclaiming after put_timeout_ms) with one node, and a client process that
+    runs `script` (argv[1] = the master) and exits without closing its store: (master, the
+    script's stdout)."""
+    m = cluster.master(put_timeout_ms=put_timeout_ms)
+    cluster.node(m.addr)
+    wait_nodes(m.addr, 1)
+    out = subprocess.run([sys.executable, "-c", script, m.addr], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return m, out.stdout
+
+
 def wait_nodes(master: str, n: int) -> None:
     """Until the master lists exactly n nodes."""
     with store(master) as s:
