@@ -53,6 +53,14 @@ RESERVE_USE_MS = 100
 # the reservation is gone (expired, its segment left): put the normal way.
 COMMITTED, EXISTED, GONE = 0, 1, 2
 _PLAIN = ReplicateConfig()
+# _UNWRITTEN: the tail of a reservation past the records written into it goes back to the
+# allocator with no tombstone. A zap flips only a header of exactly the length it names
+# (csrc/record.c mcs_rec_zap), so one naming the tail would flip nothing the tail can
+# hold: no queued zap started inside the reservation when it was granted (_zap_due,
+# _clean_spot), and nothing is freed inside it while it is held. A tombstone there only
+# cost work, once per reserved put: a zap sent to the node, the tail's first line held
+# out of the allocator until the node's next heartbeat (splitting the hole), and the zap
+# queue sorted again at the next grant.
 
 
 class _Held(NamedTuple):
@@ -174,8 +182,8 @@ class Reservations:
         sl = held.slice
         alloc = held.seg.allocator
         used, had = alloc.round(record), alloc.round(sl.length)
-        if had > used:   # the unused tail goes back (freed like any slice: tombstones see it)
-            ix._free_replicas([(Slice(sl.segment, sl.offset + used, had - used),)])
+        if had > used:
+            alloc.free(sl.offset + used, had - used)   # never written: no tombstone (below)
         obj = Obj(key, size, [(Slice(sl.segment, sl.offset, record),)], PIN_NONE, 0.0, 0.0)
         ix._publish_locked(obj, flags)
         ix.counters["reserved_puts"] += 1
@@ -255,14 +263,14 @@ class Reservations:
         ix.counters["puts"] += fresh
         ix.counters["reserved_puts"] += codes.count(COMMITTED)
         # Written records no key names go back under a tombstone of their own length; the
-        # unused tail (never written) like any freed slice.
+        # unused tail with none (_UNWRITTEN).
         for part in dropped:
             alloc.free(part.offset, part.length)
             if ix.on_free is not None:
                 ix.on_free(part)
         used = alloc.round(at)
         if sl.length > used:
-            ix._free_replicas([(Slice(sl.segment, sl.offset + used, sl.length - used),)])
+            alloc.free(sl.offset + used, sl.length - used)
         return codes
 
     def _release_many_locked(self, rid: int, records: list[tuple[int, int]]) -> None:
@@ -304,13 +312,11 @@ class Reservations:
         if not written:
             self.ix._free_replicas([(sl,)])
             return
-        # Freed as the record the client wrote there, so its tombstone names that length.
+        # Freed as the record the client wrote there, so its tombstone names that length;
+        # the rest was never written (_UNWRITTEN).
         held.seg.allocator.free(sl.offset, sl.length)
         if self.ix.on_free is not None:
             self.ix.on_free(sl._replace(length=written))
-            used = held.seg.allocator.round(written)
-            if sl.length > used:
-                self.ix.on_free(Slice(sl.segment, sl.offset + used, sl.length - used))
 
 
 _new_obj = object.__new__
