@@ -8,6 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .rounds import ratio_range
 from .stats import MiB, human_size
 
 MODE_NAMES = {"bytes": "copy", "zc": "zero-copy", "zc_batch": "batch"}
@@ -87,6 +88,15 @@ def _path_cell(ours: dict, t: dict | None) -> str:
     return t["path"] if t.get("path") == ours.get("path") else f"[yellow]{t['path']}[/]"
 
 
+def _rounds(records: list[dict]) -> int:
+    return max((r.get("rounds", 1) for r in records), default=1)
+
+
+def _range_cell(r: dict, m: dict | None) -> str:
+    got = ratio_range(r, m)
+    return "-" if got is None else f"{got[0]:.2f}-{got[1]:.2f}x"
+
+
 # ---- tables ------------------------------------------------------------------------------
 def print_report(records: list[dict], console: Console, mooncake: list[dict] | None = None,
                  remote_note: str | None = None) -> None:
@@ -94,6 +104,10 @@ def print_report(records: list[dict], console: Console, mooncake: list[dict] | N
     title = (f"{records[0]['impl'] if records else ''}: {params.get('master', 'embedded')} store, "
              f"1 thread, {params.get('cpus')} CPUs, {params.get('seconds')} s per phase "
              "(GB/s = 1e9 B/s)")
+    n = _rounds(records)
+    if n > 1:
+        title += (f"; {n} rounds{', alternating with Mooncake' if mooncake else ''}: each row "
+                  "is its median round")
     console.print(f"[bold]{title}[/]")
     _print_ceilings(records, console, mooncake)
     _print_throughput(records, console, mooncake)
@@ -155,10 +169,7 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
                 or (col == "x tcp rt" and not show_rt):
             continue
         t.add_column(col, justify="left" if col in ("op", "mode", "path") else "right")
-    if mooncake is not None:
-        for col in ("Mooncake GB/s", "Mooncake path", "ours / Mooncake"):
-            t.add_column(col, justify="right")
-    t.add_column("read")
+    _mooncake_columns(t, rows, mooncake, "Mooncake GB/s")
     last = None
     for r in rows:
         if last is not None and r["value_size"] != last:
@@ -172,7 +183,7 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
         cells += [_f(r.get("x_tcp_ceiling"))] if show_tcp else []
         cells += [_f(r.get("x_tcp_rt"))] if show_rt else []
         if mooncake is not None:
-            cells += _mooncake_gbps_cells(r, mooncake)
+            cells += _mooncake_gbps_cells(r, mooncake, _rounds(rows) > 1)
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
@@ -187,11 +198,8 @@ def _print_small(records: list[dict], console: Console, mooncake: list[dict] | N
     t = _table("Small objects: 4 KiB, one thread")
     for col in ("op", "path", "ops/s", "p50 us", "p99 us"):
         t.add_column(col, justify="left" if col in ("op", "path") else "right")
-    if mooncake is not None:
-        for col in ("Mooncake ops/s", "Mooncake p50 us", "Mooncake p99 us", "Mooncake path",
-                    "ours / Mooncake"):
-            t.add_column(col, justify="right")
-    t.add_column("read")
+    _mooncake_columns(t, rows, mooncake, "Mooncake ops/s", "Mooncake p50 us",
+                      "Mooncake p99 us")
     for r in rows:
         cells = [r["op"], r["path"], f"{r['ops_per_s']:,.0f}", _f(r.get("p50_us"), "{:.1f}"),
                  _f(r.get("p99_us"), "{:.1f}")]
@@ -200,6 +208,7 @@ def _print_small(records: list[dict], console: Console, mooncake: list[dict] | N
             cells += [_f(m and m.get("ops_per_s"), "{:,.0f}"), _f(m and m.get("p50_us"), "{:.1f}"),
                       _f(m and m.get("p99_us"), "{:.1f}"), _path_cell(r, m),
                       _ratio(r["ops_per_s"], m and m.get("ops_per_s"))]
+            cells += [_range_cell(r, m)] if _rounds(rows) > 1 else []
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
@@ -212,17 +221,14 @@ def _print_batch(records: list[dict], console: Console, mooncake: list[dict] | N
     t = _table("Batches: 64 keys x 256 KiB per call")
     for col in ("op", "path", "GB/s", "batches/s", "p50 ms", "p99 ms", "x memcpy"):
         t.add_column(col, justify="left" if col in ("op", "path") else "right")
-    if mooncake is not None:
-        for col in ("Mooncake GB/s", "Mooncake path", "ours / Mooncake"):
-            t.add_column(col, justify="right")
-    t.add_column("read")
+    _mooncake_columns(t, rows, mooncake, "Mooncake GB/s")
     for r in rows:
         cells = [r["op"], r["path"], f"{r['GBps']:.2f}", f"{r['batches_per_s']:,.1f}",
                  _f(r.get("p50_us") and r["p50_us"] / 1e3),
                  _f(r.get("p99_us") and r["p99_us"] / 1e3),
                  _f(r.get("x_memcpy"))]
         if mooncake is not None:
-            cells += _mooncake_gbps_cells(r, mooncake)
+            cells += _mooncake_gbps_cells(r, mooncake, _rounds(rows) > 1)
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
@@ -254,10 +260,24 @@ def _print_gpu(records: list[dict], console: Console) -> None:
                   "staging -> device; read: ok = the device tensor matched its source")
 
 
-def _mooncake_gbps_cells(r: dict, mooncake: list[dict]) -> list[str]:
-    """Mooncake's GB/s for the matching row, its path, and our ratio to it."""
+def _mooncake_columns(t: Table, rows: list[dict], mooncake: list[dict] | None,
+                      *figures: str) -> None:
+    """Mooncake's figures, its path and our ratio (with the per-round range over several
+    rounds), then the read check."""
+    if mooncake is not None:
+        for col in (*figures, "Mooncake path", "ours / Mooncake"):
+            t.add_column(col, justify="right")
+        if _rounds(rows) > 1:
+            t.add_column("per round", justify="right")
+    t.add_column("read")
+
+
+def _mooncake_gbps_cells(r: dict, mooncake: list[dict], ranged: bool) -> list[str]:
+    """Mooncake's GB/s for the matching row, its path, and our ratio to it (and its range
+    over the rounds, when there were several)."""
     m = match(r, mooncake)
-    return [_f(m and m.get("GBps")), _path_cell(r, m), _ratio(r["GBps"], m and m.get("GBps"))]
+    cells = [_f(m and m.get("GBps")), _path_cell(r, m), _ratio(r["GBps"], m and m.get("GBps"))]
+    return cells + ([_range_cell(r, m)] if ranged else [])
 
 
 def _print_goals(records: list[dict], console: Console) -> None:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..bench import gpu, mooncake_compare, report
+from ..bench import gpu, mooncake_compare, report, rounds as bench_rounds
 from ..bench.clients import BenchSetupError
 from ..bench.runner import Plan, Runner, count_phases, quick_plan, store_plan
 from ..bench.stats import parse_sizes
@@ -44,7 +44,7 @@ def _progress(total: int) -> Progress:
                     disable=not err.is_terminal)
 
 
-def _run(plan: Plan, as_json: bool) -> list[dict]:
+def _run(plan: Plan, as_json: bool, label: str = "mooncake_store") -> list[dict]:
     """Run our phases with a progress bar; print JSON lines as they come when asked."""
     records: list[dict] = []
 
@@ -58,7 +58,7 @@ def _run(plan: Plan, as_json: bool) -> list[dict]:
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     with _progress(count_phases(plan)) as prog:
-        task = prog.add_task("mooncake_store", total=count_phases(plan))
+        task = prog.add_task(label, total=count_phases(plan))
         started = [False]
 
         def on_phase(name: str) -> None:
@@ -83,7 +83,7 @@ def _finish(records: list[dict], as_json: bool, mooncake: Optional[list[dict]] =
         return
     console = Console()
     if not console.is_terminal:
-        console = Console(width=160)    # piped to a file: keep every column readable
+        console = Console(width=200)    # piped to a file: keep every column readable
     report.print_report(records, console, mooncake, remote_note)
 
 
@@ -189,6 +189,11 @@ def bench_store(
                                                      "<anchor>/.venv)."),
         no_warmup: bool = typer.Option(False, "--no-warmup", help="Do not touch the segment's "
                                        "pages before timing."),
+        rounds: int = typer.Option(1, min=1, max=9, help="Run the whole benchmark this many "
+                                   "times (with --compare: ours and Mooncake alternately) and "
+                                   "report each row's median round, with the range of the "
+                                   "per-round ratios; the noise of a shared machine then "
+                                   "shows instead of deciding the ratio."),
         json_out: bool = typer.Option(False, "--json", help="JSON Lines on stdout."),
         device: str = typer.Option("cpu", help=DEVICE_HELP)) -> None:
     """The Mooncake anchor's workload against our store; --compare mooncake runs both."""
@@ -211,17 +216,41 @@ def bench_store(
         anchor, why = mooncake_compare.find(mooncake_dir, mooncake_venv)
         if anchor is None:
             err.print(f"[yellow]{why}[/]", soft_wrap=True)
-    records = _run(plan, json_out)
-    theirs = _run_anchor(anchor, plan, json_out, err) if anchor else None
+    if rounds == 1:
+        records = _run(plan, json_out)
+        theirs = _run_anchor(anchor, plan, json_out, err) if anchor else None
+    else:
+        records, theirs = _alternate(plan, rounds, anchor, json_out, err)
     _finish(records, json_out, theirs, None if plan.remote else REMOTE_NOTE)
 
 
+def _alternate(plan: Plan, rounds: int, anchor: Optional[mooncake_compare.Anchor],
+               as_json: bool, err: Console) -> tuple[list[dict], Optional[list[dict]]]:
+    """Ours and the anchor in turn, `rounds` times each, folded into median rows (JSON lines
+    are the folded rows, printed at the end). The anchor's side is dropped when one of its
+    rounds fails: a median of fewer rounds than ours would pair the wrong ones."""
+    ours: list[list[dict]] = []
+    theirs: Optional[list[list[dict]]] = [] if anchor else None
+    for i in range(rounds):
+        label = f"round {i + 1}/{rounds}"
+        ours.append(_run(plan, False, f"mooncake_store, {label}"))
+        if theirs is not None:
+            got = _run_anchor(anchor, plan, False, err, f"Mooncake anchor, {label}")
+            theirs = None if got is None else theirs + [got]
+    records = bench_rounds.merge(ours)
+    merged = bench_rounds.merge(theirs) if theirs else None
+    if as_json:
+        for rec in records + (merged or []):
+            print(json.dumps(rec), flush=True)
+    return records, merged
+
+
 def _run_anchor(anchor: mooncake_compare.Anchor, plan: Plan, as_json: bool,
-                err: Console) -> Optional[list[dict]]:
+                err: Console, label: str = "Mooncake anchor (bench.sh)") -> Optional[list[dict]]:
     """Run the anchor after ours (never both at once); None when it fails."""
     total = count_phases(plan) * 3
     with _progress(total) as prog:
-        task = prog.add_task("Mooncake anchor (bench.sh)", total=total)
+        task = prog.add_task(label, total=total)
         try:
             theirs = mooncake_compare.run(anchor, plan, lambda: prog.advance(task))
         except mooncake_compare.AnchorError as e:
