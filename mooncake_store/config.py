@@ -83,6 +83,9 @@ class Config:
     stripe_size: int = 4 << 20   # cluster: values larger than this are split over several nodes
     enable_client_http_server: bool = False
     client_http_port: int = 9300
+    # raise glibc's mmap/trim thresholds once per process, so bytes returned by get/batch_get
+    # reuse mapped memory instead of faulting in fresh pages per read (client/malloc_tune.py)
+    tune_malloc: bool = True
 
     _SIZES = ("global_segment_size", "local_buffer_size", "max_value_size", "ssd_capacity",
               "stripe_size")

@@ -30,6 +30,7 @@ from ..node.segment import DramSegment
 from ..replica import Replica, ReplicateConfig
 from . import tensors
 from .buffers import Region, region
+from .malloc_tune import tune_once
 
 # Replicas of a value at least this large on several nodes are written at once; below it
 # ClusterData would run them one after another anyway (the record-write threshold).
@@ -63,6 +64,8 @@ class Store:
         else:
             cfg = Config.load(values=config, **kwargs)
         self.config = cfg
+        if cfg.tune_malloc:
+            tune_once()
         self._segments: dict[str, DramSegment] = {}
         self._remote = None      # cluster mode: the data plane to other nodes' segments
         self._cluster = None
