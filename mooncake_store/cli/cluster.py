@@ -301,8 +301,10 @@ def rm_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT, timeout_ms:
 @app.command("stat")
 def stat_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
              timeout_ms: int = TIMEOUT_OPT) -> None:
-    """Size, replicas (segments, nodes) and remaining lease of one key, as JSON; for a
-    missing key, why it is missing (as `mstore why`)."""
+    """Size, replicas and remaining lease of one key, as JSON.
+
+    Replicas name their segments and nodes. For a missing key: why it is missing, as
+    `mstore why` says it."""
     def stat(store):
         try:
             return store._index.stat(key)
@@ -315,9 +317,12 @@ def stat_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
 def why_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT,
             timeout_ms: int = TIMEOUT_OPT,
             as_json: bool = typer.Option(False, "--json")) -> None:
-    """Why a key misses: evicted, removed, lost with its nodes, abandoned mid-put, dropped
-    as corrupt (with how long ago), or not seen recently (with stored keys that look like
-    it, for a key built another way). Exit status 0 when the key is stored, 1 when not."""
+    """Why a key misses: evicted, removed, lost, abandoned, corrupt, or never seen.
+
+    Evicted, removed, lost with its nodes, abandoned mid-put or dropped as corrupt come
+    with about how long ago; a key not seen recently comes with the stored keys that look
+    like it (for a key built another way). Exit status 0 when the key is stored, 1 when
+    not."""
     w = _with_store(master, etcd, timeout_ms, lambda store: store.why(key))
     if as_json:
         typer.echo(json.dumps(w, sort_keys=True))
