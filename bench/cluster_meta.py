@@ -22,7 +22,7 @@ policy's structures shows what it costs in eviction scans.
 Usage:
 
     python bench/cluster_meta.py [--keys 200000] [--batch 1024]
-    python bench/cluster_meta.py --memory [--objects 1000000] [--policy prefix-lfru]
+    python bench/cluster_meta.py --memory [--objects 1000000] [--policy prefix-lfru] [--chain 16]
     python bench/cluster_meta.py --churn [--objects 200000] [--eviction-ratio 0.05]
 """
 from __future__ import annotations
@@ -75,10 +75,23 @@ def key_of(i: int) -> str:
     return f"t{i % 97:02d}/{(i * 2654435761) % (1 << 32):08x}/{i:0{7 + i % 21}d}"
 
 
-def _fill(ix: ObjectIndex, keys) -> None:
-    for k in keys:
-        ix.put_start(k, 4096)
-        ix.put_end(k)
+def _fill(ix: ObjectIndex, keys, chain: int = 0) -> None:
+    """Put every key; with `chain`, in requests of that many keys, each looked up first with
+    longest_prefix as a serving client does (the prefix policies learn requests from it)."""
+    if not chain:
+        for k in keys:
+            ix.put_start(k, 4096)
+            ix.put_end(k)
+        return
+    keys = iter(keys)
+    while True:
+        req = [k for _, k in zip(range(chain), keys)]
+        if not req:
+            return
+        ix.longest_prefix(req)
+        for k in req:
+            ix.put_start(k, 4096)
+            ix.put_end(k)
 
 
 def _rss() -> int:
@@ -90,14 +103,14 @@ def memory(a: argparse.Namespace) -> dict:
     n = a.objects
     cfg = Config(global_segment_size=0, lease_ttl_ms=0, high_watermark=1.0,
                  eviction_policy=a.policy)
-    out: dict = {"objects": n, "policy": a.policy, "replica_num": 1}
+    out: dict = {"objects": n, "policy": a.policy, "replica_num": 1, "chain": a.chain}
 
     # 1. RSS growth of a fill that creates its keys on the way (key text included).
     gc.collect()
     rss0 = _rss()
     ix = ObjectIndex(cfg)
     ix.add_segment("10.0.0.1:7000", 1 << 40)
-    _fill(ix, (key_of(i) for i in range(n)))
+    _fill(ix, (key_of(i) for i in range(n)), a.chain)
     gc.collect()
     out["rss_bytes_per_object_with_keys"] = (_rss() - rss0) / n
     del ix
@@ -111,7 +124,7 @@ def memory(a: argparse.Namespace) -> dict:
     ix = ObjectIndex(cfg)
     ix.add_segment("10.0.0.1:7000", 1 << 40)
     base = tracemalloc.get_traced_memory()[0]
-    _fill(ix, keys)
+    _fill(ix, keys, a.chain)
     total = tracemalloc.get_traced_memory()[0] - base
     snap = tracemalloc.take_snapshot()
     # 3. Then one batched read of every key, each batch's keys made anew as an RPC decodes
@@ -123,7 +136,8 @@ def memory(a: argparse.Namespace) -> dict:
     after_reads = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     policy = sum(st.size for st in snap.statistics("filename")
-                 if st.traceback[0].filename.endswith(os.path.join("master", "policy.py")))
+                 if st.traceback[0].filename.endswith((os.path.join("master", "policy.py"),
+                                                       os.path.join("master", "policy_prune.py"))))
     out["index_bytes_per_object"] = total / n
     out["policy_bytes_per_object"] = policy / n
     out["index_without_policy_bytes_per_object"] = (total - policy) / n
@@ -164,6 +178,9 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=None,
                     help="objects (default 1,000,000 for --memory, 200,000 for --churn)")
     ap.add_argument("--policy", default="prefix-lfru")
+    ap.add_argument("--chain", type=int, default=16,
+                    help="--memory: keys per request, each looked up with longest_prefix first "
+                         "(0: plain puts)")
     ap.add_argument("--eviction-ratio", type=float, default=1e-9,
                     help="--churn: share of capacity one eviction frees (default: only what "
                          "the put needs, so every put scans for a victim)")

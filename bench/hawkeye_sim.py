@@ -61,7 +61,7 @@ import xxhash
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mooncake_store.master.policy import POLICIES  # noqa: E402
-from mooncake_store.master.policy_prune import PrefixPrunePolicy  # noqa: E402
+from mooncake_store.master.policy_prune import PrefixPruneReference as PrefixPrunePolicy  # noqa: E402
 from mooncake_store.trace import (capacity_blocks, load_trace, simulate_lru,  # noqa: E402
                                   simulate_policy)
 

@@ -53,7 +53,7 @@ class Config:
     lease_ttl_ms: int = 5000
     high_watermark: float = 0.95
     eviction_ratio: float = 0.05
-    eviction_policy: str = "prefix-lfru"
+    eviction_policy: str = "prefix-prune"
     soft_pin_ttl_ms: int = 30 * 60 * 1000
     # limits
     max_key_len: int = 4096

@@ -22,9 +22,9 @@ def test_make_policy_by_name_and_unknown_name():
         make_policy("mru")
 
 
-def test_default_policy_is_prefix_lfru():
-    assert Config().eviction_policy == "prefix-lfru"
-    assert set(POLICIES) >= {"lru", "prefix-lfru"}
+def test_default_policy_is_prefix_prune():
+    assert Config().eviction_policy == "prefix-prune"
+    assert set(POLICIES) >= {"lru", "prefix-lfru", "prefix-prune"}
 
 
 def test_lru_evicts_least_recent_first():

@@ -135,7 +135,7 @@ def test_real_trace_lru_reproduces_the_issue_figures():
     assert got == [0.195, 0.278]
 
 
-@pytest.mark.parametrize("policy", ["lru", "prefix-lfru"])
+@pytest.mark.parametrize("policy", ["lru", "prefix-lfru", "prefix-prune"])
 def test_replay_through_store_equals_simulation(policy):
     t = load_trace(HEAD300)
     if os.path.exists(REAL_TRACE):
@@ -178,7 +178,7 @@ def test_cli_sweep_json_and_plot(tmp_path):
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert {(x["policy"], x["capacity_pct"]) for x in rows} == {
-        ("lru", 20.0), ("lru", 50.0), ("prefix-lfru", 20.0), ("prefix-lfru", 50.0)}
+        ("lru", 20.0), ("lru", 50.0), ("prefix-prune", 20.0), ("prefix-prune", 50.0)}
     for x in rows:
         assert x["hit_rate"] == x["sim_hit_rate"] and 0 <= x["hit_rate"] <= x["bound"]
         assert x["failed_gets"] == 0

@@ -579,6 +579,6 @@ def make_policy(name: str) -> EvictionPolicy:
         raise InvalidParams(f"eviction_policy: unknown policy {name!r}; "
                             f"choose one of {', '.join(sorted(POLICIES))}") from None
 
-from .policy_prune import PrefixPrunePolicy  # noqa: E402  (imports _GhostCounts from here)
+from .policy_prune import PrefixPrunePolicy  # noqa: E402  (it imports PrefixLFRUPolicy from here)
 
 POLICIES["prefix-prune"] = PrefixPrunePolicy

@@ -21,12 +21,14 @@ and never again.) The keys dropped are exactly those the earlier request
 touched last: its keys deeper than the branch point that no later request used.
 
 Everything else (priority = last use + credit for uses, leaf-first runs,
-chain tails first, ghost counts) is prefix-lfru's (`policy.py`), repeated
-here so that this policy does not depend on prefix-lfru's private layout.
-To find a passed-over branch the policy keeps the key list of every request
-that is still the last user of some cached key, with a count of such keys:
-about 8 bytes per cached key, since a list dies when its keys are used again
-or evicted.
+chain tails first, ghost counts) is prefix-lfru's: PrefixPrunePolicy is
+PrefixLFRUPolicy (`policy.py`, state packed in the index's own entries) plus
+the branch rule. To find a passed-over branch it keeps, for every request that
+is still the last user of some cached key, a count of such keys and the keys
+it touched by depth (the index's own strings, so no caller's copy of a key
+stays alive): one list slot per cached key, since a list dies when its keys
+are used again or evicted. PrefixPruneReference is the same policy written
+plainly, with state of its own; tests check the two evict alike.
 """
 from __future__ import annotations
 
@@ -34,15 +36,28 @@ import heapq
 from collections import OrderedDict
 from typing import Iterator
 
-from .policy import RequestChains, _GhostCounts
+from .policy import (_M24, _M32, _SEQ_SHIFT, _TICK_SHIFT, _USES_SHIFT, PrefixLFRUPolicy,
+                     RequestChains, _GhostCounts)
 
-_M32, _M40 = (1 << 32) - 1, (1 << 40) - 1
+_M40 = (1 << 40) - 1
 
 
-class PrefixPrunePolicy(RequestChains):
-    """prefix-lfru plus pruning of passed-over branches (module docstring)."""
+def _disown(reqs: dict[int, list], tick: int) -> None:
+    """One cached key fewer has request `tick` as its last user; its list goes at none.
+    (Both implementations keep the count first in a request's list.)"""
+    entry = reqs.get(tick)
+    if entry is not None:
+        entry[0] -= 1
+        if entry[0] <= 0:
+            del reqs[tick]
 
-    name = "prefix-prune"
+
+class PrefixPruneReference(RequestChains):
+    """prefix-prune written plainly, with state of its own (a dict of packed ints and one
+    OrderedDict per class): the model PrefixPrunePolicy is checked against, and the base
+    of bench/hawkeye_sim.py. Not registered as a policy."""
+
+    name = "prefix-prune-reference"
 
     def __init__(self, credit_scale: float | None = None) -> None:
         super().__init__(credit_scale)
@@ -76,11 +91,7 @@ class PrefixPrunePolicy(RequestChains):
         entry[0] += 1
 
     def _disown(self, tick: int) -> None:
-        entry = self._reqs.get(tick)
-        if entry is not None:
-            entry[0] -= 1
-            if entry[0] <= 0:
-                del self._reqs[tick]
+        _disown(self._reqs, tick)
 
     # ---- protocol ----------------------------------------------------------------------------
     def on_insert(self, key: str, size: int) -> None:
@@ -188,3 +199,96 @@ class PrefixPrunePolicy(RequestChains):
                 run, streaming = [], True
         run.sort()
         yield from run
+
+
+class PrefixPrunePolicy(PrefixLFRUPolicy):
+    """prefix-lfru plus pruning of passed-over branches (module docstring), in
+    prefix-lfru's compact layout."""
+
+    name = "prefix-prune"
+
+    def __init__(self, credit_scale: float | None = None) -> None:
+        super().__init__(credit_scale)
+        # tick -> [n, key at depth 0, key at depth 1, ...]: n cached keys' last use is that
+        # request, and its keys as the index holds them (None where it touched none). One
+        # list a request: at 1M keys in requests of 16, 20 bytes a key.
+        self._reqs: dict[int, list] = {}
+        self.pruned = 0   # keys moved to the dead queue as passed-over (for benches)
+
+    # ---- who used a key last ----------------------------------------------------------------
+    def _own(self, st: int, key: str) -> None:
+        """A cached key (packed state st, the index's own string) was last used by the
+        request in progress."""
+        if not self._chain_keys:
+            return  # a key touched outside any chain: no list to keep
+        tick, depth = st >> _TICK_SHIFT, (st >> 5) & _M32
+        entry = self._reqs.get(tick)
+        if entry is None:
+            entry = self._reqs[tick] = [0] + [None] * len(self._chain_keys)
+        entry[0] += 1
+        if depth + 1 < len(entry):
+            entry[depth + 1] = key
+
+    def _disown(self, tick: int) -> None:
+        _disown(self._reqs, tick)
+
+    # ---- protocol ----------------------------------------------------------------------------
+    def on_insert(self, key: str, size: int) -> None:
+        node = self._nodes.get(key)
+        if node is not None and node.pol is not None:   # an upsert: a use like any other
+            self.on_access(key)
+            return
+        super().on_insert(key, size)
+        node = self._nodes.get(key)
+        if node is not None and node.pol is not None:
+            self._own(node.pol, node.key)
+
+    def on_access(self, key: str) -> None:
+        node = self._nodes.get(key)
+        st = None if node is None else node.pol
+        if st is None:
+            return
+        last = st >> _TICK_SHIFT
+        depth = self._chain.get(key)   # as _now sees it, without its side effect
+        if depth is not None and last != self._tick and depth + 1 < len(self._chain_keys):
+            self._prune_branch(key, last, (st >> _USES_SHIFT) & _M24, depth)
+        super().on_access(key)
+        now = node.pol
+        if now >> _TICK_SHIFT != last:
+            self._disown(last)
+            self._own(now, node.key)
+
+    def on_remove(self, key: str) -> None:
+        node = self._nodes.get(key)
+        st = None if node is None else node.pol
+        super().on_remove(key)
+        if st is not None:
+            self._disown(st >> _TICK_SHIFT)
+
+    # ---- passed-over branches ----------------------------------------------------------------
+    def _prune_branch(self, key: str, last: int, uses: int, depth: int) -> None:
+        """As PrefixPruneReference._prune_branch: the keys request `last` touched last
+        below `key` go to the dead queue when the request in progress leaves its line
+        there and `key` is a conversation's own block."""
+        entry = self._reqs.get(last)
+        if entry is None:
+            return
+        nodes = self._nodes
+        here, below = depth + 1, depth + 2   # positions in entry of key and of its child
+        if len(entry) <= below or entry[here] != key \
+                or entry[below] in (None, self._chain_keys[depth + 1]):
+            return
+        child = nodes.get(entry[below])
+        st = None if child is None else child.pol
+        if st is None or st >> _TICK_SHIFT != last or (st >> _USES_SHIFT) & _M24 != uses:
+            return
+        dead = self._queues[self._DEAD]
+        for k in entry[below:]:   # bounded by one request's length
+            node = None if k is None else nodes.get(k)
+            st = None if node is None else node.pol
+            if st is None or st >> _TICK_SHIFT != last or st & 31 == self._DEAD:
+                continue  # evicted, used again since by a request of its own, or dead already
+            seq = dead.append(node.key)
+            node.pol = (st & ~((_M32 << _SEQ_SHIFT) | 31)) | seq << _SEQ_SHIFT
+            self._queues[st & 31].drop((st >> _SEQ_SHIFT) & _M32)
+            self.pruned += 1
