@@ -4,7 +4,8 @@ A new leader (or a restarted master) rebuilds its index from the records the nod
 find in their segments. A record that was removed or evicted keeps its bytes until
 the space is written again, so without this it would come back after a failover.
 
-Every slice the index frees is queued here. When its node heartbeats, the master
+Every slice the index frees is queued here (not the never-written tail of a
+reservation: master/reserve.py _UNWRITTEN). When its node heartbeats, the master
 takes the first 64-byte line of each queued extent (the line that holds the
 record's header) out of the allocator, if that line is still free, and sends
 (offset, length) to the node. Nothing can be allocated over the line while the
