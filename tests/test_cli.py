@@ -194,6 +194,37 @@ def test_goals_from_records():
     assert report.goals([{"test": "params", "master": "127.0.0.1:50051"}, *rows]) == []
 
 
+def test_cluster_goals_from_records():
+    def tp(op, api, size, path, gbps):
+        return {"test": "throughput", "op": op, "api": api, "value_size": size, "path": path,
+                "GBps": gbps}
+    mb = 1 << 20
+    ours = [tp("get", "zc", mb, "remote_tcp", 4.0), tp("put", "zc_batch", 16 * mb, "remote_tcp", 3.0),
+            tp("get", "bytes", mb, "remote_tcp", 1.0),          # copy mode: not in the goal
+            tp("get", "zc", 4 * mb, "remote_shm", 10.0),
+            {"test": "small_ops", "op": "put", "path": "remote_tcp", "ops_per_s": 3000.0,
+             "p99_us": 300.0},
+            {"test": "small_ops", "op": "get", "path": "remote_tcp", "ops_per_s": 3000.0,
+             "p99_us": 50.0},
+            {"test": "batch", "op": "batch_get_into", "path": "remote_tcp", "GBps": 4.0}]
+    theirs = [tp("get", "zc", mb, "remote_tcp", 2.0), tp("put", "zc_batch", 16 * mb, "remote_tcp", 2.0),
+              tp("get", "bytes", mb, "remote_tcp", 2.0), tp("get", "zc", 4 * mb, "remote_tcp", 2.0),
+              {"test": "small_ops", "op": "put", "path": "remote_tcp", "ops_per_s": 1000.0,
+               "p99_us": 200.0},
+              {"test": "small_ops", "op": "get", "path": "remote_tcp", "ops_per_s": 1000.0,
+               "p99_us": 100.0},
+              {"test": "batch", "op": "batch_get_into", "path": "remote_tcp", "GBps": 2.0}]
+    got = {g["name"].split(" >=")[0]: g for g in report.cluster_goals(ours, theirs)}
+    tcp = got["remote tcp 1-16 MiB put_from/get_into and batch"]
+    assert (tcp["rows"], tcp["rows_met"], tcp["value"], tcp["met"]) == (2, 1, 1.5, False)
+    shm = got["same-host shm reads of 4 MiB"]
+    assert (shm["rows"], shm["value"], shm["met"]) == (1, 5.0, True)
+    small = got["4 KiB ops, one thread,"]
+    assert (small["rows"], small["rows_met"], small["met"]) == (2, 1, False)   # put's p99 higher
+    assert got["batch get of 64 x 256 KiB"]["met"] is True
+    assert report.cluster_goals(ours, None) == []
+
+
 def test_plan_validation():
     with pytest.raises(ValueError):
         Plan(sizes=[1 << 30], seg_mib=64).validate()

@@ -60,6 +60,47 @@ def goals(records: list[dict]) -> list[dict]:
     return out
 
 
+# Issue [C]'s goals against Mooncake, for a cluster run with --compare mooncake:
+# (name, target ratio, which of our rows it covers).
+CLUSTER_GOALS = (
+    ("remote tcp 1-16 MiB put_from/get_into and batch >= 2x Mooncake", 2.0,
+     lambda r: r.get("test") == "throughput" and r.get("path") == "remote_tcp"
+     and r.get("api") in ("zc", "zc_batch") and MiB <= r.get("value_size", 0) <= 16 * MiB),
+    ("same-host shm reads of 4 MiB >= 5x Mooncake's remote path", 5.0,
+     lambda r: r.get("test") == "throughput" and r.get("path") == "remote_shm"
+     and r.get("op") == "get" and r.get("value_size") == 4 * MiB),
+    ("4 KiB ops, one thread, >= 1.5x Mooncake with a p99 no higher", 1.5,
+     lambda r: r.get("test") == "small_ops" and str(r.get("path", "")).startswith("remote")),
+    ("batch get of 64 x 256 KiB >= 2x Mooncake", 2.0,
+     lambda r: r.get("test") == "batch" and str(r.get("path", "")).startswith("remote")
+     and r.get("op") in ("batch_get_into", "get_batch")),
+)
+
+
+def cluster_goals(records: list[dict], mooncake: list[dict] | None) -> list[dict]:
+    """Issue [C]'s goals evaluated on this run's remote rows and Mooncake's matching ones:
+    per goal the lowest ratio, and how many of its rows meet it (a 4 KiB row also needs a
+    p99 no higher than Mooncake's). Goals with no rows in this run are left out."""
+    if not mooncake:
+        return []
+    out = []
+    for name, target, covers in CLUSTER_GOALS:
+        pairs = [(r, match(r, mooncake)) for r in records if covers(r)]
+        ratios = []
+        for r, m in pairs:
+            key = "ops_per_s" if r["test"] == "small_ops" else "GBps"
+            if m and m.get(key) and r.get(key) is not None:
+                p99_ok = r["test"] != "small_ops" or (r.get("p99_us") or 0) <= (m.get("p99_us") or 0)
+                ratios.append((r[key] / m[key], p99_ok))
+        if not ratios:
+            continue
+        ok = sum(1 for x, p99_ok in ratios if x >= target and p99_ok)
+        out.append({"test": "goal", "name": name, "value": round(min(x for x, _ in ratios), 3),
+                    "target": target, "rows": len(ratios), "rows_met": ok,
+                    "met": ok == len(ratios)})
+    return out
+
+
 # ---- matching with Mooncake ----------------------------------------------------------------------
 def _match_key(r: dict) -> tuple:
     return (r.get("test"), r.get("op"), r.get("api"), r.get("value_size"))
@@ -117,6 +158,7 @@ def print_report(records: list[dict], console: Console, mooncake: list[dict] | N
     if remote_note:
         console.print(f"[yellow]{remote_note}[/]")
     _print_goals(records, console)
+    _print_cluster_goals(records, mooncake, console)
     _print_checks(records, console)
 
 
@@ -285,6 +327,14 @@ def _print_goals(records: list[dict], console: Console) -> None:
         mark = "[green]met[/]" if g["met"] else "[red]not met[/]"
         value = f"{g['value']:,.0f}" if g["value"] >= 100 else f"{g['value']:.2f}"
         console.print(f"goal {g['name']}: {value} (target >= {g['target']:,}) {mark}")
+
+
+def _print_cluster_goals(records: list[dict], mooncake: list[dict] | None,
+                         console: Console) -> None:
+    for g in cluster_goals(records, mooncake):
+        mark = "[green]met[/]" if g["met"] else "[red]not met[/]"
+        console.print(f"goal {g['name']}: {g['rows_met']} of {g['rows']} rows, lowest "
+                      f"{g['value']:.2f}x {mark}", highlight=False)
 
 
 def _print_checks(records: list[dict], console: Console) -> None:

@@ -78,7 +78,7 @@ def _run(plan: Plan, as_json: bool, label: str = "mooncake_store") -> list[dict]
 def _finish(records: list[dict], as_json: bool, mooncake: Optional[list[dict]] = None,
             remote_note: Optional[str] = None) -> None:
     if as_json:
-        for g in report.goals(records):
+        for g in report.goals(records) + report.cluster_goals(records, mooncake):
             print(json.dumps({"impl": records[0]["impl"], **g}), flush=True)
         return
     console = Console()
