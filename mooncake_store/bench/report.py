@@ -211,7 +211,7 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
                 or (col == "x tcp rt" and not show_rt):
             continue
         t.add_column(col, justify="left" if col in ("op", "mode", "path") else "right")
-    _mooncake_columns(t, rows, mooncake, "Mooncake GB/s")
+    ranged = _mooncake_columns(t, rows, mooncake, "Mooncake GB/s")
     last = None
     for r in rows:
         if last is not None and r["value_size"] != last:
@@ -225,7 +225,7 @@ def _print_throughput(records: list[dict], console: Console, mooncake: list[dict
         cells += [_f(r.get("x_tcp_ceiling"))] if show_tcp else []
         cells += [_f(r.get("x_tcp_rt"))] if show_rt else []
         if mooncake is not None:
-            cells += _mooncake_gbps_cells(r, mooncake, _rounds(rows) > 1)
+            cells += _mooncake_gbps_cells(r, mooncake, ranged)
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
@@ -240,8 +240,8 @@ def _print_small(records: list[dict], console: Console, mooncake: list[dict] | N
     t = _table("Small objects: 4 KiB, one thread")
     for col in ("op", "path", "ops/s", "p50 us", "p99 us"):
         t.add_column(col, justify="left" if col in ("op", "path") else "right")
-    _mooncake_columns(t, rows, mooncake, "Mooncake ops/s", "Mooncake p50 us",
-                      "Mooncake p99 us")
+    ranged = _mooncake_columns(t, rows, mooncake, "Mooncake ops/s", "Mooncake p50 us",
+                               "Mooncake p99 us")
     for r in rows:
         cells = [r["op"], r["path"], f"{r['ops_per_s']:,.0f}", _f(r.get("p50_us"), "{:.1f}"),
                  _f(r.get("p99_us"), "{:.1f}")]
@@ -250,7 +250,7 @@ def _print_small(records: list[dict], console: Console, mooncake: list[dict] | N
             cells += [_f(m and m.get("ops_per_s"), "{:,.0f}"), _f(m and m.get("p50_us"), "{:.1f}"),
                       _f(m and m.get("p99_us"), "{:.1f}"), _path_cell(r, m),
                       _ratio(r["ops_per_s"], m and m.get("ops_per_s"))]
-            cells += [_range_cell(r, m)] if _rounds(rows) > 1 else []
+            cells += [_range_cell(r, m)] if ranged else []
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
@@ -263,14 +263,14 @@ def _print_batch(records: list[dict], console: Console, mooncake: list[dict] | N
     t = _table("Batches: 64 keys x 256 KiB per call")
     for col in ("op", "path", "GB/s", "batches/s", "p50 ms", "p99 ms", "x memcpy"):
         t.add_column(col, justify="left" if col in ("op", "path") else "right")
-    _mooncake_columns(t, rows, mooncake, "Mooncake GB/s")
+    ranged = _mooncake_columns(t, rows, mooncake, "Mooncake GB/s")
     for r in rows:
         cells = [r["op"], r["path"], f"{r['GBps']:.2f}", f"{r['batches_per_s']:,.1f}",
                  _f(r.get("p50_us") and r["p50_us"] / 1e3),
                  _f(r.get("p99_us") and r["p99_us"] / 1e3),
                  _f(r.get("x_memcpy"))]
         if mooncake is not None:
-            cells += _mooncake_gbps_cells(r, mooncake, _rounds(rows) > 1)
+            cells += _mooncake_gbps_cells(r, mooncake, ranged)
         cells.append(_ok_mark(r))
         t.add_row(*cells)
     console.print(t)
@@ -303,15 +303,17 @@ def _print_gpu(records: list[dict], console: Console) -> None:
 
 
 def _mooncake_columns(t: Table, rows: list[dict], mooncake: list[dict] | None,
-                      *figures: str) -> None:
+                      *figures: str) -> bool:
     """Mooncake's figures, its path and our ratio (with the per-round range over several
-    rounds), then the read check."""
+    rounds), then the read check. Returns whether the per-round column is there."""
+    ranged = mooncake is not None and _rounds(rows) > 1
     if mooncake is not None:
         for col in (*figures, "Mooncake path", "ours / Mooncake"):
             t.add_column(col, justify="right")
-        if _rounds(rows) > 1:
+        if ranged:
             t.add_column("per round", justify="right")
     t.add_column("read")
+    return ranged
 
 
 def _mooncake_gbps_cells(r: dict, mooncake: list[dict], ranged: bool) -> list[str]:
