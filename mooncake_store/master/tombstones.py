@@ -44,6 +44,7 @@ _NONE = np.zeros(0, np.int64)
 MAX_QUEUED = 65_536        # per segment; beyond it the oldest entries are dropped (and counted)
 PER_HEARTBEAT = 4096       # zaps handed to one node per heartbeat
 HOLD_S = 10.0              # a line not reported back by then is given back anyway
+SCAN_MAX = 64              # due_in scans a queue this short instead of sorting it
 
 
 class Tombstones:
@@ -90,6 +91,9 @@ class Tombstones:
     def due_in(self, seg: str, start: int, end: int) -> bool:
         """Whether a freed record still queued for its zap starts inside [start, end) of
         `seg`. Called under the index lock, where the queue changes."""
+        q = self._queued.get(seg)
+        if q is not None and len(q) <= SCAN_MAX:   # short: a scan beats sorting it again
+            return any(start <= off < end for off, _n in q)
         offs = self._offsets(seg)
         i = int(np.searchsorted(offs, start))
         return i < len(offs) and int(offs[i]) < end
