@@ -21,14 +21,14 @@ def _check_no_overlap(live, a):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2), st.integers(min_value=1, max_value=CAP // 8)),
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(min_value=1, max_value=CAP // 8)),
                 max_size=200))
 def test_random_alloc_free(ops):
     a = Allocator(CAP)
     live = {}
-    for op, size in ops:    # 0: free, 1: alloc, 2: carve the top of the largest block
+    for op, size in ops:    # 0: free, 1: alloc
         if op or not live:
-            off = a.alloc(size) if op == 1 else _carve_top(a, size)
+            off = a.alloc(size)
             if off is None:
                 assert a.largest_free() < a.round(size)
             else:
@@ -49,31 +49,6 @@ def test_exhaustion_and_reuse():
     assert None not in offs and a.alloc(1) is None
     a.free(offs[10], 64)
     assert a.alloc(64) == offs[10]
-
-
-def _carve_top(a, size):
-    blocks = a.largest_blocks(1)
-    if not blocks or blocks[0][1] < a.round(size):
-        return None
-    start, length = blocks[0]
-    a.carve(start, start + length - a.round(size), size)
-    return start + length - a.round(size)
-
-
-def test_largest_blocks_and_carve():
-    a = Allocator(64 * 1024, align=64)
-    assert a.largest_blocks(4) == [(0, 64 * 1024)]
-    low = a.alloc(4096)
-    mid = a.alloc(4096)
-    a.free(low, 4096)                        # a 4 KiB hole at 0, 56 KiB free above
-    assert a.largest_blocks(4) == [(8192, 56 * 1024), (0, 4096)]
-    a.carve(8192, 64 * 1024 - 1024, 1000)    # the top of the large block
-    a.carve(0, 1024, 64)                     # the middle of the hole: both sides stay free
-    assert a.largest_blocks(4) == [(8192, 55 * 1024), (1088, 3008), (0, 1024)]
-    assert a.used == 4096 + 1024 + 64 and mid == 4096
-    for bad in ((0, 4000, 200), (8192, 8100, 64), (8192, 8256, 64 * 1024), (5, 5, 64)):
-        with pytest.raises(InvalidParams):
-            a.carve(*bad)                    # outside its block, misaligned, or no block
 
 
 def test_bad_calls():

@@ -103,9 +103,9 @@ def test_a_block_makes_room_by_eviction_like_a_put():
 
 
 def test_unwritten_tails_go_back_without_tombstones():
-    """A zap flips only a header of the length it names, and none starts in a reservation's
-    tail (master/reserve.py _UNWRITTEN): the tail is freed with no tombstone, so it holds
-    no line until a heartbeat and the zap queue is left as it was."""
+    """Nothing was written in a reservation's tail, so there is no new header there to
+    invalidate (master/reserve.py _UNWRITTEN): the tail is freed with no tombstone, so it
+    holds no line until a heartbeat and the zap queue is left as it was."""
     ix, freed = _index()
     ix.put_start("first", 10)
     rid, sl = ix.put_end_reserve("first", 0, "me", 16 << 10)

@@ -7,8 +7,6 @@ never exist: after everything is freed there is exactly one block again.
 """
 from __future__ import annotations
 
-import itertools
-
 from ..errors import InvalidParams
 
 
@@ -44,28 +42,6 @@ class Allocator:
             self._add(start + size, block - size)
         self.used += size
         return start
-
-    def largest_blocks(self, n: int) -> list[tuple[int, int]]:
-        """Up to n free blocks (start, length), largest first, from the top size class
-        (of its first 64) and the one below it."""
-        out: list[tuple[int, int]] = []
-        for c in range(self._nonempty.bit_length() - 1, -1, -1):
-            if self._nonempty >> c & 1:
-                out += [(st, self._by_start[st]) for st in itertools.islice(self._classes[c], 64)]
-                if len(out) >= n:
-                    break
-        out.sort(key=lambda b: -b[1])
-        return out[:n]
-
-    def carve(self, block: int, offset: int, size: int) -> None:
-        """Allocate [offset, offset + size) (rounded) out of the free block starting at
-        `block`, which must hold it."""
-        size = self.round(size)
-        length = self._by_start.get(block)
-        if length is None or offset < block or offset % self.align or \
-                offset + size > block + length:
-            raise InvalidParams(f"[{offset}, +{size}) is not inside a free block at {block}")
-        self._take(block, length, offset, size)
 
     def free(self, offset: int, size: int) -> None:
         size = self.round(size)

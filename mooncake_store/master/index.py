@@ -452,6 +452,20 @@ class ObjectIndex:
             self.tiering.on_cold_hit(obj)
         return Lookup(obj.size, (), obj.flags, obj.tier)
 
+    def unwritten_locked(self, segment: str) -> list[tuple[int, int, float]]:
+        """Sorted (start, end, until) of the slices in `segment` handed to writes not known
+        to be done: held reservations and batch blocks (until: the last moment a commit can
+        name them) and pending put_starts (until put_end, however long). A queued zap whose
+        header line lies in one waits until then (master/tombstones.py): its old header is
+        overwritten only if the write happens, and nothing written there later goes live."""
+        spans = self.reservations.extents(segment)
+        for obj in self._pending.values():
+            for replica in obj.replicas:
+                spans += [(sl.offset, sl.offset + sl.length, math.inf) for sl in replica
+                          if sl.segment == segment]
+        spans.sort()
+        return spans
+
     # ---- maintenance ----------------------------------------------------------------------------
     def reclaim_expired(self) -> int:
         """Free puts whose writer never finished, and graveyard space whose leases ended."""

@@ -49,25 +49,33 @@ BLOCK_MAX = 64 << 20
 RESERVE_ROOM = 16
 # A client starts writing into a reservation at most this long after asking for it.
 RESERVE_USE_MS = 100
+# ... and commits it by the end of that window plus this grace and the time the record takes
+# at COMMIT_MIN_RATE; a later commit answers GONE (the put takes the normal path). The space
+# itself stays held until put_timeout_ms, since a slow write may still be landing in it, but
+# once no commit can name it, zaps of old records under it may go out (Tombstones.take).
+COMMIT_GRACE_S = 1.0
+COMMIT_MIN_RATE = 50e6
 # put_commit answers: the object is visible / the key existed (no-op, reservation kept) /
 # the reservation is gone (expired, its segment left): put the normal way.
 COMMITTED, EXISTED, GONE = 0, 1, 2
 _PLAIN = ReplicateConfig()
 # _UNWRITTEN: the tail of a reservation past the records written into it goes back to the
-# allocator with no tombstone. A zap flips only a header of exactly the length it names
-# (csrc/record.c mcs_rec_zap), so one naming the tail would flip nothing the tail can
-# hold: no queued zap started inside the reservation when it was granted (_zap_due,
-# _clean_spot), and nothing is freed inside it while it is held. A tombstone there only
-# cost work, once per reserved put: a zap sent to the node, the tail's first line held
-# out of the allocator until the node's next heartbeat (splitting the hole), and the zap
-# queue sorted again at the next grant.
+# allocator with no tombstone of its own: nothing was written there, so there is no new
+# header to invalidate. Old headers there (records freed before the grant, whose zaps are
+# still queued) keep their zaps: a zap is deferred, not skipped, while its line lies in a
+# held reservation (Tombstones.take, ObjectIndex.unwritten_locked), and goes out once the
+# tail is free. A tombstone for the tail only cost work, once per reserved put: a zap sent
+# to the node and the tail's first line held out of the allocator until the node's next
+# heartbeat (splitting the hole). Lent lines (Tombstones.no_room) in a freed tail are held
+# again like those of any freed slice (_free_unwritten).
 
 
 class _Held(NamedTuple):
     owner: str
     seg: "SegmentInfo"      # the segment as mounted at grant time (a remount is another one)
     slice: Slice
-    deadline: float
+    deadline: float         # freed then (put_timeout_ms): no write can still be landing
+    commit_by: float        # a commit after this answers GONE
 
 
 class Reservations:
@@ -96,8 +104,8 @@ class Reservations:
         one, the size is over `limit`, or no segment has RESERVE_ROOM times that free).
         written_now: the owner writes every byte of it at once, like a put_start's slice
         (a block for the batch in hand, of its exact size), so room is made for it as for
-        a put_start (eviction included), and queued zaps may lie under it: their lines are
-        overwritten as soon as any new allocation's would be."""
+        a put_start (eviction included). Either kind may lie over freed records whose zaps
+        are queued: they wait while it is held (Tombstones.take)."""
         if type(owner) is not str or not owner or type(record) is not int \
                 or not 0 < record <= limit:
             return None
@@ -123,35 +131,24 @@ class Reservations:
         seg = ix.segments[got[0][0].segment]
         # The block is rounded up to the allocator's alignment: all of it is usable.
         sl = got[0][0]._replace(length=seg.allocator.round(record))
-        if not written_now and self._zap_due(sl):
-            seg.allocator.free(sl.offset, sl.length)   # as it was: nothing was written
-            sl = self._clean_spot(seg, sl)
-            if sl is None:
-                return None
         rid = next(self._ids)
-        self._held[rid] = _Held(owner, seg, sl,
-                                now + ix.config.put_timeout_ms / 1000.0)
+        deadline = now + ix.config.put_timeout_ms / 1000.0
+        commit_by = now + RESERVE_USE_MS / 1000.0 + COMMIT_GRACE_S + sl.length / COMMIT_MIN_RATE
+        self._held[rid] = _Held(owner, seg, sl, deadline, min(commit_by, deadline))
         self._owner[owner] = rid
         return rid, sl
 
-    def _clean_spot(self, seg: "SegmentInfo", sl: Slice) -> Slice | None:
-        """The same size where no queued zap starts, high in one of the largest free
-        blocks. After a mass removal first fit lands on freed records whose zaps wait for
-        the node's next heartbeat; the top of the largest hole is the space first fit
-        reaches last (freed longest ago, or never used), so reservations go on instead of
-        stopping until that heartbeat."""
-        alloc = seg.allocator
-        for start, length in alloc.largest_blocks(4):
-            off = self.zaps.clean_spot(sl.segment, start, start + length, sl.length,
-                                       alloc.align)
-            if off is not None:
-                alloc.carve(start, off, sl.length)
-                return sl._replace(offset=off)
-        return None
+    def extents(self, segment: str) -> list[tuple[int, int, float]]:
+        """(start, end, commit_by) of every held reservation and block in `segment`: slices
+        a client may still be about to write, or never write."""
+        return [(h.slice.offset, h.slice.offset + h.slice.length, h.commit_by)
+                for h in self._held.values() if h.slice.segment == segment]
 
-    def _zap_due(self, sl: Slice) -> bool:
-        return self.zaps is not None and self.zaps.due_in(sl.segment, sl.offset,
-                                                          sl.offset + sl.length)
+    def _free_unwritten(self, seg: "SegmentInfo", offset: int, length: int) -> None:
+        """Back to the allocator with no tombstone (_UNWRITTEN)."""
+        seg.allocator.free(offset, length)
+        if self.zaps is not None:
+            self.zaps.rehold_within(Slice(seg.name, offset, length))
 
     def commit_locked(self, owner: str, rid: int, key: str, size: int, flags: int,
                       upsert: bool, now: float) -> int:
@@ -167,7 +164,7 @@ class Reservations:
         if held is None or held.owner != owner:
             return GONE
         record = header_size(len(key.encode("utf-8", "surrogatepass"))) + size
-        if held.deadline <= now or ix.segments.get(held.slice.segment) is not held.seg:
+        if held.commit_by <= now or ix.segments.get(held.slice.segment) is not held.seg:
             # The client wrote its record there: the tombstone names that record's length,
             # so the node invalidates it and no rebuilt index ever finds it.
             self._release_locked(rid, min(record, held.slice.length))
@@ -183,7 +180,7 @@ class Reservations:
         alloc = held.seg.allocator
         used, had = alloc.round(record), alloc.round(sl.length)
         if had > used:
-            alloc.free(sl.offset + used, had - used)   # never written: no tombstone (below)
+            self._free_unwritten(held.seg, sl.offset + used, had - used)
         obj = Obj(key, size, [(Slice(sl.segment, sl.offset, record),)], PIN_NONE, 0.0, 0.0)
         ix._publish_locked(obj, flags)
         ix.counters["reserved_puts"] += 1
@@ -215,7 +212,7 @@ class Reservations:
             rec = header_size(klen) + size
             records.append((at, rec))
             at += (rec + mask) & ~mask
-        if revoke or held.deadline <= now or ix.segments.get(sl.segment) is not held.seg:
+        if revoke or held.commit_by <= now or ix.segments.get(sl.segment) is not held.seg:
             self._release_many_locked(rid, records if at <= sl.length else [])
             return GONE
         if at > sl.length:
@@ -270,7 +267,7 @@ class Reservations:
                 ix.on_free(part)
         used = alloc.round(at)
         if sl.length > used:
-            alloc.free(sl.offset + used, sl.length - used)
+            self._free_unwritten(held.seg, sl.offset + used, sl.length - used)
         return codes
 
     def _release_many_locked(self, rid: int, records: list[tuple[int, int]]) -> None:
@@ -314,7 +311,7 @@ class Reservations:
             return
         # Freed as the record the client wrote there, so its tombstone names that length;
         # the rest was never written (_UNWRITTEN).
-        held.seg.allocator.free(sl.offset, sl.length)
+        self._free_unwritten(held.seg, sl.offset, sl.length)
         if self.ix.on_free is not None:
             self.ix.on_free(sl._replace(length=written))
 

@@ -14,7 +14,16 @@ object; the node still checks it verifies with the expected length and flips it
 with one compare-and-swap (csrc/record.c mcs_rec_zap), then reports, and the
 master gives the line back. A line that was allocated again before the heartbeat
 is skipped: the new record's write overwrites the old header or value, which
-then fails its checksum anyway.
+then fails its checksum anyway. Unless that write may never happen: a line inside
+a slice handed to a write not yet confirmed (a pending put_start, a held
+reservation or batch block: `ObjectIndex.unwritten_locked`) keeps its zap queued
+until the slice is written (then it is skipped) or freed (then it is sent), so a
+writer that dies before writing leaves no old header behind. A reservation no
+commit can name any more (past its commit window, master/reserve.py) need not be
+waited for: whatever is written there never goes live, so the zap goes out at
+once with its line lent to the reservation (below) and held again when it is freed.
+An idle client's reservation therefore delays a zap by about one commit window
+(~1.1 s), not put_timeout_ms.
 
 A held line splits its hole, so a record of the freed size no longer fits there
 until the node reports. When an allocation finds no room, `no_room` gives back the
@@ -35,16 +44,11 @@ import itertools
 from collections import deque
 from typing import Any, Callable
 
-import numpy as np
-
 from ..replica import Slice
-
-_NONE = np.zeros(0, np.int64)
 
 MAX_QUEUED = 65_536        # per segment; beyond it the oldest entries are dropped (and counted)
 PER_HEARTBEAT = 4096       # zaps handed to one node per heartbeat
 HOLD_S = 10.0              # a line not reported back by then is given back anyway
-SCAN_MAX = 64              # due_in scans a queue this short instead of sorting it
 
 
 class Tombstones:
@@ -58,9 +62,8 @@ class Tombstones:
         self._lent: dict[int, tuple[str, Any, int, float]] = {}
         self._lent_at: dict[str, dict[int, int]] = {}
         self._ids = itertools.count(1)
-        self._sorted: dict[str, tuple[tuple, np.ndarray]] = {}   # segment -> (queue state, offsets)
         self.counters = {"zaps_queued": 0, "zaps_sent": 0, "zaps_done": 0, "zaps_skipped": 0,
-                         "zaps_dropped": 0, "zap_lines_lent": 0}
+                         "zaps_dropped": 0, "zap_lines_lent": 0, "zaps_deferred": 0}
 
     def attach(self, index: Any) -> None:
         """Follow a (new) index; what was queued for the old one is forgotten with it."""
@@ -69,11 +72,10 @@ class Tombstones:
         self._held = {}
         self._lent = {}
         self._lent_at = {}
-        self._sorted = {}
         index.on_free = self._freed
         index.on_no_room = self.no_room
-        # A reservation may stay unwritten for put_timeout_ms, so it must never cover a
-        # freed record whose zap is still queued (master/reserve.py).
+        # Reservations free their never-written tails without a tombstone, but a lent line
+        # there must be held again all the same (master/reserve.py _UNWRITTEN).
         index.reservations.zaps = self
 
     def _freed(self, sl: Slice) -> None:
@@ -86,57 +88,14 @@ class Tombstones:
         q.append((sl.offset, sl.length))
         self.counters["zaps_queued"] += 1
         if self._lent:
-            self._rehold_within(sl)
-
-    def due_in(self, seg: str, start: int, end: int) -> bool:
-        """Whether a freed record still queued for its zap starts inside [start, end) of
-        `seg`. Called under the index lock, where the queue changes."""
-        q = self._queued.get(seg)
-        if q is not None and len(q) <= SCAN_MAX:   # short: a scan beats sorting it again
-            return any(start <= off < end for off, _n in q)
-        offs = self._offsets(seg)
-        i = int(np.searchsorted(offs, start))
-        return i < len(offs) and int(offs[i]) < end
-
-    def clean_spot(self, seg: str, start: int, end: int, size: int, line: int) -> int | None:
-        """The highest offset p in [start, end - size] such that no queued zap starts in
-        [p, p + size), or None. Offsets, size and line (the allocator's alignment) are
-        multiples of line, so p is one too; a window may begin right after a zap's line.
-        Never a lent line (no_room): a zap is still out for the record that began there,
-        and first-fit allocations never start on one, so a new record must not either."""
-        offs = self._offsets(seg)
-        z = offs[np.searchsorted(offs, start):np.searchsorted(offs, end)]
-        if not len(z) or end - int(z[-1]) - line >= size:
-            p = end - size
-        else:
-            fits = np.flatnonzero(z[1:] - z[:-1] - line >= size)
-            p = int(z[fits[-1] + 1]) - size if len(fits) else int(z[0]) - size
-        if p < start or p in self._lent_at.get(seg, ()):
-            return None
-        return p
-
-    def _offsets(self, seg: str) -> np.ndarray:
-        """Sorted offsets of the freed records still queued in `seg`. A long queue (after
-        a mass removal) stays as it is between heartbeats: it is sorted once per change
-        (the queue only appends and pops from the left, so the counts of both identify
-        its content)."""
-        q = self._queued.get(seg)
-        if not q:
-            return _NONE
-        c = self.counters
-        state = (id(q), c["zaps_queued"], c["zaps_sent"] + c["zaps_skipped"])
-        got = self._sorted.get(seg)
-        if got is None or got[0] != state:
-            offs = np.fromiter((off for off, _n in q), np.int64, len(q))
-            offs.sort()
-            got = self._sorted[seg] = (state, offs)
-        return got[1]
+            self.rehold_within(sl)
 
     def take(self, segments: list[str]) -> list[list]:
         """Zaps for a heartbeating node: [id, segment, offset, length] each, header lines held."""
         out: list[list] = []
         ix = self.ix
-        until = self.clock() + HOLD_S
+        now = self.clock()
+        until = now + HOLD_S
         with ix.lock:
             for name in segments:
                 q = self._queued.get(name)
@@ -147,14 +106,38 @@ class Tombstones:
                     del self._queued[name]
                     continue
                 starts = sorted(info.allocator._by_start)
+                unwritten: tuple[list[int], list[tuple[int, int, float]]] | None = None
+                out_lines: set[int] = set()
+                later = []
                 while q and len(out) < PER_HEARTBEAT:
                     off, length = q.popleft()
-                    if not _hold_line(info.allocator, starts, off):
-                        self.counters["zaps_skipped"] += 1
+                    if _hold_line(info.allocator, starts, off):
+                        zid = next(self._ids)
+                        self._held[zid] = (name, info, off, until)
+                        out_lines.add(off)
+                        out.append([zid, name, off, length])
                         continue
-                    zid = next(self._ids)
-                    self._held[zid] = (name, info, off, until)
-                    out.append([zid, name, off, length])
+                    if unwritten is None:
+                        spans = ix.unwritten_locked(name)
+                        unwritten = ([a for a, _b, _u in spans], spans)
+                        out_lines |= {h[2] for h in self._held.values() if h[0] == name}
+                        out_lines |= self._lent_at.get(name, {}).keys()
+                    span = _covering(unwritten, off)
+                    if off in out_lines or (span is not None and span[2] > now):
+                        # The write over it may still happen, or not: wait. (Or another zap
+                        # for the same line is out; each names its own length.)
+                        later.append((off, length))
+                    elif span is not None:
+                        # A reservation no commit can name any more: nothing written there
+                        # goes live, so the zap goes out now, its line lent to the slice.
+                        zid = next(self._ids)
+                        self._lend(zid, (name, info, off, until))
+                        out_lines.add(off)
+                        out.append([zid, name, off, length])
+                    else:
+                        self.counters["zaps_skipped"] += 1
+                q.extend(later)   # no longer than it was: the deque drops nothing here
+                self.counters["zaps_deferred"] += len(later)
         self.counters["zaps_sent"] += len(out)
         return out
 
@@ -208,12 +191,17 @@ class Tombstones:
             if _hold_at(info.allocator, off):
                 self._held[zid] = held
             else:               # inside the new allocation: watched until the node reports
-                self._lent[zid] = held
-                self._lent_at.setdefault(name, {})[off] = zid
-                self.counters["zap_lines_lent"] += 1
+                self._lend(zid, held)
         return got
 
-    def _rehold_within(self, sl: Slice) -> None:
+    def _lend(self, zid: int, held: tuple) -> None:
+        """The zap is out while its line belongs to an allocation: held again if that is
+        freed before the node reports (rehold_within)."""
+        self._lent[zid] = held
+        self._lent_at.setdefault(held[0], {})[held[2]] = zid
+        self.counters["zap_lines_lent"] += 1
+
+    def rehold_within(self, sl: Slice) -> None:
         """A freed slice covers lent lines whose zaps are still out: hold them again before
         anything can be allocated there (so no record of the freed length starts on them)."""
         at = self._lent_at.get(sl.segment)
@@ -251,6 +239,14 @@ class Tombstones:
         # the same segment name has a fresh one where this line was never held.
         if self.ix.segments.get(name) is info:
             info.allocator.free(off, info.allocator.align)
+
+
+def _covering(spans: tuple[list[int], list[tuple[int, int, float]]], off: int
+              ) -> tuple[int, int, float] | None:
+    """The (start, end, until) of the sorted, non-overlapping spans that holds off."""
+    starts, full = spans
+    i = bisect.bisect_right(starts, off) - 1
+    return full[i] if i >= 0 and off < full[i][1] else None
 
 
 def _hold_at(alloc: Any, off: int) -> bool:
