@@ -118,7 +118,8 @@ int64_t mcs_rec_read(const void *region, uint64_t region_len, const char *key, s
 }
 
 /* Invalidate the record at region if it is still the one the master freed: a verified
- * header whose header+value length is expected_len. The check and the write meet on one
+ * header whose header+value length is expected_len (0: any length, for a slice the master
+ * handed out without learning what was written there). The check and the write meet on one
  * aligned 8-byte word (header crc + first key bytes, unique per record): it is swapped
  * atomically from the value the check saw, so a header rewritten in between by a new
  * allocation is never touched.

@@ -306,11 +306,12 @@ class Reservations:
         if self.ix.segments.get(held.slice.segment) is not held.seg:
             return
         sl = held.slice
-        if not written:
-            self.ix._free_replicas([(sl,)])
-            return
         # Freed as the record the client wrote there, so its tombstone names that length;
-        # the rest was never written (_UNWRITTEN).
+        # the rest was never written (_UNWRITTEN). Not told (a dead client's reservation,
+        # one given back after a failed commit): a record of any length may start there,
+        # never the reservation's rounded one, so the tombstone names length 0, which the
+        # node reads as whatever record starts at that line (mcs_rec_zap). Nothing live can:
+        # the line is held, or lent, while the zap is out (master/tombstones.py).
         self._free_unwritten(held.seg, sl.offset, sl.length)
         if self.ix.on_free is not None:
             self.ix.on_free(sl._replace(length=written))

@@ -8,7 +8,9 @@ Every slice the index frees is queued here (not the never-written tail of a
 reservation: master/reserve.py _UNWRITTEN). When its node heartbeats, the master
 takes the first 64-byte line of each queued extent (the line that holds the
 record's header) out of the allocator, if that line is still free, and sends
-(offset, length) to the node. Nothing can be allocated over the line while the
+(offset, length) to the node (length 0: whatever record starts there, for a
+reservation freed without the master learning what was written into it). Nothing
+can be allocated over the line while the
 node works on it, so whatever header the node finds there belongs to no live
 object; the node still checks it verifies with the expected length and flips it
 with one compare-and-swap (csrc/record.c mcs_rec_zap), then reports, and the

@@ -28,6 +28,9 @@ def test_zap_invalidates_only_the_expected_record():
     assert lib.mcs_rec_check_header(buf, n, ffi.NULL, 0, ffi.NULL) != 0
     assert lib.mcs_rec_zap(buf, 1 << 17, n) == 0               # nothing valid left to zap
     assert lib.mcs_rec_zap(buf + 4, 1 << 16, n) < 0            # misaligned: refused
+    m = _record(buf, 8192, b"k3", b"c" * 300)
+    assert lib.mcs_rec_zap(buf + 8192, 1 << 16, 0) == 1        # 0: whatever record is there
+    assert lib.mcs_rec_check_header(buf + 8192, m, ffi.NULL, 0, ffi.NULL) != 0
     # An inventory scan no longer finds it; an untouched neighbour is still found.
     _record(buf, 4096, b"k2", b"b" * 100)
     assert [e[0] for e in inventory.scan(buf, 1 << 17)] == ["k2"]
@@ -174,6 +177,25 @@ def test_zaps_under_a_reservation_go_out_once_no_commit_can_name_it():
     assert alloc.used == 2 * alloc.align               # a1's line and the lent one
     assert ts.done([zaps[0][0]]) == 1
     assert alloc.used == alloc.align
+
+
+def test_a_reservation_freed_without_a_commit_is_zapped_whatever_was_written():
+    """The master never learns what a dead client wrote into its reservation (a record of
+    any length up to the slice), so the tombstone of a reclaimed or given-back reservation
+    names length 0: the node flips whatever record starts there."""
+    now = [0.0]
+    ix = ObjectIndex(Config(put_timeout_ms=2000), clock=lambda: now[0])
+    ts = Tombstones(lambda: now[0])
+    ts.attach(ix)
+    ix.add_segment("s", 1 << 20)
+    rid, sl = _grant(ix, "c1", 10_000)
+    assert sl.length == 10_048                         # rounded: never a record's length
+    now[0] = 3.0
+    assert ix.reclaim_expired() == 0 and ix.stats()["reserved"] == 0
+    assert [z[2:] for z in ts.take(["s"])] == [[sl.offset, 0]]
+    rid2, sl2 = _grant(ix, "c2", 10_000)
+    assert ix.reserve_release("c2", rid2)              # given back by a closing client
+    assert [z[2:] for z in ts.take(["s"])] == [[sl2.offset, 0]]
 
 
 def test_reservations_go_on_right_after_a_mass_removal():
