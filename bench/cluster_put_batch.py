@@ -6,6 +6,7 @@ alternating passes so both see the same machine load. Keys are removed (untimed)
 timed pass so the node never fills. MOONCAKE_SHM=0 forces tcp (the cross-host path).
 
     MOONCAKE_SHM=0 PYTHONPATH=. python bench/cluster_put_batch.py [--rounds 3] [--reps 10] [--nodes 1]
+        [--shapes 64x256K,16x1M]
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from support.cluster import Cluster, store, wait_nodes  # noqa: E402
 
-SHAPES = ((64, 256 << 10), (16, 1 << 20))
+from mooncake_store.config import parse_size  # noqa: E402
+
+SHAPES = "64x256K,16x1M"
 
 
 def _pass(fn, keys: list[str], s) -> float:
@@ -37,7 +40,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--shapes", default=SHAPES, help="batches as KEYSxSIZE, comma-separated")
     a = ap.parse_args()
+    shapes = [(int(n), parse_size(v)) for n, v in (x.split("x") for x in a.shapes.split(","))]
     c = Cluster(tempfile.mkdtemp(prefix="mcs-bench-"))
     try:
         m = c.master()
@@ -45,7 +50,7 @@ def main() -> None:
         wait_nodes(m.addr, a.nodes)
         with store(m.addr) as s:
             print(f"transport {s._cluster.engine.transport(node.endpoint)}")
-            for nkeys, size in SHAPES:
+            for nkeys, size in shapes:
                 bufs = [np.random.default_rng(i).integers(0, 255, size, dtype=np.uint8)
                         for i in range(nkeys)]
                 keys = [f"p{size}/{i}" for i in range(nkeys)]

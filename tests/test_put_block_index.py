@@ -80,10 +80,20 @@ def test_revoked_blocks_free_every_record_and_one_segment_rule():
         (0, _rec("x", 100)), (_round(_rec("x", 100)), _rec("y", 200))}
     assert ix.stats()["used"] == 0 and ix.stats()["reserved"] == 0
     assert not ix.exists("x")
-    # Too large, or a second segment: no block (the normal path spreads keys).
+    # Too large: no block.
     assert ix.batch_put_reserve("me", (64 << 20) + 1) is None
+    # With a second segment only for a batch of small values (the client says how large
+    # its largest is), placed like one put, so batches spread over both segments.
     ix.add_segment("n:2", 1 << 20)
     assert ix.batch_put_reserve("me", 128) is None
+    assert ix.batch_put_reserve("me", 128, 0, 1 << 20) is None
+    assert ix.batch_put_reserve("me", 128, 0, "64K") is None
+    landed = set()
+    for i in range(40):
+        rid, sl = ix.batch_put_reserve("me", 128, 0, 60)
+        assert ix.batch_put_commit("me", rid, [f"s{i}"], [60]) == [0]
+        landed.add(sl.segment)
+    assert landed == {"n:1", "n:2"}
 
 
 def test_a_block_makes_room_by_eviction_like_a_put():

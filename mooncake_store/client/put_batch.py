@@ -2,11 +2,11 @@
 
 - batch_put: many keys in three steps whatever the batch size (one batch_put_start RPC,
   the writes, one batch_put_end RPC, one batch_put_revoke for writes that failed).
-  A batch of small values with the default placement, while the cluster has one DRAM
-  segment, takes one block of its exact size instead (batch_put_reserve,
-  master/reserve.py), writes its records back to back into it (into this client's own
-  segment directly, else as one transfer) and names them all with one batch_put_commit:
-  no per-key allocation or pending entry on the master.
+  A batch with the default placement whose values are all small (any size while the
+  cluster has one DRAM segment and this client holds it) takes one block of its exact
+  size instead (batch_put_reserve, master/reserve.py), writes its records back to back
+  into it (into this client's own segment directly, else as one transfer) and names them
+  all with one batch_put_commit: no per-key allocation or pending entry on the master.
 - put_reserved / reserved_put_size: a small put written into the slice the master reserved
   for this client at its previous put, named with one put_commit (master/reserve.py).
 """
@@ -128,13 +128,17 @@ def _put_block(store: Any, plan: _BlockPlan, pairs: list, regions: list, todo: l
     """The batch written into a block of its exact size and named with one
     batch_put_commit. False: no block (no room even by evicting), or the master no longer
     holds it: the caller puts the normal way."""
-    if time.monotonic() < getattr(store, "_block_off_until", 0.0):
+    largest = max(regions[i].size for i in todo)
+    # Pauses after a refusal: one for every batch (no room even by evicting), one for those
+    # with large values only (refused while the cluster has several DRAM segments).
+    pause = "_block_off_until" if largest <= RESERVED_PUT_MAX else "_block_big_off_until"
+    now = time.monotonic()
+    if now < getattr(store, "_block_off_until", 0.0) or now < getattr(store, pause, 0.0):
         return False
     m = store._index.m
-    got = m.call("batch_put_reserve", plan.owner, plan.size(), 0)
+    got = m.call("batch_put_reserve", plan.owner, plan.size(), 0, largest)
     if not got:
-        # No room even by evicting, or several segments to spread over: ask again later.
-        store._block_off_until = time.monotonic() + BLOCK_RETRY_S
+        setattr(store, pause, time.monotonic() + BLOCK_RETRY_S)
         return False
     rid, w, _use_ms, align = got
     sl = Slice(w[0], w[1], w[2])
@@ -320,8 +324,9 @@ class _Writes:
         return written, failed
 
 
-# Batch puts of values up to this size go through a block from a segment-less client
-# (larger ones go better straight from the caller's memory, put by put).
+# Batch puts of values up to this size go through a block from a segment-less client, or
+# while the cluster has several DRAM segments (master/reserve.py BLOCK_SPREAD_VALUE_MAX);
+# larger ones go better straight from the caller's memory, put by put.
 RESERVED_PUT_MAX = 64 << 10
 # Single puts of values up to this size go through reservations (master/reserve.py keeps
 # records up to RESERVE_MAX, which leaves room for the header of a long key).

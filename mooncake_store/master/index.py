@@ -35,7 +35,7 @@ from .allocator import Allocator
 from .departures import ABANDONED, CORRUPT, EVICTED, REMOVED, Departures, nearest_keys
 from .objmeta import PIN_HARD, PIN_NONE, PIN_SOFT, Lookup, Obj
 from .policy import make_policy
-from .reserve import BLOCK_MAX, Reservations
+from .reserve import BLOCK_MAX, BLOCK_SPREAD_VALUE_MAX, Reservations
 
 # why() compares a missing key with at most this many stored keys.
 SIMILAR_SCAN = 200_000
@@ -197,13 +197,18 @@ class ObjectIndex:
         with self.lock:
             return self.reservations.release_locked(owner, rid)
 
-    def batch_put_reserve(self, owner: str, size: int, give_back: int = 0
-                          ) -> tuple[int, Slice] | None:
+    def batch_put_reserve(self, owner: str, size: int, give_back: int = 0,
+                          largest: int | None = None) -> tuple[int, Slice] | None:
         """A block of `size` bytes for the batch the owner writes now (reserve.py), or None.
-        Only while one DRAM segment is mounted: a block puts the whole batch on one
-        segment, where placement spreads keys over every node in proportion to free space."""
+        With one DRAM segment mounted, for any batch. With several, only for a batch whose
+        values are all small (`largest`, the client's word, at most BLOCK_SPREAD_VALUE_MAX):
+        the block is placed like one put, by free space, so the batch lands on one node
+        where the normal path spreads its keys (reserve.py, on why that suits prefix
+        chains); larger values go best straight from the caller's memory, key by key."""
         with self.lock:
-            if sum(1 for seg in self.segments.values() if seg.tier == "dram") != 1:
+            dram = sum(1 for seg in self.segments.values() if seg.tier == "dram")
+            if dram != 1 and not (type(largest) is int
+                                  and 0 < largest <= BLOCK_SPREAD_VALUE_MAX):
                 return None
             return self.reservations.grant_locked(owner, size, give_back, self.clock(),
                                                   BLOCK_MAX, written_now=True)

@@ -57,7 +57,8 @@ def test_batch_apis_across_three_nodes(cluster):
         cluster.node(m.addr, dram="16MB")
     wait_nodes(m.addr, 3)
     keys = [f"b/{i:03d}" for i in range(48)]
-    values = [_value(i, 64 << 10) for i in range(48)]
+    # Over 64 KiB, so not one block on one node: per-key placement over every node.
+    values = [_value(i, 100 << 10) for i in range(48)]
     with store(m.addr) as s:
         assert s.batch_put(keys, values) == [0] * 48
         assert s.batch_put([keys[0], "b/empty"], [b"not stored", b""]) == [0, -600]
@@ -68,8 +69,8 @@ def test_batch_apis_across_three_nodes(cluster):
         assert s.batch_get(keys + ["b/missing"]) == values + [None]
         assert s.batch_exists(keys[:3] + ["nope"]) == [True, True, True, False]
         assert s.longest_prefix(keys[:5] + ["nope"] + keys[5:7]) == 5
-        bufs = [bytearray(64 << 10) for _ in range(4)]
-        assert s.batch_get_into(keys[:3] + ["b/missing"], bufs) == [65536] * 3 + [-704]
+        bufs = [bytearray(100 << 10) for _ in range(4)]
+        assert s.batch_get_into(keys[:3] + ["b/missing"], bufs) == [100 << 10] * 3 + [-704]
         assert [bytes(b) for b in bufs[:3]] == values[:3]
         used = [seg["used"] for seg in s.stats()["segments"].values()]
         assert len(used) == 3 and all(u > 0 for u in used)   # spread over every node
