@@ -133,3 +133,29 @@ def test_unwritten_tails_go_back_without_tombstones():
     assert ix.batch_put_commit("me", rid, ["a", "b"], [10, 20]) == [0, 0]
     assert freed == [] and ix.exists("a") and ix.exists("b")
     assert ix.stats()["used"] == objects + size
+
+
+def test_a_block_never_committed_is_freed_under_a_tombstone_per_planned_record():
+    """The client names its records' lengths when it asks; if it dies before committing,
+    the reclaim tombstones each record it may have written there (a record written but
+    never named must not come back in a rebuild from the nodes)."""
+    now = [0.0]
+    ix = ObjectIndex(Config(put_timeout_ms=1000), clock=lambda: now[0])
+    ix.add_segment("n:1", 1 << 20)
+    freed: list[Slice] = []
+    ix.on_free = freed.append
+    recs = [_rec("a", 100), _rec("bb", 5000), _rec("c", 1)]
+    size = sum(_round(r) for r in recs)
+    rid, sl = ix.batch_put_reserve("me", size, 0, 5000, recs)
+    # Without the layout (or with one that does not fit the block): one tombstone for
+    # whatever record starts the block.
+    rid2, sl2 = ix.batch_put_reserve("you", size, 0, 5000)
+    rid3, sl3 = ix.batch_put_reserve("them", size, 0, 5000, recs + [size])
+    now[0] = 2.0
+    assert ix.reclaim_expired() == 0 and ix.stats()["reserved"] == 0
+    got = {(f.offset - sl.offset, f.length) for f in freed if sl.offset <= f.offset < sl.offset + size}
+    assert got == {(0, recs[0]), (_round(recs[0]), recs[1]),
+                   (_round(recs[0]) + _round(recs[1]), recs[2])}
+    assert {(f.offset, f.length) for f in freed if f.offset >= sl2.offset} == {
+        (sl2.offset, 0), (sl3.offset, 0)}
+    assert ix.stats()["used"] == 0

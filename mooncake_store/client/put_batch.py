@@ -136,7 +136,7 @@ def _put_block(store: Any, plan: _BlockPlan, pairs: list, regions: list, todo: l
     if now < getattr(store, "_block_off_until", 0.0) or now < getattr(store, pause, 0.0):
         return False
     m = store._index.m
-    got = m.call("batch_put_reserve", plan.owner, plan.size(), 0, largest)
+    got = m.call("batch_put_reserve", plan.owner, plan.size(), 0, largest, plan.records)
     if not got:
         setattr(store, pause, time.monotonic() + BLOCK_RETRY_S)
         return False

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..codec import header_size
 from ..config import Config
@@ -198,20 +198,24 @@ class ObjectIndex:
             return self.reservations.release_locked(owner, rid)
 
     def batch_put_reserve(self, owner: str, size: int, give_back: int = 0,
-                          largest: int | None = None) -> tuple[int, Slice] | None:
+                          largest: int | None = None, records: Any = None
+                          ) -> tuple[int, Slice] | None:
         """A block of `size` bytes for the batch the owner writes now (reserve.py), or None.
         With one DRAM segment mounted, for any batch. With several, only for a batch whose
         values are all small (`largest`, the client's word, at most BLOCK_SPREAD_VALUE_MAX):
         the block is placed like one put, by free space, so the batch lands on one node
         where the normal path spreads its keys (reserve.py, on why that suits prefix
-        chains); larger values go best straight from the caller's memory, key by key."""
+        chains); larger values go best straight from the caller's memory, key by key.
+        records: the record lengths the client lays out, so that a block it never commits
+        (it dies) is freed under a tombstone per record."""
         with self.lock:
             dram = sum(1 for seg in self.segments.values() if seg.tier == "dram")
             if dram != 1 and not (type(largest) is int
                                   and 0 < largest <= BLOCK_SPREAD_VALUE_MAX):
                 return None
+            layout = tuple(records) if type(records) in (list, tuple) else ()
             return self.reservations.grant_locked(owner, size, give_back, self.clock(),
-                                                  BLOCK_MAX, written_now=True)
+                                                  BLOCK_MAX, written_now=True, layout=layout)
 
     def batch_put_commit(self, owner: str, rid: int, keys: list, sizes: list, flags: int = 0,
                          upsert: bool = False, revoke: bool = False) -> list[int] | int:

@@ -25,7 +25,7 @@ tombstone for every record the batch names.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..codec import header_size
 from ..errors import InvalidParams, StoreError
@@ -85,6 +85,7 @@ class _Held(NamedTuple):
     slice: Slice
     deadline: float         # freed then (put_timeout_ms): no write can still be landing
     commit_by: float        # a commit after this answers GONE
+    layout: tuple = ()      # a block's record lengths in order, as its client planned them
 
 
 class Reservations:
@@ -96,25 +97,23 @@ class Reservations:
         self._owner: dict[str, int] = {}
         self._ids = itertools.count(1)
         # Set by the cluster master: the freed records whose tombstones are still queued
-        # (master/tombstones.py). A zap is skipped once its line is allocated again,
-        # trusting the new owner to overwrite the old header at once; a reservation may
-        # stay unwritten for put_timeout_ms (and its unused tail never is written), so it
-        # never covers the start of such a record: the old header would outlive its zap,
-        # and a leader rebuilding from the nodes would find it.
+        # (master/tombstones.py), which hold lent lines again when a tail is freed here.
         self.zaps: "Tombstones | None" = None
 
     def __len__(self) -> int:
         return len(self._held)
 
     def grant_locked(self, owner: str, record: int, give_back: int, now: float,
-                     limit: int = RESERVE_MAX, written_now: bool = False
-                     ) -> tuple[int, Slice] | None:
+                     limit: int = RESERVE_MAX, written_now: bool = False,
+                     layout: tuple = ()) -> tuple[int, Slice] | None:
         """A new reservation of `record` bytes for `owner`, or None (the owner still holds
         one, the size is over `limit`, or no segment has RESERVE_ROOM times that free).
         written_now: the owner writes every byte of it at once, like a put_start's slice
         (a block for the batch in hand, of its exact size), so room is made for it as for
         a put_start (eviction included). Either kind may lie over freed records whose zaps
-        are queued: they wait while it is held (Tombstones.take)."""
+        are queued: they wait while it is held (Tombstones.take). layout: a block's record
+        lengths, so that one its client never commits is freed under a tombstone per record
+        (_release_locked)."""
         if type(owner) is not str or not owner or type(record) is not int \
                 or not 0 < record <= limit:
             return None
@@ -143,7 +142,8 @@ class Reservations:
         rid = next(self._ids)
         deadline = now + ix.config.put_timeout_ms / 1000.0
         commit_by = now + RESERVE_USE_MS / 1000.0 + COMMIT_GRACE_S + sl.length / COMMIT_MIN_RATE
-        self._held[rid] = _Held(owner, seg, sl, deadline, min(commit_by, deadline))
+        self._held[rid] = _Held(owner, seg, sl, deadline, min(commit_by, deadline),
+                                _fitting(layout, seg.allocator, sl.length))
         self._owner[owner] = rid
         return rid, sl
 
@@ -307,7 +307,13 @@ class Reservations:
         return len(stale)
 
     def _release_locked(self, rid: int, written: int = 0) -> None:
-        held = self._held.pop(rid)
+        held = self._held[rid]
+        if not written and held.layout:
+            # A block its client never committed (it died, or gave it back): a tombstone
+            # for each record it planned, whether or not it got to write them.
+            self._release_many_locked(rid, _offsets(held.layout, held.seg.allocator))
+            return
+        del self._held[rid]
         if self._owner.get(held.owner) == rid:
             del self._owner[held.owner]
         # Only into the allocator it came from: a segment remounted under the same name
@@ -324,6 +330,24 @@ class Reservations:
         self._free_unwritten(held.seg, sl.offset, sl.length)
         if self.ix.on_free is not None:
             self.ix.on_free(sl._replace(length=written))
+
+
+def _fitting(layout: tuple, alloc: Any, length: int) -> tuple:
+    """The layout if it is positive ints that fit the block laid out back to back, else
+    none (the client's word: a wrong one only costs tombstones that flip nothing)."""
+    if not layout or len(layout) > 1 << 16 or \
+            not all(type(n) is int and n > 0 for n in layout):
+        return ()
+    return layout if sum(alloc.round(n) for n in layout) <= length else ()
+
+
+def _offsets(layout: tuple, alloc: Any) -> list[tuple[int, int]]:
+    """(offset in the block, length) of each record of a layout, back to back."""
+    out, at = [], 0
+    for n in layout:
+        out.append((at, n))
+        at += alloc.round(n)
+    return out
 
 
 _new_obj = object.__new__

@@ -276,12 +276,13 @@ class MasterService:
         return self.index.reserve_release(_str(owner), rid)
 
     def rpc_batch_put_reserve(self, owner: str, size: int, give_back: int = 0,
-                              largest: int | None = None) -> list | None:
+                              largest: int | None = None, records: Any = None) -> list | None:
         """A block of exactly `size` bytes for the batch of small puts the owner writes now
         (the held one, if any, goes back; `largest`: its largest value, which decides
-        whether a block may be had with several segments mounted): the block or None."""
+        whether a block may be had with several segments mounted; `records`: the record
+        lengths it lays out, tombstoned if it never commits): the block or None."""
         return self._reservation(self.index.batch_put_reserve(_str(owner), size, give_back,
-                                                              largest), block=True)
+                                                              largest, records), block=True)
 
     def rpc_batch_put_commit(self, owner: str, rid: int, keys: list, sizes: list, flags: int = 0,
                              upsert: bool = False, revoke: bool = False) -> Any:
