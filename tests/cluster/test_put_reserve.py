@@ -95,6 +95,27 @@ def test_puts_up_to_4_mib_use_reservations_even_right_after_a_mass_removal(clust
     assert got == {k: hashlib.sha256(v).hexdigest() for k, v in values.items()}
 
 
+def test_puts_into_a_full_node_keep_using_reservations(cluster):
+    """The steady state of a KV cache: every put evicts, and the evicted records' zaps
+    wait for the node's next heartbeat (2 s here) under the space the next puts take.
+    Reservations go on regardless (before 2026-11-25 nearly all of these puts fell back
+    to put_start / put_end), and the newest values read back exactly."""
+    m = cluster.master()
+    cluster.node(m.addr, "--heartbeat-ms", "2000", dram="16MB")
+    wait_nodes(m.addr, 1)
+    # 40 MB through a 16 MB node; an eviction frees 5% (800 KB), more than the 16 records'
+    # room a reservation needs free (RESERVE_ROOM).
+    n, size = 2500, 16 << 10
+    with store(m.addr) as a:
+        values = [_value(i % 7, size) for i in range(n)]
+        for i, v in enumerate(values):
+            a.put(f"churn/{i}", v)
+        st = a.stats()
+        assert st["evictions"] > n // 2 and st["zaps_queued"] == st["evictions"]
+        assert st["reserved_puts"] >= 0.9 * n, st["reserved_puts"]
+        assert all(a.get(f"churn/{i}") == values[i] for i in range(n - 20, n))
+
+
 def test_expired_reservation_falls_back_to_the_normal_path(cluster):
     m = cluster.master(put_timeout_ms=600)
     cluster.node(m.addr)
