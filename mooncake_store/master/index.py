@@ -72,6 +72,9 @@ class ObjectIndex:
         self.segments: dict[str, SegmentInfo] = {}
         self._objects: dict[str, Obj] = {}     # complete objects
         self._pending: dict[str, Obj] = {}     # put_start without put_end yet
+        # Set by a cluster master: (start, end, until) of the destination slices of the
+        # copies it has asked nodes to make in a segment (repairs, hot replicas, promotions).
+        self.copies_in_flight: Callable[[str], list[tuple[int, int, float]]] | None = None
         # A policy that can keep its per-key state in our objects (Obj.pol) does: one
         # dict of a million keys instead of two. Hence on_insert after an object goes
         # into _objects, on_remove before it leaves, and pol handed on when replaced.
@@ -464,10 +467,13 @@ class ObjectIndex:
     def unwritten_locked(self, segment: str) -> list[tuple[int, int, float]]:
         """Sorted (start, end, until) of the slices in `segment` handed to writes not known
         to be done: held reservations and batch blocks (until: the last moment a commit can
-        name them) and pending put_starts (until put_end, however long). A queued zap whose
+        name them), pending put_starts (until put_end, however long) and the copies a
+        cluster master has asked nodes to make (`copies_in_flight`). A queued zap whose
         header line lies in one waits until then (master/tombstones.py): its old header is
         overwritten only if the write happens, and nothing written there later goes live."""
         spans = self.reservations.extents(segment)
+        if self.copies_in_flight is not None:
+            spans += self.copies_in_flight(segment)
         for obj in self._pending.values():
             for replica in obj.replicas:
                 spans += [(sl.offset, sl.offset + sl.length, math.inf) for sl in replica

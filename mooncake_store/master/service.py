@@ -81,7 +81,7 @@ class MasterService:
         self._hot: dict[str, int] = {}            # key -> replica count it had before it got hot
         self._rotate = 0
         self.clock = clock
-        self.index = ObjectIndex(self.config)
+        self.index = self._new_index()
         self.cluster = ClusterIndex(self.index)
         self.tombstones = Tombstones(clock)   # freed records, invalidated on their nodes
         self.tombstones.attach(self.index)
@@ -168,8 +168,21 @@ class MasterService:
             self.role = "standby"
             self._reset_state()
 
+    def _new_index(self) -> ObjectIndex:
+        ix = ObjectIndex(self.config)
+        ix.copies_in_flight = self._copies_in_flight
+        return ix
+
+    def _copies_in_flight(self, segment: str) -> list[tuple[int, int, float]]:
+        """Destination slices in `segment` of the copies nodes are making for us: a zap of
+        an old record under one waits until the copy lands or fails (master/tombstones.py)."""
+        slices = [t.slice for t in list(self._tasks.values())]
+        slices += [t.slice for t in list(self.tiers._tasks.values()) if t.slice is not None]
+        return [(sl.offset, sl.offset + sl.length, math.inf) for sl in slices
+                if sl.segment == segment]
+
     def _reset_state(self) -> None:
-        self.index = ObjectIndex(self.config)
+        self.index = self._new_index()
         self.cluster = ClusterIndex(self.index)
         self.tombstones.attach(self.index)
         self.tiers.attach(self.index)

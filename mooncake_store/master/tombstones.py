@@ -18,7 +18,8 @@ master gives the line back. A line that was allocated again before the heartbeat
 is skipped: the new record's write overwrites the old header or value, which
 then fails its checksum anyway. Unless that write may never happen: a line inside
 a slice handed to a write not yet confirmed (a pending put_start, a held
-reservation or batch block: `ObjectIndex.unwritten_locked`) keeps its zap queued
+reservation or batch block, the destination of a copy the master asked a node to
+make: `ObjectIndex.unwritten_locked`) keeps its zap queued
 until the slice is written (then it is skipped) or freed (then it is sent), so a
 writer that dies before writing leaves no old header behind. A reservation no
 commit can name any more (past its commit window, master/reserve.py) need not be

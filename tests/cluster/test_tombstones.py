@@ -11,6 +11,7 @@ from mooncake_store.codec import header_size
 from mooncake_store.master.index import ObjectIndex
 from mooncake_store.master.tombstones import Tombstones
 from mooncake_store.node import inventory
+from mooncake_store.replica import Slice
 
 
 def _record(buf, off: int, key: bytes, value: bytes, epoch: int = 1) -> int:
@@ -289,3 +290,27 @@ def test_same_size_puts_reuse_space_while_zaps_are_in_flight():
     ix.remove("again")
     assert alloc.used == 0 and alloc.largest_free() == alloc.capacity
     assert ts.pending() == 17    # the new records' own zaps and o0's second, queued
+
+
+def test_a_copy_the_master_started_keeps_the_zaps_under_it_until_it_lands_or_fails():
+    """A repair or hot-replica copy goes into space freed a moment ago: the old record's
+    zap waits while the node copies (the copy may never land), and goes out once the
+    destination is freed after a failed copy."""
+    from mooncake_store.master.service import MasterService, Task
+
+    svc = MasterService(Config(lease_ttl_ms=0))
+    ix, ts = svc.index, svc.tombstones
+    ix.add_segment("s", 64 * 1024)
+    old = ix.put_start("a", 1000)[0][0]
+    ix.put_end("a")
+    ix.remove("a")
+    with ix.lock:                                 # the destination of a copy, first fit
+        off = ix.segments["s"].allocator.alloc(2000)
+    dst = Slice("s", off, 2000)
+    assert dst.offset == old.offset
+    svc._tasks[1] = Task("b", dst, "node-1", 1e18)
+    assert ts.take(["s"]) == [] and ts.counters["zaps_deferred"] == 1
+    del svc._tasks[1]                             # the copy failed: its room is freed
+    with ix.lock:
+        ix._free_replicas([(dst,)])
+    assert [z[2:] for z in ts.take(["s"])] == [[old.offset, old.length]]
