@@ -98,7 +98,6 @@ class Tombstones:
         out: list[list] = []
         ix = self.ix
         now = self.clock()
-        until = now + HOLD_S
         with ix.lock:
             for name in segments:
                 q = self._queued.get(name)
@@ -108,41 +107,46 @@ class Tombstones:
                 if info is None:
                     del self._queued[name]
                     continue
-                starts = sorted(info.allocator._by_start)
-                unwritten: tuple[list[int], list[tuple[int, int, float]]] | None = None
-                out_lines: set[int] = set()
-                later = []
-                while q and len(out) < PER_HEARTBEAT:
-                    off, length = q.popleft()
-                    if _hold_line(info.allocator, starts, off):
-                        zid = next(self._ids)
-                        self._held[zid] = (name, info, off, until)
-                        out_lines.add(off)
-                        out.append([zid, name, off, length])
-                        continue
-                    if unwritten is None:
-                        spans = ix.unwritten_locked(name)
-                        unwritten = ([a for a, _b, _u in spans], spans)
-                        out_lines |= {h[2] for h in self._held.values() if h[0] == name}
-                        out_lines |= self._lent_at.get(name, {}).keys()
-                    span = _covering(unwritten, off)
-                    if off in out_lines or (span is not None and span[2] > now):
-                        # The write over it may still happen, or not: wait. (Or another zap
-                        # for the same line is out; each names its own length.)
-                        later.append((off, length))
-                    elif span is not None:
-                        # A reservation no commit can name any more: nothing written there
-                        # goes live, so the zap goes out now, its line lent to the slice.
-                        zid = next(self._ids)
-                        self._lend(zid, (name, info, off, until))
-                        out_lines.add(off)
-                        out.append([zid, name, off, length])
-                    else:
-                        self.counters["zaps_skipped"] += 1
-                q.extend(later)   # no longer than it was: the deque drops nothing here
-                self.counters["zaps_deferred"] += len(later)
+                self._take_segment(name, info, q, out, now)
         self.counters["zaps_sent"] += len(out)
         return out
+
+    def _take_segment(self, name: str, info: Any, q: deque, out: list[list], now: float) -> None:
+        """Pop `name`'s queue into `out` (up to PER_HEARTBEAT in all): each zap is sent with
+        its line held, sent with its line lent, skipped, or put back to wait."""
+        until = now + HOLD_S
+        starts = sorted(info.allocator._by_start)
+        unwritten: tuple[list[int], list[tuple[int, int, float]]] | None = None
+        out_lines: set[int] = set()
+        later = []
+        while q and len(out) < PER_HEARTBEAT:
+            off, length = q.popleft()
+            if _hold_line(info.allocator, starts, off):
+                zid = next(self._ids)
+                self._held[zid] = (name, info, off, until)
+            else:
+                if unwritten is None:   # built at the first line found taken again
+                    spans = self.ix.unwritten_locked(name)
+                    unwritten = ([a for a, _b, _u in spans], spans)
+                    out_lines |= {h[2] for h in self._held.values() if h[0] == name}
+                    out_lines |= self._lent_at.get(name, {}).keys()
+                span = _covering(unwritten, off)
+                if off in out_lines or (span is not None and span[2] > now):
+                    # The write over it may still happen, or not: wait. (Or another zap for
+                    # the same line is out; each names its own length.)
+                    later.append((off, length))
+                    continue
+                if span is None:   # written again: the new record overwrote the old header
+                    self.counters["zaps_skipped"] += 1
+                    continue
+                # A reservation no commit can name any more: nothing written there goes
+                # live, so the zap goes out now, its line lent to the slice.
+                zid = next(self._ids)
+                self._lend(zid, (name, info, off, until))
+            out_lines.add(off)
+            out.append([zid, name, off, length])
+        q.extend(later)   # no longer than it was: the deque drops nothing here
+        self.counters["zaps_deferred"] += len(later)
 
     def done(self, ids: list) -> int:
         """The node has dealt with these zaps: give their header lines back."""
