@@ -25,7 +25,7 @@ tombstone for every record the batch names.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 from ..codec import header_size
 from ..errors import InvalidParams, StoreError
@@ -214,13 +214,9 @@ class Reservations:
         ix, sl = self.ix, held.slice
         alloc = held.seg.allocator
         # The layout the client wrote: records back to back, each rounded to the alignment.
-        records, at = [], 0
-        mask = alloc.align - 1
-        for key, size in zip(keys, sizes):
-            klen = len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass"))
-            rec = header_size(klen) + size
-            records.append((at, rec))
-            at += (rec + mask) & ~mask
+        records, at = _layout([header_size(len(k) if k.isascii() else
+                                           len(k.encode("utf-8", "surrogatepass"))) + n
+                               for k, n in zip(keys, sizes)], alloc)
         if revoke or held.commit_by <= now or ix.segments.get(sl.segment) is not held.seg:
             self._release_many_locked(rid, records if at <= sl.length else [])
             return GONE
@@ -311,7 +307,7 @@ class Reservations:
         if not written and held.layout:
             # A block its client never committed (it died, or gave it back): a tombstone
             # for each record it planned, whether or not it got to write them.
-            self._release_many_locked(rid, _offsets(held.layout, held.seg.allocator))
+            self._release_many_locked(rid, _layout(held.layout, held.seg.allocator)[0])
             return
         del self._held[rid]
         if self._owner.get(held.owner) == rid:
@@ -338,16 +334,17 @@ def _fitting(layout: tuple, alloc: Any, length: int) -> tuple:
     if not layout or len(layout) > 1 << 16 or \
             not all(type(n) is int and n > 0 for n in layout):
         return ()
-    return layout if sum(alloc.round(n) for n in layout) <= length else ()
+    return layout if _layout(layout, alloc)[1] <= length else ()
 
 
-def _offsets(layout: tuple, alloc: Any) -> list[tuple[int, int]]:
-    """(offset in the block, length) of each record of a layout, back to back."""
-    out, at = [], 0
-    for n in layout:
+def _layout(records: Sequence[int], alloc: Any) -> tuple[list[tuple[int, int]], int]:
+    """Records of these lengths back to back from a block's start, each rounded to the
+    allocator's alignment: (offset in the block, length) of each, and where the last ends."""
+    out, at, mask = [], 0, alloc.align - 1
+    for n in records:
         out.append((at, n))
-        at += alloc.round(n)
-    return out
+        at += (n + mask) & ~mask
+    return out, at
 
 
 _new_obj = object.__new__

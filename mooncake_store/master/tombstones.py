@@ -6,27 +6,25 @@ the space is written again, so without this it would come back after a failover.
 
 Every slice the index frees is queued here (not the never-written tail of a
 reservation: master/reserve.py _UNWRITTEN). When its node heartbeats, the master
-takes the first 64-byte line of each queued extent (the line that holds the
-record's header) out of the allocator, if that line is still free, and sends
-(offset, length) to the node (length 0: whatever record starts there, for a
-reservation freed without the master learning what was written into it). Nothing
-can be allocated over the line while the
-node works on it, so whatever header the node finds there belongs to no live
-object; the node still checks it verifies with the expected length and flips it
-with one compare-and-swap (csrc/record.c mcs_rec_zap), then reports, and the
-master gives the line back. A line that was allocated again before the heartbeat
-is skipped: the new record's write overwrites the old header or value, which
-then fails its checksum anyway. Unless that write may never happen: a line inside
-a slice handed to a write not yet confirmed (a pending put_start, a held
-reservation or batch block, the destination of a copy the master asked a node to
-make: `ObjectIndex.unwritten_locked`) keeps its zap queued
-until the slice is written (then it is skipped) or freed (then it is sent), so a
-writer that dies before writing leaves no old header behind. A reservation no
-commit can name any more (past its commit window, master/reserve.py) need not be
-waited for: whatever is written there never goes live, so the zap goes out at
-once with its line lent to the reservation (below) and held again when it is freed.
-An idle client's reservation therefore delays a zap by about one commit window
-(~1.1 s), not put_timeout_ms.
+takes the first 64-byte line of each queued extent (the line that holds the record's
+header) out of the allocator, if that line is still free, and sends (offset, length)
+to the node (length 0: whatever record starts there, for a reservation freed without
+the master learning what was written into it). Nothing can be allocated over the
+line while the node works on it, so whatever header the node finds there belongs to
+no live object; the node still checks it verifies with the expected length and flips
+it with one compare-and-swap (csrc/record.c mcs_rec_zap), then reports, and the
+master gives the line back. A line that was allocated again before the heartbeat is
+skipped: the new record's write overwrites the old header or value, which then fails
+its checksum anyway. Unless that write may never happen: a line inside a slice
+handed to a write not yet confirmed (a pending put_start, a held reservation or
+batch block, the destination of a copy the master asked a node to make:
+`ObjectIndex.unwritten_locked`) keeps its zap queued until the slice is written
+(then it is skipped) or freed (then it is sent), so a writer that dies before
+writing leaves no old header behind. A reservation no commit can name any more (past
+its commit window, master/reserve.py) need not be waited for: whatever is written
+there never goes live, so the zap goes out at once with its line lent to the
+reservation (below) and held again when it is freed. An idle client's reservation
+therefore delays a zap by about one commit window (~1.1 s), not put_timeout_ms.
 
 A held line splits its hole, so a record of the freed size no longer fits there
 until the node reports. When an allocation finds no room, `no_room` gives back the
