@@ -127,6 +127,9 @@ def test_bench_table_output():
     (["bench", "store", "--compare", "redis"], "only 'mooncake'"),
     (["bench", "store", "--transport", "rdma"], "transport must be shm or tcp"),
     (["bench", "store", "--sizes", "1G", "--seg-mib", "64"], "does not fit"),
+    (["master", "--port", "99999"], "65535"),   # zmq would have bound 99999 % 65536
+    (["node", "--master", "127.0.0.1:1", "--port", "-1"], "--port"),
+    (["master", "--metrics-port", "70000"], "--metrics-port"),
 ])
 def test_bad_options_are_clean_errors(args, message):
     res = runner.invoke(app, args)

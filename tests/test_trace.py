@@ -200,3 +200,7 @@ def test_cli_table_and_errors(tmp_path):
     assert r.exit_code == 2 and "unknown policy" in r.output
     r = _cli(["trace", "replay", str(p), "--sweep", "5,x"])
     assert r.exit_code == 2 and "--sweep" in r.output
+    r = _cli(["trace", "replay", str(p), "--capacity-pct", "0"])   # was taken as the default 10
+    assert r.exit_code == 2 and "--capacity-pct: must be in (0, 100]" in r.output
+    r = _cli(["trace", "replay", str(p), "--speed", "-1"])
+    assert r.exit_code == 2 and "--speed" in r.output and "requests" not in r.output  # before loading

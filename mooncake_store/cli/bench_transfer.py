@@ -293,7 +293,7 @@ def bench_transfer(
     segment_addr: int = typer.Option(0, help="initiator: the target's buffer address"),
     buffer_size: str = typer.Option("512M", help="target buffer size"),
     host: str = typer.Option("127.0.0.1", help="target: address to listen on"),
-    port: int = typer.Option(0, help="target: port (0 = any)"),
+    port: int = typer.Option(0, min=0, max=65535, help="target: port (0 = any)"),
     streams: int = typer.Option(4, min=1, max=16, help="tcp connections per peer"),
     slice_size: str = typer.Option("1M", help="tcp slice size"),
     token: str = typer.Option("", help="shared secret (default: $MOONCAKE_AUTH_TOKEN)"),

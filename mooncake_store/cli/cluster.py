@@ -50,7 +50,7 @@ def _warn_exposure(what: str, host: str, auth_token: str) -> None:
 
 @app.command("master")
 def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
-               port: int = typer.Option(50051, help="RPC port (0: any free port)."),
+               port: int = typer.Option(50051, min=0, max=65535, help="RPC port (0: any free port)."),
                etcd: str = ETCD_OPT,
                cluster_id: str = typer.Option("default", "--cluster-id"),
                lease_ttl_ms: int = typer.Option(5000, "--default-kv-lease-ttl", "--lease-ttl-ms",
@@ -61,7 +61,7 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
                node_ttl_ms: int = typer.Option(5000, "--node-ttl-ms",
                                                help="A node silent this long is dead."),
                auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
-               metrics_port: int = typer.Option(0, "--metrics-port",
+               metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                                 help="Serve /metrics and /health here (0: off)."),
                stripe_size: str = typer.Option("4MB", "--stripe-size",
                                                help="Split larger values over several nodes."),
@@ -112,14 +112,15 @@ def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
 def node_cmd(master: str = MASTER_OPT, etcd: str = ETCD_OPT,
              dram: str = typer.Option("1GB", help="DRAM segment size (e.g. 4GB)."),
              host: str = typer.Option("127.0.0.1", help="Transfer server address."),
-             port: int = typer.Option(0, help="Transfer server port (0: any free port)."),
+             port: int = typer.Option(0, min=0, max=65535,
+                                      help="Transfer server port (0: any free port)."),
              heartbeat_ms: int = typer.Option(1000, "--heartbeat-ms"),
              node_ttl_ms: int = typer.Option(5000, "--node-ttl-ms",
                                              help="etcd membership lease (ms, at least 2 s)."),
              cluster_id: str = typer.Option("default", "--cluster-id"),
              timeout_ms: int = TIMEOUT_OPT,
              auth_token: str = typer.Option("", "--auth-token", envvar="MOONCAKE_AUTH_TOKEN"),
-             metrics_port: int = typer.Option(0, "--metrics-port",
+             metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535,
                                               help="Serve /metrics and /health here (0: off)."),
              ssd: str = typer.Option("", "--ssd", help="SSD tier PATH:SIZE (e.g. /nvme/mcs:256GB): "
                                      "objects demoted from DRAM; kept across restarts."),
@@ -266,8 +267,11 @@ def get_cmd(key: str, master: str = MASTER_OPT, etcd: str = ETCD_OPT, timeout_ms
     """Read a value (to stdout, or -o FILE)."""
     value = _with_store(master, etcd, timeout_ms, lambda store: store.get(key))
     if out:
-        with open(out, "wb") as f:
-            f.write(value)
+        try:
+            with open(out, "wb") as f:
+                f.write(value)
+        except OSError as e:
+            _fail(f"{out}: {e.strerror}")
     else:
         sys.stdout.buffer.write(value)
         sys.stdout.buffer.flush()

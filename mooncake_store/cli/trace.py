@@ -94,9 +94,14 @@ def replay_cmd(
             raise InvalidParams("--capacity is exclusive with --capacity-pct and --sweep")
         if limit is not None and limit <= 0:
             raise InvalidParams(f"--limit: must be > 0, got {limit}")
+        if capacity_pct is not None and not 0 < capacity_pct <= 100:
+            raise InvalidParams(f"--capacity-pct: must be in (0, 100], got {capacity_pct:g}")
+        if speed < 0:
+            raise InvalidParams(f"--speed: must be >= 0 (0 = as fast as possible), got {speed:g}")
         pols = _policies(policy, bool(sweep))
         pcts: list[Optional[float]] = _pcts(sweep) if sweep else [
-            None if capacity is not None else (capacity_pct or _DEFAULT_PCT)]
+            None if capacity is not None else
+            (_DEFAULT_PCT if capacity_pct is None else capacity_pct)]
         trace = tr.load_trace(trace_path, limit)
     except StoreError as e:
         _fail(str(e))

@@ -73,7 +73,8 @@ class NodeAgent:
     def register(self) -> None:
         segs = [{"name": m.name, "base": m.segment.base, "size": m.segment.size, "tier": m.tier}
                 for m in self.mounted.values()]
-        inv = {m.name: inventory.scan(m.segment.ptr, m.segment.size) for m in self.mounted.values()}
+        inv = {m.name: inventory.scan(m.segment.ptr, m.segment.size, _written(m.segment))
+               for m in self.mounted.values()}
         extra = (self.cold.registration(),) if self.cold is not None else ()
         reply = self.master.call("register_node", self.node_id, self.endpoint, segs, inv, *extra)
         self.heartbeat_s = reply.get("heartbeat_ms", self.heartbeat_s * 1000) / 1000.0
@@ -209,3 +210,9 @@ def _verify(ptr: Any, length: int, key: str) -> bool:
     if lib.mcs_rec_check_header(ptr, length, kb, len(kb), info) != 0:
         return False
     return lib.mcs_crc32c(0, ptr + info.header_len, info.value_len) == info.value_crc
+
+
+def _written(segment: Any) -> Any:
+    """Where a segment may hold records (None: anywhere; a GPU segment has no memfd)."""
+    ranges = getattr(segment, "written_ranges", None)
+    return ranges() if ranges is not None else None

@@ -12,6 +12,7 @@ rebuilt index does not find removed or evicted objects again.
 from __future__ import annotations
 
 import struct
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -22,15 +23,15 @@ _MAGIC_U32 = struct.unpack("<I", MAGIC)[0]
 _CHUNK = 64 << 20
 
 
-def scan(ptr, size: int) -> list[list]:
+def scan(ptr, size: int, ranges: Iterable[tuple[int, int]] | None = None) -> list[list]:
     """Entries [key, offset, length, value_size, flags] for every intact record in
-    [ptr, ptr+size). When two records claim the same key, the newer epoch wins."""
+    [ptr, ptr+size), looking only in `ranges` ([start, end) pairs in order; default the
+    whole segment). When two records claim the same key, the newer epoch wins."""
     found: dict[str, tuple[int, list]] = {}
     buf = ffi.buffer(ptr, size)
     info = ffi.new("mcs_rec_info *")
     pos_after = 0   # end of the last accepted record: records never overlap
-    for start in range(0, size - size % ALIGN, _CHUNK):
-        end = min(start + _CHUNK, size - size % ALIGN)
+    for start, end in _chunks(size - size % ALIGN, ranges):
         words = np.frombuffer(buf, dtype="<u4", count=(end - start) // 4, offset=start)[::ALIGN // 4]
         for idx in np.flatnonzero(words == _MAGIC_U32):
             off = start + int(idx) * ALIGN
@@ -48,6 +49,14 @@ def scan(ptr, size: int) -> list[list]:
                 found[key] = (info.epoch, entry)
             pos_after = off + hlen + vlen
     return [e for _, e in found.values()]
+
+
+def _chunks(limit: int, ranges: Iterable[tuple[int, int]] | None) -> Iterator[tuple[int, int]]:
+    """[start, end) pieces of at most _CHUNK bytes, 64-byte aligned, below `limit`."""
+    for lo, hi in ranges if ranges is not None else ((0, limit),):
+        lo, hi = lo - lo % ALIGN, min(limit, -(-hi // ALIGN) * ALIGN)
+        for start in range(lo, hi, _CHUNK):
+            yield start, min(start + _CHUNK, hi)
 
 
 def zap_records(mounted: dict, zaps: list) -> tuple[list, int, int]:

@@ -6,6 +6,7 @@ shm transport). The address is stable for the segment's life.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 
@@ -15,10 +16,27 @@ from .._engine import ffi, lib
 from ..errors import InvalidParams, NoSpace
 
 
+def host_memory() -> int:
+    """Bytes of memory this process may use: the machine's RAM, or its cgroup's limit."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total
+
+
 class DramSegment:
     def __init__(self, size: int, name: str = "mooncake_store") -> None:
         if size <= 0:
             raise InvalidParams(f"segment size must be > 0, got {size}")
+        mem = host_memory()
+        if size > mem:   # the mapping would succeed, then the OOM killer would end the process
+            raise InvalidParams(f"a {size / 2**30:.1f} GiB DRAM segment is more than this "
+                                f"host's memory ({mem / 2**30:.1f} GiB)")
         self.size = size
         self.name = name
         try:
@@ -51,6 +69,23 @@ class DramSegment:
             return
         self._prefaulter = threading.Thread(target=run, name="mstore-prefault", daemon=True)
         self._prefaulter.start()
+
+    def written_ranges(self) -> list[tuple[int, int]]:
+        """[start, end) ranges that may hold data, in order: a memfd's holes were never
+        written, so an inventory scan skips them instead of faulting in (and so
+        allocating) every page of a fresh segment."""
+        if self.fd < 0:
+            return [(0, self.size)]
+        out, pos = [], 0
+        try:
+            while pos < self.size:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+                pos = min(os.lseek(self.fd, start, os.SEEK_HOLE), self.size)
+                out.append((start, pos))
+        except OSError as e:
+            if e.errno != errno.ENXIO:     # ENXIO: no data past pos
+                return [(0, self.size)]    # no SEEK_DATA here: look everywhere
+        return out
 
     def view(self, offset: int, length: int) -> memoryview:
         if offset < 0 or length < 0 or offset + length > self.size:

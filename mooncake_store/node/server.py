@@ -43,6 +43,9 @@ class StorageNode:
 
     def start(self) -> "StorageNode":
         self.agent.start()
+        # After the first inventory scan, which skips the memfd's holes: faulting the
+        # pages in now keeps first-touch faults off the first puts (as the embedded store).
+        self.segment.prefault()
         return self
 
     def close(self) -> None:

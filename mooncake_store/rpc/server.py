@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import zmq
 
-from ..errors import ErrorCode, StoreError
+from ..errors import ErrorCode, InvalidParams, StoreError
 from . import stream
 from .protocol import VERSION, BadMessage, pack_response, unpack_request
 
@@ -32,6 +32,8 @@ class RpcServer:
 
     def __init__(self, handlers: dict[str, Callable[..., Any]], host: str = "127.0.0.1",
                  port: int = 0, token: str = "", lanes: tuple[str, ...] = ("unix", "tcp")) -> None:
+        if not 0 <= port < 65536:   # zmq would take it modulo 65536 and listen elsewhere
+            raise InvalidParams(f"cannot listen on {host}:{port}: port out of range")
         self.handlers = dict(handlers)
         self.token = token
         self._ctx = zmq.Context.instance()
@@ -46,8 +48,7 @@ class RpcServer:
                 self.port = self._sock.bind_to_random_port(f"tcp://{host}")
         except zmq.ZMQError as e:
             self._sock.close(0)
-            raise StoreError(f"cannot listen on {host}:{port}: {e}",
-                             ErrorCode.INVALID_PARAMS) from None
+            raise InvalidParams(f"cannot listen on {host}:{port}: {e}") from None
         self.host = host
         self._token = token.encode()
         self.ident = os.urandom(8).hex()   # tells a stream lane of this server from any other

@@ -43,6 +43,9 @@ def test_admin_commands(cluster, tmp_path):
     dst = tmp_path / "out.bin"
     mstore("get", "docs/a", "-o", str(dst), *mm)
     assert dst.read_bytes() == src.read_bytes()
+    unwritable = mstore("get", "docs/a", "-o", str(tmp_path / "no" / "such" / "dir"), *mm, ok=False)
+    assert unwritable.returncode != 0 and b"No such file or directory" in unwritable.stderr
+    assert b"Traceback" not in unwritable.stderr
     assert mstore("get", "docs/b", *mm).stdout == src.read_bytes()
     st = json.loads(mstore("stat", "docs/a", *mm).stdout)
     assert st["size"] == 256000 and len(st["replicas"]) == 1

@@ -104,6 +104,13 @@ def test_bad_address_is_invalid_params():
             RpcClient(bad)
 
 
+def test_server_port_out_of_range_is_invalid_params():
+    # zmq takes a port modulo 65536: 99999 would listen on 34463 and say nothing.
+    for bad in (-1, 65536, 99999):
+        with pytest.raises(InvalidParams, match="out of range"):
+            RpcServer({}, "127.0.0.1", bad)
+
+
 def test_concurrent_callers_share_one_client(server):
     c = RpcClient(server.address, timeout_ms=5000)
     errors = []
