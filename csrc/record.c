@@ -136,3 +136,36 @@ int mcs_rec_zap(void *region, uint64_t region_len, uint64_t expected_len) {
     return __atomic_compare_exchange_n(word, &seen, zapped, 0, __ATOMIC_ACQ_REL,
                                        __ATOMIC_ACQUIRE) ? 1 : 0;
 }
+
+int64_t mcs_rec_scan(const void *region, uint64_t region_len, uint64_t lo, uint64_t hi,
+                     mcs_rec_found *out, uint64_t max, uint64_t *next) {
+    if (!region || !out || !next || lo % MCS_REC_ALIGN || hi > region_len) return MCS_REC_BAD_ARGS;
+    const uint8_t *base = (const uint8_t *)region;
+    uint64_t n = 0, end = lo;
+    uint64_t off = lo;
+    while (off < hi && n < max) {
+        if (region_len - off < MCS_REC_FIXED || memcmp(base + off, MAGIC, 4) != 0) {
+            off += MCS_REC_ALIGN;
+            continue;
+        }
+        mcs_rec_info info;
+        const uint8_t *h = base + off;
+        if (mcs_rec_check_header(h, region_len - off, NULL, 0, &info) != MCS_REC_OK ||
+            mcs_crc32c(0, h + info.header_len, info.value_len) != info.value_crc) {
+            off += MCS_REC_ALIGN;
+            continue;
+        }
+        out[n].offset = off;
+        out[n].value_len = info.value_len;
+        out[n].epoch = info.epoch;
+        out[n].header_len = info.header_len;
+        out[n].key_len = (uint16_t)get_le(h + OFF_KEYLEN, 2);
+        out[n].flags = info.flags;
+        n++;
+        /* check_header bounded header + value by region_len - off */
+        end = off + info.header_len + info.value_len;
+        off = (end + MCS_REC_ALIGN - 1) / MCS_REC_ALIGN * MCS_REC_ALIGN;
+    }
+    *next = n == max ? off : (end > hi ? end : hi);
+    return (int64_t)n;
+}

@@ -28,6 +28,16 @@ typedef struct {
     uint64_t epoch;
 } mcs_rec_info;
 
+/* One record found by mcs_rec_scan: the key is key_len bytes at offset + MCS_REC_FIXED. */
+typedef struct {
+    uint64_t offset;
+    uint64_t value_len;
+    uint64_t epoch;
+    uint16_t header_len;
+    uint16_t key_len;
+    uint8_t flags;
+} mcs_rec_found;
+
 size_t mcs_rec_header_size(size_t key_len);
 /* Write header + value into region[0, region_len). Returns bytes written (> 0) or a negative code. */
 int64_t mcs_rec_write(void *region, uint64_t region_len, const char *key, size_t key_len,
@@ -48,4 +58,11 @@ int64_t mcs_rec_read(const void *region, uint64_t region_len, const char *key, s
 /* Invalidate the record at region (8-byte aligned) if it verifies and its header+value length is
  * expected_len (0: any), with one atomic compare-and-swap. 1: zapped, 0: left alone, < 0: bad args. */
 int mcs_rec_zap(void *region, uint64_t region_len, uint64_t expected_len);
+/* Look for intact records (header and value verify) at the 64-byte lines of [lo, hi), lo
+ * aligned; a record's own lines are stepped over once it is accepted. Writes at most max
+ * entries to out and returns how many. *next is where a further call resumes: past the
+ * last accepted record when out filled up, else max(hi, end of the last accepted record),
+ * the first line a later range may hold a record on. */
+int64_t mcs_rec_scan(const void *region, uint64_t region_len, uint64_t lo, uint64_t hi,
+                     mcs_rec_found *out, uint64_t max, uint64_t *next);
 #endif

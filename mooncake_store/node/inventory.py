@@ -1,62 +1,71 @@
 """Find the records a DRAM segment holds by scanning for verified headers.
 
-Records start at 64-byte boundaries (the allocator's alignment). Candidates are
-found with one vectorized pass over the first word of every 64-byte line; each
-candidate is then checked in C (header CRC, lengths) and its value CRC compared,
-so torn or overwritten records are skipped. Used when a node rejoins a master
-that has no index for it (master restart or leader change).
+Records start at 64-byte boundaries (the allocator's alignment). The walk is in C
+(csrc/record.c mcs_rec_scan): the magic at each 64-byte line, then header CRC,
+lengths and value CRC, so torn or overwritten records are skipped, and the lines
+of an accepted record are stepped over. Python only reads the keys out and keeps
+the newer epoch of a key found twice. Used when a node registers with a master
+that has no index for it (its first start, a master restart or a leader change).
 
 zap_records invalidates records the master freed (master/tombstones.py), so a
 rebuilt index does not find removed or evicted objects again.
 """
 from __future__ import annotations
 
-import struct
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from .._engine import ffi, lib
-from ..codec import ALIGN, FIXED_SIZE, MAGIC, decode_header
+from ..codec import ALIGN, FIXED_SIZE, decode_header
+from ..errors import StoreError
 
-_MAGIC_U32 = struct.unpack("<I", MAGIC)[0]
-_CHUNK = 64 << 20
+_BATCH = 4096   # records per call into C
+_FIELDS = ("offset", "value_len", "epoch", "header_len", "key_len", "flags")
+_FOUND = np.dtype({"names": list(_FIELDS), "formats": ["<u8", "<u8", "<u8", "<u2", "<u2", "u1"],
+                   "offsets": [ffi.offsetof("mcs_rec_found", f) for f in _FIELDS],
+                   "itemsize": ffi.sizeof("mcs_rec_found")})
 
 
 def scan(ptr, size: int, ranges: Iterable[tuple[int, int]] | None = None) -> list[list]:
     """Entries [key, offset, length, value_size, flags] for every intact record in
     [ptr, ptr+size), looking only in `ranges` ([start, end) pairs in order; default the
     whole segment). When two records claim the same key, the newer epoch wins."""
-    found: dict[str, tuple[int, list]] = {}
+    entries: list[list] = []
+    epochs: list[int] = []
     buf = ffi.buffer(ptr, size)
-    info = ffi.new("mcs_rec_info *")
-    pos_after = 0   # end of the last accepted record: records never overlap
-    for start, end in _chunks(size - size % ALIGN, ranges):
-        words = np.frombuffer(buf, dtype="<u4", count=(end - start) // 4, offset=start)[::ALIGN // 4]
-        for idx in np.flatnonzero(words == _MAGIC_U32):
-            off = start + int(idx) * ALIGN
-            if off < pos_after or size - off < FIXED_SIZE:
-                continue
-            if lib.mcs_rec_check_header(ptr + off, size - off, ffi.NULL, 0, info) != 0:
-                continue
-            hlen, vlen = info.header_len, info.value_len
-            if lib.mcs_crc32c(0, ptr + off + hlen, vlen) != info.value_crc:
-                continue
-            key = decode_header(buf[off:off + hlen]).key.decode("utf-8", "surrogatepass")
-            entry = [key, off, hlen + vlen, vlen, info.flags]
-            prev = found.get(key)
-            if prev is None or info.epoch >= prev[0]:
-                found[key] = (info.epoch, entry)
-            pos_after = off + hlen + vlen
-    return [e for _, e in found.values()]
-
-
-def _chunks(limit: int, ranges: Iterable[tuple[int, int]] | None) -> Iterator[tuple[int, int]]:
-    """[start, end) pieces of at most _CHUNK bytes, 64-byte aligned, below `limit`."""
+    out = ffi.new("mcs_rec_found[]", _BATCH)
+    view = ffi.buffer(out)
+    nxt = ffi.new("uint64_t *")
+    pos = 0   # the first line not inside an accepted record: records never overlap
+    limit = size - size % ALIGN
     for lo, hi in ranges if ranges is not None else ((0, limit),):
-        lo, hi = lo - lo % ALIGN, min(limit, -(-hi // ALIGN) * ALIGN)
-        for start in range(lo, hi, _CHUNK):
-            yield start, min(start + _CHUNK, hi)
+        lo, hi = max(pos, lo - lo % ALIGN), min(limit, -(-hi // ALIGN) * ALIGN)
+        while lo < hi:
+            n = lib.mcs_rec_scan(ptr, size, lo, hi, out, _BATCH, nxt)
+            if n < 0:
+                raise StoreError(f"inventory scan of [{lo}, {hi}) in {size} bytes refused", n)
+            rows = np.frombuffer(view, dtype=_FOUND, count=n)   # columns, not cffi structs
+            offs, vlens, eps, hlens, klens, flags = (rows[c].tolist() for c in _FIELDS)
+            entries += [[buf[o + FIXED_SIZE:o + FIXED_SIZE + k].decode("utf-8", "surrogatepass"),
+                         o, h + v, v, f] for o, v, h, k, f in zip(offs, vlens, hlens, klens, flags)]
+            epochs += eps
+            lo = pos = max(pos, nxt[0] + (-nxt[0]) % ALIGN)
+            if n < _BATCH:
+                break
+    return _newest(entries, epochs)
+
+
+def _newest(entries: list[list], epochs: list[int]) -> list[list]:
+    """One entry per key: the newer epoch (the later record when equal)."""
+    if len({e[0] for e in entries}) == len(entries):
+        return entries
+    best: dict[str, tuple[int, list]] = {}
+    for e, epoch in zip(entries, epochs):
+        prev = best.get(e[0])
+        if prev is None or epoch >= prev[0]:
+            best[e[0]] = (epoch, e)
+    return [e for _, e in best.values()]
 
 
 def zap_records(mounted: dict, zaps: list) -> tuple[list, int, int]:
