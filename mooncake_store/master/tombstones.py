@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections import deque
+from array import array
 from typing import Any, Callable
 
 from ..replica import Slice
 
-MAX_QUEUED = 65_536        # per segment; beyond it the oldest entries are dropped (and counted)
+MIN_QUEUED = 65_536        # per segment at least; beyond its cap the oldest are dropped (and counted)
+QUEUE_CAP_PER = 4096       # and one entry per 4 KiB of segment: a whole segment's records removed at once
 PER_HEARTBEAT = 4096       # zaps handed to one node per heartbeat
 HOLD_S = 10.0              # a line not reported back by then is given back anyway
 
@@ -56,7 +57,7 @@ class Tombstones:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.ix: Any = None
-        self._queued: dict[str, deque] = {}
+        self._queued: dict[str, ZapQueue] = {}
         self._held: dict[int, tuple[str, Any, int, float]] = {}   # id -> (segment, info, offset, until)
         # Lines given back by no_room while their zap is out: id -> (segment, info, offset,
         # until), and segment -> {offset: id} to find them when their cover is freed.
@@ -83,10 +84,11 @@ class Tombstones:
         # Called under the index lock from every free: keep it to an append.
         q = self._queued.get(sl.segment)
         if q is None:
-            q = self._queued[sl.segment] = deque(maxlen=MAX_QUEUED)
-        elif len(q) == MAX_QUEUED:
+            info = self.ix.segments.get(sl.segment)
+            size = info.capacity if info is not None else 0
+            q = self._queued[sl.segment] = ZapQueue(max(MIN_QUEUED, size // QUEUE_CAP_PER))
+        if not q.append(sl.offset, sl.length):
             self.counters["zaps_dropped"] += 1
-        q.append((sl.offset, sl.length))
         self.counters["zaps_queued"] += 1
         if self._lent:
             self.rehold_within(sl)
@@ -109,7 +111,7 @@ class Tombstones:
         self.counters["zaps_sent"] += len(out)
         return out
 
-    def _take_segment(self, name: str, info: Any, q: deque, out: list[list], now: float) -> None:
+    def _take_segment(self, name: str, info: Any, q: ZapQueue, out: list[list], now: float) -> None:
         """Pop `name`'s queue into `out` (up to PER_HEARTBEAT in all): each zap is sent with
         its line held, sent with its line lent, skipped, or put back to wait."""
         until = now + HOLD_S
@@ -143,7 +145,8 @@ class Tombstones:
                 self._lend(zid, (name, info, off, until))
             out_lines.add(off)
             out.append([zid, name, off, length])
-        q.extend(later)   # no longer than it was: the deque drops nothing here
+        for off, length in later:   # no longer than it was: nothing is dropped here
+            q.append(off, length)
         self.counters["zaps_deferred"] += len(later)
 
     def done(self, ids: list) -> int:
@@ -244,6 +247,49 @@ class Tombstones:
         # the same segment name has a fresh one where this line was never held.
         if self.ix.segments.get(name) is info:
             info.allocator.free(off, info.allocator.align)
+
+
+class ZapQueue:
+    """(offset, length) of freed records in the order they were freed, 16 bytes each (a
+    deque of tuples took ~96, so its cap had to stay at 65,536 and a mass removal lost
+    most of its zaps: those records could come back in a later rebuild). Past `cap` the
+    oldest entry is dropped."""
+
+    __slots__ = ("offs", "lens", "head", "cap")
+
+    def __init__(self, cap: int) -> None:
+        self.offs, self.lens = array("Q"), array("Q")
+        self.head = 0
+        self.cap = cap
+
+    def __len__(self) -> int:
+        return len(self.offs) - self.head
+
+    def append(self, off: int, length: int) -> bool:
+        """Queue one; False when the oldest entry had to go to make room."""
+        self.offs.append(off)
+        self.lens.append(length)
+        if len(self) <= self.cap:
+            return True
+        self.head += 1
+        self._compact()
+        return False
+
+    def popleft(self) -> tuple[int, int]:
+        i = self.head
+        if i >= len(self.offs):
+            raise IndexError("pop from an empty ZapQueue")
+        self.head = i + 1
+        item = (self.offs[i], self.lens[i])
+        self._compact()
+        return item
+
+    def _compact(self) -> None:
+        # Amortized O(1): the consumed front goes once it is half of what is stored.
+        if self.head >= 4096 and 2 * self.head >= len(self.offs):
+            del self.offs[:self.head]
+            del self.lens[:self.head]
+            self.head = 0
 
 
 def _covering(spans: tuple[list[int], list[tuple[int, int, float]]], off: int

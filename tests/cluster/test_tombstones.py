@@ -9,7 +9,7 @@ from mooncake_store._engine import ffi, lib
 from mooncake_store.errors import NoSpace
 from mooncake_store.codec import header_size
 from mooncake_store.master.index import ObjectIndex
-from mooncake_store.master.tombstones import Tombstones
+from mooncake_store.master.tombstones import Tombstones, ZapQueue
 from mooncake_store.node import inventory
 from mooncake_store.replica import Slice
 
@@ -314,3 +314,37 @@ def test_a_copy_the_master_started_keeps_the_zaps_under_it_until_it_lands_or_fai
     with ix.lock:
         ix._free_replicas([(dst,)])
     assert [z[2:] for z in ts.take(["s"])] == [[old.offset, old.length]]
+
+
+def test_zap_queue_keeps_order_compacts_and_drops_only_past_its_cap():
+    q = ZapQueue(cap=10_000)
+    for i in range(9_000):
+        assert q.append(i * 64, i + 1)
+    got = [q.popleft() for _ in range(6_000)]          # past the compaction threshold
+    assert got == [(i * 64, i + 1) for i in range(6_000)] and len(q) == 3_000
+    assert all(q.append(i * 64, 7) for i in range(7_000))
+    assert len(q) == 10_000 and not q.append(1, 1)     # one over the cap: the oldest goes
+    assert q.popleft() == (6_001 * 64, 6_002)
+    with pytest.raises(IndexError):
+        empty = ZapQueue(1)
+        empty.popleft()
+
+
+def test_a_mass_removal_keeps_every_zap():
+    """More records freed at once than the old 65,536 cap: none dropped, all sent in turn."""
+    n = 80_000
+    ix = ObjectIndex(Config(high_watermark=1.0))
+    ts = Tombstones(lambda: 0.0)
+    ts.attach(ix)
+    ix.add_segment("s", n * 4096)      # the cap: one entry per 4 KiB, so 80,000 here
+    for i in range(n):
+        ix.put_start(f"o{i}", 4000)
+        ix.put_end(f"o{i}")
+    assert ix.remove_many([f"o{i}" for i in range(n)]) == n
+    sent = set()
+    for _ in range(n // 4096 + 1):
+        zaps = ts.take(["s"])
+        sent |= {z[2] for z in zaps}
+        ts.done([z[0] for z in zaps])
+    assert ts.counters["zaps_dropped"] == 0
+    assert sent == {i * 4096 for i in range(n)} and ts.pending() == 0
