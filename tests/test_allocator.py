@@ -72,3 +72,42 @@ def test_reserve_rebuilds_from_inventory():
     assert None not in got
     assert all(o + 4096 <= 4096 or o >= 4096 + 1024 for o in got)
     assert a.alloc(4096) is None  # 64 KiB - 1 KiB reserved leaves room for exactly 15
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=CAP // 16), max_size=40),
+       st.lists(st.tuples(st.integers(0, CAP // 64 - 1), st.integers(0, CAP // 8)), max_size=60))
+def test_reserve_many_takes_exactly_the_free_ranges_it_reports(allocs, ranges):
+    """Against a model: a range is taken iff it lies in free space and overlaps no range
+    taken before it in offset order; what stays free is exactly the rest, coalesced."""
+    a = Allocator(CAP)
+    live = {}
+    for size in allocs:                         # a fragmented start: every other block freed
+        off = a.alloc(size)
+        if off is not None:
+            live[off] = size
+    for off in sorted(live)[::2]:
+        a.free(off, live.pop(off))
+    free_before = {x for s, n in a.free_blocks() for x in range(s // 64, (s + n) // 64)}
+    ranges = [(line * 64, size) for line, size in ranges]
+    got = a.reserve_many(ranges)
+    taken = set()
+    for i in sorted(range(len(ranges)), key=lambda j: ranges[j][0]):   # ties: first given first
+        (off, size), ok = ranges[i], got[i]
+        lines = set(range(off // 64, (off + a.round(size)) // 64))
+        want = size > 0 and lines <= free_before - taken
+        assert ok == want, (off, size)
+        if ok:
+            taken |= lines
+            live[off] = size
+    _check_no_overlap(live, a)
+    assert {x for s, n in a.free_blocks() for x in range(s // 64, (s + n) // 64)} == \
+        free_before - taken
+
+
+def test_reserve_many_of_a_fragmented_inventory_is_not_quadratic():
+    # Records with a gap after each: one reserve per record scanned every gap before it.
+    n, rec = 50_000, 4160
+    a = Allocator(2 * n * rec)
+    got = a.reserve_many([(2 * i * rec, rec) for i in range(n)])
+    assert all(got) and a.used == n * rec and len(a.free_blocks()) == n

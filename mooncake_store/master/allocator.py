@@ -59,13 +59,51 @@ class Allocator:
         self._add(offset, size)
 
     def reserve(self, offset: int, size: int) -> bool:
-        """Mark [offset, offset+size) used (rebuilding from an inventory); False if not free."""
+        """Mark [offset, offset+size) used (rebuilding from an inventory); False if not free.
+        Linear in the free blocks: many ranges at once go through reserve_many."""
         size = self.round(size)
+        if size <= 0:
+            return False
         for start, length in self._by_start.items():
             if start <= offset and offset + size <= start + length:
                 self._take(start, length, offset, size)
                 return True
         return False
+
+    def reserve_many(self, ranges: list[tuple[int, int]]) -> list[bool]:
+        """reserve() of every (offset, size), in one merge of the sorted ranges with the sorted
+        free blocks: O((F + R) log) where one reserve per range took O(F) each, which made
+        adopting a fragmented segment's inventory quadratic (40,000 records: 24 s)."""
+        out = [False] * len(ranges)
+        blocks = sorted(self._by_start.items())
+        bi, cur = 0, -1          # cur: where the free part of blocks[bi] resumes (-1: untouched)
+        for i in sorted(range(len(ranges)), key=lambda j: ranges[j][0]):
+            off, size = ranges[i][0], self.round(ranges[i][1])
+            while bi < len(blocks) and blocks[bi][0] + blocks[bi][1] <= off:
+                self._finish(blocks[bi], cur)
+                bi, cur = bi + 1, -1
+            if bi == len(blocks):
+                break
+            start, length = blocks[bi]
+            lo = start if cur < 0 else cur
+            if size <= 0 or off < lo or off + size > start + length:
+                continue          # not free (or overlapping a range just taken)
+            if cur < 0:
+                self._remove(start)
+            if off > lo:
+                self._add(lo, off - lo)
+            cur = off + size
+            self.used += size
+            out[i] = True
+        if bi < len(blocks):
+            self._finish(blocks[bi], cur)
+        return out
+
+    def _finish(self, block: tuple[int, int], cur: int) -> None:
+        # What is left of a block reserve_many took ranges from stays free.
+        start, length = block
+        if cur >= 0 and start + length > cur:
+            self._add(cur, start + length - cur)
 
     @property
     def free_bytes(self) -> int:

@@ -73,17 +73,23 @@ class ClusterIndex:
             seg = ix.segments.get(segment)
             if seg is None:
                 return 0
-            for key, offset, length, size, flags in inventory:
+            refused, fresh = [], []
+            for entry in inventory:
+                key, offset, length, size, _flags = entry
                 if returning and _known(ix, key):
-                    self._refuse(segment, offset, length)
-                    continue
-                if STRIPE_SEP in key:
-                    stripes.append((key, offset, length, flags))
+                    refused.append((offset, length))
+                elif STRIPE_SEP in key:
+                    stripes.append((key, offset, length, _flags))
+                else:
+                    fresh.append(entry)
+            self._refuse(segment, refused)
+            taken = seg.allocator.reserve_many([(e[1], e[2]) for e in fresh])
+            for (key, offset, length, size, flags), ok in zip(fresh, taken):
+                if not ok:
                     continue
                 obj = ix._objects.get(key)
                 if obj is not None and (obj.size != size or _touches(obj.replicas, segment)):
-                    continue
-                if not seg.allocator.reserve(offset, length):
+                    seg.allocator.free(offset, length)
                     continue
                 replica = (Slice(segment, offset, length),)
                 if obj is None:
@@ -98,12 +104,14 @@ class ClusterIndex:
             n += self.striped.adopt_stripe(segment, skey, offset, length, flags)
         return n
 
-    def _refuse(self, segment: str, offset: int, length: int) -> None:
-        # Reserved first so the free goes through the index's hook like any other.
+    def _refuse(self, segment: str, ranges: list[tuple[int, int]]) -> None:
+        # Reserved first so the frees go through the index's hook like any other.
         ix = self.ix
-        if ix.segments[segment].allocator.reserve(offset, length):
-            ix._free_replicas([(Slice(segment, offset, length),)])
-            ix.counters["stale_refused"] = ix.counters.get("stale_refused", 0) + 1
+        taken = ix.segments[segment].allocator.reserve_many(ranges)
+        for (offset, length), ok in zip(ranges, taken):
+            if ok:
+                ix._free_replicas([(Slice(segment, offset, length),)])
+                ix.counters["stale_refused"] = ix.counters.get("stale_refused", 0) + 1
 
     def replicas(self, key: str) -> list[Replica] | None:
         with self.ix.lock:
