@@ -151,6 +151,13 @@ class Config:
                      "max_batch_size"):
             if getattr(self, name) < 0:
                 raise InvalidParams(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.heartbeat_ms <= 0:
+            raise InvalidParams(f"heartbeat_ms: must be > 0, got {self.heartbeat_ms}")
+        if self.node_ttl_ms < 2 * self.heartbeat_ms:
+            # A node silent for node_ttl_ms is declared dead: with less than two heartbeats
+            # in it, every node would be dropped and rejoin over and over.
+            raise InvalidParams(f"node_ttl_ms: must be at least 2 x heartbeat_ms, got "
+                                f"{self.node_ttl_ms} with heartbeat_ms {self.heartbeat_ms}")
         if not 0.0 < self.demote_watermark <= 1.0:
             raise InvalidParams(f"demote_watermark: must be in (0, 1], got {self.demote_watermark}")
         if self.promotion not in ("off", "on-hit", "on-second-hit"):

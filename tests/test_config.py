@@ -37,7 +37,11 @@ def test_yaml_file(tmp_path):
                                           ({"lease_ttl_ms": "x"}, "lease_ttl_ms"),
                                           ({"protocol": "udp"}, "protocol"),
                                           ({"enable_ssd_offload": "maybe"}, "enable_ssd_offload"),
-                                          ({"unknown_thing": 1}, "unknown_thing")])
+                                          ({"unknown_thing": 1}, "unknown_thing"),
+                                          ({"heartbeat_ms": 0}, "heartbeat_ms"),
+                                          # nodes would be declared dead between heartbeats
+                                          ({"heartbeat_ms": 2000, "node_ttl_ms": 1000},
+                                           "node_ttl_ms")])
 def test_errors_name_the_field(kwargs, field):
     with pytest.raises(InvalidParams, match=field):
         Config.load(env={}, **kwargs)

@@ -28,7 +28,7 @@ from .cluster_tiers import ClusterTiering
 from . import stripe_repair
 from .index import ObjectIndex
 from .reserve import RESERVE_USE_MS
-from .tombstones import Tombstones
+from .tombstones import PER_HEARTBEAT, Tombstones
 from .wire import lookup_to_wire, packed_to_wire, rc_from_wire, replicas_to_wire
 
 log = logging.getLogger("mooncake_store.master")
@@ -542,7 +542,9 @@ class MasterService:
             if cold_report:
                 self.tiers.apply_report(node_id, cold_report)
             tasks, node.tasks = node.tasks[:TASKS_PER_HEARTBEAT], node.tasks[TASKS_PER_HEARTBEAT:]
-            return {"known": True, "tasks": tasks, "zaps": self.tombstones.take(node.segments)}
+            zaps = self.tombstones.take(node.segments)
+            return {"known": True, "tasks": tasks, "zaps": zaps,
+                    "more_zaps": len(zaps) >= PER_HEARTBEAT}
 
     def rpc_zap_done(self, node_id: str, ids: list) -> int:
         """A node invalidated (or found overwritten) the freed records it was sent."""

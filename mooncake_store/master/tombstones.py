@@ -48,7 +48,11 @@ from typing import Any, Callable
 from ..replica import Slice
 
 MIN_QUEUED = 65_536        # per segment at least; beyond its cap the oldest are dropped (and counted)
-QUEUE_CAP_PER = 4096       # and one entry per 4 KiB of segment: a whole segment's records removed at once
+# And one entry per 128 bytes of segment, the smallest record (a header line and a value
+# line): a whole segment's records removed at once all keep their zaps. At 16 bytes an entry
+# that is an eighth of the segment's size at worst, where the index spent ~300 bytes on
+# each of those objects a moment before.
+QUEUE_CAP_PER = 128
 PER_HEARTBEAT = 4096       # zaps handed to one node per heartbeat
 HOLD_S = 10.0              # a line not reported back by then is given back anyway
 

@@ -25,6 +25,9 @@ from . import inventory
 log = logging.getLogger("mooncake_store.node")
 
 
+ZAP_DRAIN_PAUSE_S = 0.1   # between heartbeats while the master has more zaps than one batch
+
+
 @dataclass
 class Mounted:
     name: str
@@ -96,9 +99,9 @@ class NodeAgent:
                 pass
 
     def _loop(self) -> None:
-        busy = False
-        while not self._stop.wait(0 if busy else self.heartbeat_s):
-            busy = False
+        pause = self.heartbeat_s
+        while not self._stop.wait(pause):
+            pause = self.heartbeat_s
             try:
                 if not self.registered:
                     self.register()
@@ -112,10 +115,14 @@ class NodeAgent:
                 tasks = reply.get("tasks", ())
                 for task in tasks:
                     self._run_task(task)
-                # More may be queued (demotions): ask again at once while the cold worker keeps up.
-                busy = bool(tasks) and self._cold_q.qsize() < 64
                 if reply.get("zaps"):
                     self._run_zaps(reply["zaps"])
+                if reply.get("more_zaps"):
+                    # A mass removal: drain it in ~10x fewer seconds than one batch per
+                    # heartbeat, still leaving the master's lock free most of the time.
+                    pause = min(pause, ZAP_DRAIN_PAUSE_S)
+                if tasks and self._cold_q.qsize() < 64:
+                    pause = 0   # more may be queued (demotions): ask again while the cold worker keeps up
             except StoreError as e:
                 self.counters["master_errors"] += 1
                 log.debug("node %s: master call failed: %s", self.node_id, e)

@@ -336,7 +336,7 @@ def test_a_mass_removal_keeps_every_zap():
     ix = ObjectIndex(Config(high_watermark=1.0))
     ts = Tombstones(lambda: 0.0)
     ts.attach(ix)
-    ix.add_segment("s", n * 4096)      # the cap: one entry per 4 KiB, so 80,000 here
+    ix.add_segment("s", n * 4096)
     for i in range(n):
         ix.put_start(f"o{i}", 4000)
         ix.put_end(f"o{i}")
@@ -348,3 +348,23 @@ def test_a_mass_removal_keeps_every_zap():
         ts.done([z[0] for z in zaps])
     assert ts.counters["zaps_dropped"] == 0
     assert sent == {i * 4096 for i in range(n)} and ts.pending() == 0
+
+
+def test_a_node_drains_a_mass_removal_faster_than_one_batch_per_heartbeat(cluster):
+    """More zaps queued than one heartbeat carries: the master says so and the node asks
+    again after 0.1 s instead of a whole heartbeat (here 2 s: 4 batches took >= 6 s)."""
+    from support.cluster import store, wait_nodes
+    from support.procs import wait_until
+
+    m = cluster.master("--heartbeat-ms", "2000", node_ttl_ms=10_000)
+    cluster.node(m.addr)
+    wait_nodes(m.addr, 1)
+    n = 3 * 4096 + 500
+    keys = [f"z/{i}" for i in range(n)]
+    with store(m.addr) as s:
+        for lo in range(0, n, 1024):
+            assert s.batch_put(keys[lo:lo + 1024], [b"v" * 64] * len(keys[lo:lo + 1024])) == \
+                [0] * len(keys[lo:lo + 1024])
+        assert s.batch_remove(keys) == [0] * n
+        wait_until(lambda: s.stats()["zaps_done"] >= n, timeout=4.5, what="every zap done")
+        assert s.stats()["zaps_dropped"] == 0
