@@ -104,6 +104,18 @@ class ClusterIndex:
             n += self.striped.adopt_stripe(segment, skey, offset, length, flags)
         return n
 
+    def replica_counts(self, inventory: Iterable[Sequence]) -> dict[str, int]:
+        """key -> replica count, for the whole (not striped) objects of an inventory that
+        have more than one replica."""
+        ix = self.ix
+        out: dict[str, int] = {}
+        with ix.lock:
+            for entry in inventory:
+                obj = ix._objects.get(entry[0])
+                if obj is not None and len(obj.replicas) > 1 and not is_striped(obj.replicas):
+                    out[obj.key] = len(obj.replicas)
+        return out
+
     def _refuse(self, segment: str, ranges: list[tuple[int, int]]) -> None:
         # Reserved first so the frees go through the index's hook like any other.
         ix = self.ix

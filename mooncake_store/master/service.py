@@ -522,8 +522,12 @@ class MasterService:
                 self._dropped.pop(name, None)
                 adopted = self.cluster.adopt(name, inventory.get(name, ()), returning)
                 self.counters["adopted"] += adopted
-                for entry in inventory.get(name, ()):
-                    self._repair[entry[0]] = None
+                # A record carries no replica_num, and a rebuilt index knows none: an object
+                # found on several nodes was put with (at least) that many, so losing one
+                # later is repaired as it would have been before the failover.
+                for key, n in self.cluster.replica_counts(inventory.get(name, ())).items():
+                    if n > self.want.get(key, 1):
+                        self.want[key] = n
             self.nodes[node_id] = NodeRec(node_id, endpoint, names, self.clock())
             if isinstance(cold, dict):   # the node's cold tiers and what they hold
                 self.counters["adopted"] += self.tiers.add_node(node_id, cold)

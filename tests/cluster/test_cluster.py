@@ -121,6 +121,32 @@ def test_replicas_survive_node_kill_and_are_restored(cluster):
         assert s.stats()["repairs_done"] >= 1
 
 
+def test_replica_count_is_restored_after_a_master_restart_too(cluster):
+    """A rebuilt index learns replica_num from where it finds each object: one found on two
+    nodes is repaired back to two when one of them dies later."""
+    port = free_port()
+    m = cluster.master(port=port, node_ttl_ms=1000)
+    nodes = [cluster.node(m.addr, dram="16MB") for _ in range(3)]
+    wait_nodes(m.addr, 3)
+    twice = {f"r2/{i}": _value(300 + i, 100_000) for i in range(12)}
+    with store(m.addr) as s:
+        for k, v in twice.items():
+            s.put(k, v, ReplicateConfig(replica_num=2))
+    with after_master_restart(cluster, m, port, twice, nodes=3) as s:
+        victim = nodes[0]
+        assert any(victim.endpoint in {r[0]["segment"] for r in s._index.stat(k)["replicas"]}
+                   for k in twice)
+        victim.kill()
+
+        def restored():
+            stats = [s._index.stat(k) for k in twice]
+            return all(len(st["replicas"]) == 2 and victim.endpoint not in
+                       {r[0]["segment"] for r in st["replicas"]} for st in stats)
+        wait_until(restored, timeout=30, what="replica count restored by the new master")
+        for k, v in twice.items():
+            assert s.get(k) == v
+
+
 ABANDON = """
 import sys, os
 from mooncake_store.rpc import RpcClient
