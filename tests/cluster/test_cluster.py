@@ -110,15 +110,18 @@ def test_replicas_survive_node_kill_and_are_restored(cluster):
             assert s.get(k) == v
         assert s.batch_get(list(values)) == list(values.values())   # batch path falls back too
         wait_until(lambda: len(s.stats()["nodes"]) == 2, what="dead node dropped")
-
-        def restored():
-            stats = [s._index.stat(k) for k in values]
-            return all(len(st["replicas"]) == 2 and victim.endpoint not in
-                       {r[0]["segment"] for r in st["replicas"]} for st in stats)
-        wait_until(restored, timeout=30, what="replica count restored")
+        wait_until(lambda: _two_replicas_off(s, values, victim), timeout=30,
+                   what="replica count restored")
         for k, v in values.items():
             assert s.get(k) == v
         assert s.stats()["repairs_done"] >= 1
+
+
+def _two_replicas_off(s, keys, victim) -> bool:
+    """Every key has two replicas again, none on the dead node."""
+    stats = [s._index.stat(k) for k in keys]
+    return all(len(st["replicas"]) == 2 and victim.endpoint not in
+               {r[0]["segment"] for r in st["replicas"]} for st in stats)
 
 
 def test_replica_count_is_restored_after_a_master_restart_too(cluster):
@@ -137,12 +140,8 @@ def test_replica_count_is_restored_after_a_master_restart_too(cluster):
         assert any(victim.endpoint in {r[0]["segment"] for r in s._index.stat(k)["replicas"]}
                    for k in twice)
         victim.kill()
-
-        def restored():
-            stats = [s._index.stat(k) for k in twice]
-            return all(len(st["replicas"]) == 2 and victim.endpoint not in
-                       {r[0]["segment"] for r in st["replicas"]} for st in stats)
-        wait_until(restored, timeout=30, what="replica count restored by the new master")
+        wait_until(lambda: _two_replicas_off(s, twice, victim), timeout=30,
+                   what="replica count restored by the new master")
         for k, v in twice.items():
             assert s.get(k) == v
 
