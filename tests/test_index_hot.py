@@ -106,3 +106,28 @@ def test_service_stops_wanting_the_extras_eviction_dropped():
         assert len(ix.get_replicas("hot").replicas) == 1
     finally:
         svc.rpc.close()
+
+
+def test_service_forgets_the_replica_count_of_objects_that_left():
+    """`want` (replica_num > 1 per key) must not outlive its objects: removed, evicted or
+    abandoned keys leave it, or a long run of replicated puts grows it without bound."""
+    from mooncake_store import ReplicateConfig
+    from mooncake_store.master.wire import rc_to_wire
+
+    cfg = Config(global_segment_size=0, lease_ttl_ms=0, eviction_policy="lru")
+    svc = MasterService(cfg)
+    try:
+        svc.index.add_segment("a:1", 1 << 20)
+        svc.index.add_segment("b:1", 1 << 20)
+        rc = rc_to_wire(ReplicateConfig(replica_num=2))
+        for i in range(200):                      # 200 x 2 x 16 KiB in 2 MiB: most are evicted
+            assert svc.rpc_put_start(f"k{i}", 16_000, rc) is not None
+            svc.rpc_put_end(f"k{i}")
+        assert svc.index.counters["evictions"] > 100
+        svc.rpc_remove("k199")
+        svc.rpc_put_start("never-ended", 16_000, rc)
+        svc.rpc_put_revoke("never-ended")
+        alive = set(svc.index.keys())
+        assert set(svc.want) == alive and all(svc.want[k] == 2 for k in alive)
+    finally:
+        svc.rpc.close()

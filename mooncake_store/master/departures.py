@@ -52,12 +52,17 @@ class Departures:
         # Probe positions are log2-bit slices of 128-bit hashes: this many per hash.
         self._per_hash = 128 // self._log2
         self._gens = [_Generation(self._nbits)]   # newest last
+        # Told of every departure too (under the index lock: keep it to a dict pop), so
+        # what a master keeps per key beside the index leaves with the key.
+        self.listener: Callable[[str], None] | None = None
 
     def __len__(self) -> int:
         return sum(g.count for g in self._gens)
 
     def note(self, key: str, reason: int) -> None:
         """`key` just left the index (called under the index lock)."""
+        if self.listener is not None:
+            self.listener(key)
         g = self._gens[-1]
         if g.count >= self._per_gen:
             g = self._gens.pop(0) if len(self._gens) == GENERATIONS else None

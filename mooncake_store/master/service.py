@@ -171,7 +171,13 @@ class MasterService:
     def _new_index(self) -> ObjectIndex:
         ix = ObjectIndex(self.config)
         ix.copies_in_flight = self._copies_in_flight
+        ix.departures.listener = self._forget_want
         return ix
+
+    def _forget_want(self, key: str) -> None:
+        # From under the index lock, on any thread: a single dict pop needs no other lock
+        # (the one loop over `want` iterates a copy).
+        self.want.pop(key, None)
 
     def _copies_in_flight(self, segment: str) -> list[tuple[int, int, float]]:
         """Destination slices in `segment` of the copies nodes are making for us: a zap of
@@ -331,6 +337,7 @@ class MasterService:
 
     def rpc_put_revoke(self, key: str) -> None:
         self.index.put_revoke(_str(key))
+        self._unwant_if_gone([key])
 
     def rpc_batch_put_revoke(self, keys: list) -> None:
         for key in keys:
@@ -338,6 +345,16 @@ class MasterService:
                 self.index.put_revoke(_str(key))
             except Exception:  # noqa: BLE001 - revoking what is gone is fine
                 pass
+        self._unwant_if_gone(keys)
+
+    def _unwant_if_gone(self, keys: list) -> None:
+        """A revoked put leaves no departure behind: forget its replica count here."""
+        ix = self.index
+        with ix.lock:
+            for key in keys:
+                if type(key) is str and key in self.want and key not in ix._objects \
+                        and key not in ix._pending:
+                    del self.want[key]
 
     def rpc_get_replicas(self, key: str) -> list:
         return self._spread(key, self.index.get_replicas(_str(key)))
@@ -531,7 +548,7 @@ class MasterService:
             self.nodes[node_id] = NodeRec(node_id, endpoint, names, self.clock())
             if isinstance(cold, dict):   # the node's cold tiers and what they hold
                 self.counters["adopted"] += self.tiers.add_node(node_id, cold)
-            for key in self.want:  # a new node may be the room an under-replicated key waits for
+            for key in list(self.want):  # a new node may be the room an under-replicated key waits for
                 self._repair[key] = None
             self.counters["nodes_joined"] += 1
         log.info("node %s joined at %s with %d segment(s)", node_id, endpoint, len(names))
