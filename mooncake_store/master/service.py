@@ -35,7 +35,7 @@ log = logging.getLogger("mooncake_store.master")
 
 REPAIRS_PER_TICK = 256
 HEAT_TAU_S = 2.0          # decay time constant of the per-object read rate
-NODE_CALLS = {"register_node", "heartbeat", "task_done", "leave", "zap_done"}
+NODE_CALLS = {"register_node", "adopt_inventory", "heartbeat", "task_done", "leave", "zap_done"}
 TASKS_PER_HEARTBEAT = 64
 MAX_DROPPED = 65_536       # dropped segment names remembered, to know a node that comes back
 
@@ -57,6 +57,8 @@ class NodeRec:
     segments: list[str]
     last_seen: float
     tasks: list[dict] = field(default_factory=list)
+    adopting: set[str] = field(default_factory=set)    # segments whose inventory is still coming
+    returning: set[str] = field(default_factory=set)   # segments this master had dropped
 
 
 @dataclass
@@ -136,7 +138,7 @@ class MasterService:
                  "batch_put_start", "batch_put_end", "batch_put_revoke", "stat", "why", "put_commit",
                  "batch_put_reserve", "batch_put_commit", "reserve_release",
                  "room", "persist", "persisted",
-                 "register_node", "heartbeat", "task_done", "leave", "zap_done")
+                 "register_node", "adopt_inventory", "heartbeat", "task_done", "leave", "zap_done")
         return {n: self._guard(getattr(self, "rpc_" + n)) for n in names}
 
     def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -200,9 +202,9 @@ class MasterService:
 
     def _check_recovered(self, now: float) -> None:
         with self._lock:
-            if self.role == "recovering" and (self._expected <= set(self.nodes)
-                                              or now >= self._recover_until):
-                missing = self._expected - set(self.nodes)
+            ready = {n for n, rec in self.nodes.items() if not rec.adopting}
+            if self.role == "recovering" and (self._expected <= ready or now >= self._recover_until):
+                missing = self._expected - ready
                 if missing:
                     log.warning("recovery: %d node(s) did not re-register: %s", len(missing),
                                 ", ".join(sorted(missing)))
@@ -518,7 +520,11 @@ class MasterService:
     # ---- node calls ------------------------------------------------------------------------
     def rpc_register_node(self, node_id: str, endpoint: str, segments: list,
                           inventory: dict | None = None, cold: dict | None = None) -> dict:
-        """A node joins (or rejoins after a master change) with its segments and their records."""
+        """A node joins (or rejoins after a master change) with its segments and their records.
+        A segment's inventory is either its entries or their count: then they follow in
+        adopt_inventory calls, so no single call holds the master for the whole of a large
+        node (600,000 records took ~11 s, past the node's call timeout: it registered again
+        and again)."""
         node_id, endpoint = _str(node_id), _str(endpoint)
         inventory = inventory or {}
         with self._lock:
@@ -528,24 +534,23 @@ class MasterService:
                 old = self.segdesc.get(seg["name"])
                 if old is not None:  # a restarted node reusing its name: the old one is gone
                     self._drop_node(old.node_id, "replaced by a new registration")
-            names = []
+            rec = self.nodes[node_id] = NodeRec(node_id, endpoint, [], self.clock())
             for seg in segments:
                 name = _str(seg["name"])
                 self.index.add_segment(name, int(seg["size"]), seg.get("tier", "dram"), node_id)
                 self.segdesc[name] = SegmentDesc(name, endpoint, int(seg["base"]), int(seg["size"]),
                                                  seg.get("tier", "dram"), node_id)
-                names.append(name)
-                returning = name in self._dropped
+                rec.segments.append(name)
+                if name in self._dropped:
+                    rec.returning.add(name)
                 self._dropped.pop(name, None)
-                adopted = self.cluster.adopt(name, inventory.get(name, ()), returning)
-                self.counters["adopted"] += adopted
-                # A record carries no replica_num, and a rebuilt index knows none: an object
-                # found on several nodes was put with (at least) that many, so losing one
-                # later is repaired as it would have been before the failover.
-                for key, n in self.cluster.replica_counts(inventory.get(name, ())).items():
-                    if n > self.want.get(key, 1):
-                        self.want[key] = n
-            self.nodes[node_id] = NodeRec(node_id, endpoint, names, self.clock())
+                entries = inventory.get(name, ())
+                if isinstance(entries, int):
+                    if entries > 0:
+                        rec.adopting.add(name)
+                else:
+                    self._adopt(rec, name, entries)
+            names = rec.segments
             if isinstance(cold, dict):   # the node's cold tiers and what they hold
                 self.counters["adopted"] += self.tiers.add_node(node_id, cold)
             for key in list(self.want):  # a new node may be the room an under-replicated key waits for
@@ -553,6 +558,34 @@ class MasterService:
             self.counters["nodes_joined"] += 1
         log.info("node %s joined at %s with %d segment(s)", node_id, endpoint, len(names))
         return {"heartbeat_ms": self.config.heartbeat_ms, "node_ttl_ms": self.config.node_ttl_ms}
+
+    def rpc_adopt_inventory(self, node_id: str, segment: str, entries: list, last: bool) -> int:
+        """One part of a registered node's inventory; returns how many records it adopted.
+        Repeating a part adopts nothing twice (its ranges are no longer free)."""
+        with self._lock:
+            rec = self.nodes.get(_str(node_id))
+            if rec is None or segment not in rec.segments:
+                raise InvalidParams(f"adopt_inventory: {segment!r} is not a segment of node "
+                                    f"{node_id!r} (register first)")
+            adopted = self._adopt(rec, segment, entries if isinstance(entries, list) else ())
+            if last:
+                rec.adopting.discard(segment)
+            # A node still sending its records is alive: recovery waits for the rest of them.
+            if self.role == "recovering":
+                self._recover_until = max(self._recover_until,
+                                          self.clock() + self.config.node_ttl_ms / 1000.0)
+            return adopted
+
+    def _adopt(self, rec: NodeRec, segment: str, entries: Any) -> int:
+        adopted = self.cluster.adopt(segment, entries, segment in rec.returning)
+        self.counters["adopted"] += adopted
+        # A record carries no replica_num, and a rebuilt index knows none: an object found
+        # on several nodes was put with (at least) that many, so losing one later is
+        # repaired as it would have been before the failover.
+        for key, n in self.cluster.replica_counts(entries).items():
+            if n > self.want.get(key, 1):
+                self.want[key] = n
+        return adopted
 
     def rpc_heartbeat(self, node_id: str, cold_report: dict | None = None) -> dict:
         with self._lock:

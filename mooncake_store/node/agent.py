@@ -26,6 +26,8 @@ log = logging.getLogger("mooncake_store.node")
 
 
 ZAP_DRAIN_PAUSE_S = 0.1   # between heartbeats while the master has more zaps than one batch
+ADOPT_PART = 32_768       # inventory entries per adopt_inventory call (~0.2 s of the master)
+ADOPT_TIMEOUT_MS = 60_000
 
 
 @dataclass
@@ -79,7 +81,15 @@ class NodeAgent:
         inv = {m.name: inventory.scan(m.segment.ptr, m.segment.size, _written(m.segment))
                for m in self.mounted.values()}
         extra = (self.cold.registration(),) if self.cold is not None else ()
-        reply = self.master.call("register_node", self.node_id, self.endpoint, segs, inv, *extra)
+        counts = {name: len(entries) for name, entries in inv.items()}
+        reply = self.master.call("register_node", self.node_id, self.endpoint, segs, counts, *extra)
+        # The records follow in parts, each a short hold of the master; a part the master is
+        # slow to take must not time out into a registration from scratch.
+        timeout = max(getattr(self.master, "timeout_ms", 0), ADOPT_TIMEOUT_MS)
+        for name, entries in inv.items():
+            for lo in range(0, len(entries), ADOPT_PART):
+                self.master.call("adopt_inventory", self.node_id, name, entries[lo:lo + ADOPT_PART],
+                                 lo + ADOPT_PART >= len(entries), timeout_ms=timeout)
         self.heartbeat_s = reply.get("heartbeat_ms", self.heartbeat_s * 1000) / 1000.0
         self.registered = True
         self.counters["registrations"] += 1

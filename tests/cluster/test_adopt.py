@@ -52,3 +52,30 @@ def test_a_returning_segment_frees_and_zaps_records_of_keys_known_now():
     assert ix.counters["stale_refused"] == 1
     zaps = ts.take(["s"])
     assert [z[2:] for z in zaps] == [[64 * REC, REC]]
+
+
+def test_a_large_inventory_comes_in_parts_and_recovery_waits_for_the_last():
+    import pytest
+
+    from mooncake_store.errors import InvalidParams
+    from mooncake_store.master.service import MasterService
+
+    svc = MasterService(Config(lease_ttl_ms=0))
+    try:
+        svc.become_leader({"n1"})
+        seg = {"name": "n1:1", "base": 0, "size": 1 << 20}
+        entries = [[f"k{i}", i * REC, REC, 4096, 0] for i in range(5)]
+        svc.rpc_register_node("n1", "127.0.0.1:1", [seg], {"n1:1": len(entries)})
+        svc._check_recovered(svc.clock())
+        assert svc.role == "recovering"                   # registered, records still coming
+        assert svc.rpc_adopt_inventory("n1", "n1:1", entries[:3], False) == 3
+        assert svc.rpc_adopt_inventory("n1", "n1:1", entries[:3], False) == 0   # a retried part
+        svc._check_recovered(svc.clock())
+        assert svc.role == "recovering"
+        assert svc.rpc_adopt_inventory("n1", "n1:1", entries[3:], True) == 2
+        svc._check_recovered(svc.clock())
+        assert svc.role == "leader" and sorted(svc.index.keys()) == [f"k{i}" for i in range(5)]
+        with pytest.raises(InvalidParams, match="register first"):
+            svc.rpc_adopt_inventory("n2", "n1:1", entries, True)
+    finally:
+        svc.rpc.close()
