@@ -196,8 +196,17 @@ class ClusterTiering:
         self._by_rpc[rpc] = node_id
         n = self._adopt(node_id, rpc, cold.get("inventory") or {})
         # A new tiered node may be the room a cold object short of copies waits for.
-        self.repair.queue_many(self.svc.want)   # svc._lock held: the dict stays still
+        # A copy: a departure (any thread, under the index lock) may pop from `want` meanwhile.
+        self.repair.queue_many(list(self.svc.want))
         return n
+
+    def adopt_part(self, node_id: str, tier: str, entries: list) -> int:
+        """Part of a registered node's cold inventory (sent apart when it is large).
+        Called with svc._lock held."""
+        node = self.nodes.get(node_id)
+        if node is None or tier not in node.tiers:
+            return 0
+        return self._adopt(node_id, node.rpc, {tier: entries})
 
     def _adopt(self, node_id: str, rpc: str, inventory: dict) -> int:
         """Records found in the node's tiers become readable again (warm restart). A record

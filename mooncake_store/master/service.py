@@ -50,6 +50,11 @@ class SegmentDesc:
     node_id: str
 
 
+def _cold_part(tier: Any) -> str:
+    """How a cold tier's pending inventory is named in NodeRec.adopting (apart from segments)."""
+    return f"cold:{tier}"
+
+
 @dataclass
 class NodeRec:
     node_id: str
@@ -552,6 +557,11 @@ class MasterService:
                     self._adopt(rec, name, entries)
             names = rec.segments
             if isinstance(cold, dict):   # the node's cold tiers and what they hold
+                inv = cold.get("inventory")
+                if isinstance(inv, dict) and any(isinstance(n, int) for n in inv.values()):
+                    # Counts: the records follow in adopt_inventory parts, as for segments.
+                    rec.adopting |= {_cold_part(t) for t, n in inv.items() if isinstance(n, int) and n}
+                    cold = dict(cold, inventory={})
                 self.counters["adopted"] += self.tiers.add_node(node_id, cold)
             for key in list(self.want):  # a new node may be the room an under-replicated key waits for
                 self._repair[key] = None
@@ -559,22 +569,36 @@ class MasterService:
         log.info("node %s joined at %s with %d segment(s)", node_id, endpoint, len(names))
         return {"heartbeat_ms": self.config.heartbeat_ms, "node_ttl_ms": self.config.node_ttl_ms}
 
-    def rpc_adopt_inventory(self, node_id: str, segment: str, entries: list, last: bool) -> int:
-        """One part of a registered node's inventory; returns how many records it adopted.
-        Repeating a part adopts nothing twice (its ranges are no longer free)."""
+    def rpc_adopt_inventory(self, node_id: str, where: str, entries: list, last: bool,
+                            cold: bool = False) -> int:
+        """One part of a registered node's inventory: of its segment `where`, or with `cold`
+        of its cold tier `where` ((key, size, flags) entries). Returns how many records it
+        adopted; repeating a part adopts nothing twice (its ranges are no longer free)."""
         with self._lock:
             rec = self.nodes.get(_str(node_id))
-            if rec is None or segment not in rec.segments:
-                raise InvalidParams(f"adopt_inventory: {segment!r} is not a segment of node "
+            if rec is None or not self._has_part(rec, where, cold):
+                kind = "cold tier" if cold else "segment"
+                raise InvalidParams(f"adopt_inventory: {where!r} is not a {kind} of node "
                                     f"{node_id!r} (register first)")
-            adopted = self._adopt(rec, segment, entries if isinstance(entries, list) else ())
+            entries = entries if isinstance(entries, list) else []
+            if cold:
+                adopted = self.tiers.adopt_part(rec.node_id, where, entries)
+                self.counters["adopted"] += adopted
+            else:
+                adopted = self._adopt(rec, where, entries)
             if last:
-                rec.adopting.discard(segment)
+                rec.adopting.discard(_cold_part(where) if cold else where)
             # A node still sending its records is alive: recovery waits for the rest of them.
             if self.role == "recovering":
                 self._recover_until = max(self._recover_until,
                                           self.clock() + self.config.node_ttl_ms / 1000.0)
             return adopted
+
+    def _has_part(self, rec: NodeRec, where: Any, cold: bool) -> bool:
+        if not cold:
+            return where in rec.segments
+        node = self.tiers.nodes.get(rec.node_id)
+        return node is not None and where in node.tiers
 
     def _adopt(self, rec: NodeRec, segment: str, entries: Any) -> int:
         adopted = self.cluster.adopt(segment, entries, segment in rec.returning)

@@ -80,19 +80,28 @@ class NodeAgent:
                 for m in self.mounted.values()]
         inv = {m.name: inventory.scan(m.segment.ptr, m.segment.size, _written(m.segment))
                for m in self.mounted.values()}
-        extra = (self.cold.registration(),) if self.cold is not None else ()
+        extra, cold_inv = (), {}
+        if self.cold is not None:
+            reg = self.cold.registration()
+            cold_inv = reg.get("inventory") or {}
+            extra = (dict(reg, inventory={t: len(e) for t, e in cold_inv.items()}),)
         counts = {name: len(entries) for name, entries in inv.items()}
         reply = self.master.call("register_node", self.node_id, self.endpoint, segs, counts, *extra)
         # The records follow in parts, each a short hold of the master; a part the master is
         # slow to take must not time out into a registration from scratch.
-        timeout = max(getattr(self.master, "timeout_ms", 0), ADOPT_TIMEOUT_MS)
         for name, entries in inv.items():
-            for lo in range(0, len(entries), ADOPT_PART):
-                self.master.call("adopt_inventory", self.node_id, name, entries[lo:lo + ADOPT_PART],
-                                 lo + ADOPT_PART >= len(entries), timeout_ms=timeout)
+            self._send_parts(name, entries, False)
+        for tier, entries in cold_inv.items():
+            self._send_parts(tier, entries, True)
         self.heartbeat_s = reply.get("heartbeat_ms", self.heartbeat_s * 1000) / 1000.0
         self.registered = True
         self.counters["registrations"] += 1
+
+    def _send_parts(self, where: str, entries: list, cold: bool) -> None:
+        timeout = max(getattr(self.master, "timeout_ms", 0), ADOPT_TIMEOUT_MS)
+        for lo in range(0, len(entries), ADOPT_PART):
+            self.master.call("adopt_inventory", self.node_id, where, entries[lo:lo + ADOPT_PART],
+                             lo + ADOPT_PART >= len(entries), cold, timeout_ms=timeout)
 
     def close(self, leave: bool = True) -> None:
         self._stop.set()

@@ -77,5 +77,7 @@ def test_a_large_inventory_comes_in_parts_and_recovery_waits_for_the_last():
         assert svc.role == "leader" and sorted(svc.index.keys()) == [f"k{i}" for i in range(5)]
         with pytest.raises(InvalidParams, match="register first"):
             svc.rpc_adopt_inventory("n2", "n1:1", entries, True)
+        with pytest.raises(InvalidParams, match="not a cold tier"):   # n1 has no cold tiers
+            svc.rpc_adopt_inventory("n1", "ssd", [["k9", 10, 0]], True, True)
     finally:
         svc.rpc.close()
