@@ -62,6 +62,7 @@ class NodeRec:
     segments: list[str]
     last_seen: float
     tasks: list[dict] = field(default_factory=list)
+    joined: float = field(default_factory=time.monotonic)   # the clock etcd reads are timed by
     adopting: set[str] = field(default_factory=set)    # segments whose inventory is still coming
     returning: set[str] = field(default_factory=set)   # segments this master had dropped
 
@@ -219,11 +220,15 @@ class MasterService:
         """With etcd: a node whose lease expired is gone now, not after node_ttl of silence."""
         if self.membership is None:
             return
-        alive = self.membership.alive_nodes()
-        if alive is None:   # etcd silent lately: heartbeats alone decide
+        seen = self.membership.alive_nodes()
+        if seen is None:   # etcd silent lately: heartbeats alone decide
             return
+        read_at, alive = seen
         with self._lock:
-            for node_id in [n for n in self.nodes if n not in alive]:
+            # A node that registered after the read took its lease before registering, but
+            # the read cannot show it: dropping it would bounce every joining node once.
+            for node_id in [n for n, rec in self.nodes.items()
+                            if n not in alive and rec.joined < read_at]:
                 self._drop_node(node_id, "its etcd lease expired")
 
     # ---- client calls -------------------------------------------------------------------

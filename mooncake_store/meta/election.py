@@ -54,14 +54,15 @@ class Elector:
             self._keeper.close(revoke=True)   # hand over at once instead of after the TTL
             self._keeper = None
 
-    def alive_nodes(self) -> set[str] | None:
-        """The nodes holding a membership lease, as read by this thread within the last
-        2 s; None when etcd has not answered lately (the master then keeps its nodes and
-        its own heartbeat timeout decides), so the master's ticker never waits on etcd."""
+    def alive_nodes(self) -> tuple[float, set[str]] | None:
+        """(when read, the nodes holding a membership lease then), as read by this thread
+        within the last 2 s (time.monotonic()); None when etcd has not answered lately (the
+        master then keeps its nodes and its own heartbeat timeout decides), so the master's
+        ticker never waits on etcd. A node that registered after the read may be missing."""
         alive = self._alive
         if alive is None or time.monotonic() - alive[0] > 2.0:
             return None
-        return alive[1]
+        return alive
 
     def _read_nodes(self) -> set[str]:
         prefix = cluster_prefix(self.cluster_id) + "nodes/"

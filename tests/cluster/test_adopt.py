@@ -81,3 +81,31 @@ def test_a_large_inventory_comes_in_parts_and_recovery_waits_for_the_last():
             svc.rpc_adopt_inventory("n1", "ssd", [["k9", 10, 0]], True, True)
     finally:
         svc.rpc.close()
+
+
+def test_a_node_registered_after_the_last_etcd_read_is_not_dropped():
+    """The membership read is up to 0.2 s old: a node that took its lease and registered
+    since is missing from it, and used to be dropped at once (puts then saw no room)."""
+    import time
+
+    from mooncake_store.master.service import MasterService
+
+    class Membership:
+        seen = (0.0, set())
+
+        def alive_nodes(self):
+            return self.seen
+
+    svc = MasterService(Config(lease_ttl_ms=0))
+    try:
+        svc.membership = Membership()
+        before = time.monotonic()
+        svc.rpc_register_node("n1", "127.0.0.1:1", [{"name": "n1:1", "base": 0, "size": 1 << 20}])
+        svc.membership.seen = (before, set())          # read before n1 registered
+        svc._check_membership()
+        assert "n1" in svc.nodes
+        svc.membership.seen = (time.monotonic(), set())  # read after: n1's lease is gone
+        svc._check_membership()
+        assert "n1" not in svc.nodes
+    finally:
+        svc.rpc.close()

@@ -165,3 +165,30 @@ def test_client_does_not_wait_on_etcd(cluster):
         assert took < FAILOVER_WINDOW_MS / 1000 / 2, took
     finally:
         mc.close()
+
+
+def test_failover_with_a_node_whose_inventory_comes_in_parts(cluster, etcd):
+    """100,000 records: the node sends its inventory in several adopt_inventory parts, and the
+    new leader answers clients only once the last part is in, so no read misses meanwhile."""
+    masters = [cluster.master("--etcd", etcd.endpoint, *TTL) for _ in range(2)]
+    leader = wait_until(lambda: next((m for m in masters if master_role(m.addr) == "leader"), None),
+                        what="a leader elected")
+    standby = next(m for m in masters if m is not leader)
+    cluster.node("etcd", "--etcd", etcd.endpoint, *TTL, dram="64MB")
+    n = 100_000
+    keys = [f"many/{i}" for i in range(n)]
+    s = _etcd_store(etcd)
+    try:
+        wait_until(lambda: len(s.stats()["nodes"]) == 1, what="node registered with the leader")
+        for lo in range(0, n, 4096):
+            chunk = keys[lo:lo + 4096]
+            values = [i.to_bytes(4, "little") * 64 for i in range(lo, lo + len(chunk))]
+            assert s.batch_put(chunk, values) == [0] * len(chunk)
+        leader.kill()
+        wait_until(lambda: master_role(standby.addr) == "leader", timeout=30, what="standby leads")
+        assert s.stats()["objects"] == n          # every part adopted before clients were let in
+        sample = list(range(0, n, 997))
+        got = s.batch_get([keys[i] for i in sample])
+        assert got == [i.to_bytes(4, "little") * 64 for i in sample]
+    finally:
+        s.close()
