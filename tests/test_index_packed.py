@@ -7,7 +7,7 @@ import pytest
 from mooncake_store.config import Config
 from mooncake_store.errors import InvalidParams
 from mooncake_store.master.index import PIN_HARD, PIN_NONE, Lookup, ObjectIndex
-from mooncake_store.master.objmeta import Obj, unpack_loc
+from mooncake_store.master.objmeta import Obj, on_segment, unpack_loc, with_rare_fields
 from mooncake_store.master.policy import PrefixLFRUPolicy
 from mooncake_store.master.wire import (lookup_from_wire, lookup_to_wire, packed_to_wire,
                                         replicas_from_wire, replicas_to_wire)
@@ -166,3 +166,24 @@ def test_the_policy_keeps_its_state_in_the_index_objects():
     twin.on_remove("key-3")
     assert "key-3" not in ix._objects and len(ix.policy) == len(twin) == 5
     assert list(ix.policy.victims()) == list(twin.victims())
+
+
+def test_objects_on_a_segment_are_found_from_the_packed_layout():
+    def obj(key, *replicas):
+        o = Obj(key, 100, [tuple(Slice(seg, off, 128) for seg, off in r) for r in replicas],
+                PIN_NONE, 0.0, 0.0)
+        o.complete = True
+        return o
+
+    objects = {o.key: o for o in [
+        obj("packed-here", [("s1", 0)]),
+        obj("packed-elsewhere", [("s2", 0)]),
+        obj("two-replicas", [("s2", 128)], [("s1", 128)]),     # rare: kept in _x
+        obj("striped", [("s2", 256), ("s1", 256)]),            # a part on s1
+        obj("striped-elsewhere", [("s2", 384), ("s3", 0)]),
+        obj("no-replica"),
+    ]}
+    assert [k for k, _ in on_segment(objects, "s1")] == ["packed-here", "two-replicas", "striped"]
+    assert on_segment(objects, "never-seen-segment") == []
+    assert {k for k, _ in with_rare_fields(objects)} == {"two-replicas", "striped",
+                                                         "striped-elsewhere"}

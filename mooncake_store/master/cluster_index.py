@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 from ..replica import Replica, Slice
 from .departures import LOST
 from .index import PIN_NONE, Obj, ObjectIndex
+from .objmeta import on_segment
 from .stripe_repair import is_striped, mend
 
 
@@ -33,14 +34,14 @@ class ClusterIndex:
         with ix.lock:
             if ix.segments.pop(segment, None) is None:
                 return damaged
-            for key, obj in list(ix._objects.items()):
-                if not _touches(obj.replicas, segment):
-                    continue
-                if is_striped(obj.replicas):   # regroup the parts that survive
-                    obj.replicas = mend(ix, obj.replicas, segment)
+            for key, obj in on_segment(ix._objects, segment):
+                reps = obj.replicas
+                if is_striped(reps):   # regroup the parts that survive
+                    reps = mend(ix, reps, segment)
                 else:
-                    obj.replicas = [r for r in obj.replicas if not _on(r, segment)]
-                if obj.replicas or obj.tier != "dram":
+                    reps = [r for r in reps if not _on(r, segment)]
+                obj.replicas = reps
+                if reps or obj.tier != "dram":
                     damaged.append(key)
                     continue
                 ix.policy.on_remove(key)   # before the object goes: a bound policy reads it

@@ -40,6 +40,7 @@ from ..codec import header_size
 from ..replica import Replica, Slice
 from .cold_repair import ColdRepair, retier as _retier, split_tier
 from .index import PIN_HARD, PIN_NONE, PIN_SOFT, Obj
+from .objmeta import with_rare_fields
 
 log = logging.getLogger("mooncake_store.master")
 
@@ -252,7 +253,7 @@ class ClusterTiering:
                 self._by_rpc.pop(node.rpc, None)
                 self._drop_tasks(node_id)
             suffix = "@" + node.rpc if node is not None else None
-            for key, obj in list(ix._objects.items()):
+            for key, obj in with_rare_fields(ix._objects):   # a cold copy is a rare field
                 if not obj.cold:
                     continue   # DRAM-only objects: the segment's unmount deals with them
                 if suffix is not None and any(t.endswith(suffix) for t in obj.cold):

@@ -61,6 +61,29 @@ def pack_slice(sl: Slice) -> int | None:
     return (sid + 1) << _SEG_SHIFT | sl.offset << _OFF_SHIFT | sl.length << _LEN_SHIFT
 
 
+def on_segment(objects: dict, name: str) -> list:
+    """(key, obj) of the objects with a replica or part on segment `name`, read from the
+    packed layout: a node loss looks at every object, and decoding each one's replicas
+    took most of the master's stall (300,000 objects: 1.6 s with every client waiting)."""
+    sid = _seg_ids.get(name)
+    want = -1 if sid is None else sid + 1
+    out = []
+    for key, obj in objects.items():
+        x = obj._x
+        if x is not None and x.replicas is not None:
+            if any(s.segment == name for r in x.replicas for s in r):
+                out.append((key, obj))
+        elif (obj._loc >> _SEG_SHIFT) & 0xFFFF == want:
+            out.append((key, obj))
+    return out
+
+
+def with_rare_fields(objects: dict) -> list:
+    """(key, obj) of the objects with any rare field set (a cold copy, a pin, several
+    replicas, ...): the only ones a scan for such a field needs to look at."""
+    return [(key, obj) for key, obj in objects.items() if obj._x is not None]
+
+
 def unpack_loc(loc: int) -> tuple:
     """(size, flags, segment, offset, length) of a packed _loc; segment is None when it
     holds no slice."""
