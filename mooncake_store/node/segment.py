@@ -19,13 +19,15 @@ from ..errors import InvalidParams, NoSpace
 def host_memory() -> int:
     """Bytes of memory this process may use: the machine's RAM, or its cgroup's limit."""
     total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
+    for path in ("/sys/fs/cgroup/memory.max",                      # cgroup v2
+                 "/sys/fs/cgroup/memory/memory.limit_in_bytes"):   # v1 ("unlimited" is huge)
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
         if limit.isdigit():
             total = min(total, int(limit))
-    except OSError:
-        pass
     return total
 
 
