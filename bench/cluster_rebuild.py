@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=200_000)
     ap.add_argument("--value", default="4K", help="value size (K/M suffixes)")
     ap.add_argument("--dram", default="2GB", help="the node's DRAM segment")
+    ap.add_argument("--node-ttl-ms", type=int, default=5000, help="the masters' (the default's)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     size = parse_size(a.value)
@@ -43,7 +44,7 @@ def main() -> None:
     port = free_port()
     out: dict = {"objects": a.objects, "value_bytes": size, "dram": a.dram}
     try:
-        m = c.master(port=port, node_ttl_ms=30_000)
+        m = c.master(port=port, node_ttl_ms=a.node_ttl_ms)
         c.node(m.addr, dram=a.dram)
         wait_nodes(m.addr, 1)
         keys = [f"rb/{i}" for i in range(a.objects)]
@@ -64,7 +65,7 @@ def main() -> None:
         kept = keys[0::2]
         m.kill()
         t = time.monotonic()
-        m2 = c.master(port=port, node_ttl_ms=30_000)
+        m2 = c.master(port=port, node_ttl_ms=a.node_ttl_ms)
         with store(m2.addr, rpc_timeout_ms=30_000) as s:
             while time.monotonic() - t < 600:
                 st = s.stats()

@@ -585,6 +585,7 @@ class MasterService:
                 kind = "cold tier" if cold else "segment"
                 raise InvalidParams(f"adopt_inventory: {where!r} is not a {kind} of node "
                                     f"{node_id!r} (register first)")
+            rec.last_seen = self.clock()   # sending its records, it cannot heartbeat meanwhile
             entries = entries if isinstance(entries, list) else []
             if cold:
                 adopted = self.tiers.adopt_part(rec.node_id, where, entries)

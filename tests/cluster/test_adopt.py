@@ -109,3 +109,25 @@ def test_a_node_registered_after_the_last_etcd_read_is_not_dropped():
         assert "n1" not in svc.nodes
     finally:
         svc.rpc.close()
+
+
+def test_a_node_sending_its_inventory_is_not_taken_for_dead():
+    """A node cannot heartbeat while it sends its parts (a large one takes longer than
+    node_ttl): each part counts as a sign of life, or the node is dropped mid-way, again
+    and again."""
+    from mooncake_store.master.service import MasterService
+
+    now = [0.0]
+    svc = MasterService(Config(lease_ttl_ms=0, node_ttl_ms=5000), clock=lambda: now[0])
+    try:
+        entries = [[f"k{i}", i * REC, REC, 4096, 0] for i in range(3)]
+        svc.rpc_register_node("n1", "127.0.0.1:1", [{"name": "n1:1", "base": 0, "size": 1 << 20}],
+                              {"n1:1": 3})
+        for i, part in enumerate(entries):
+            now[0] = 4.0 * (i + 1)                     # 4 s between parts, 12 s in all
+            svc._expire_nodes(now[0])
+            assert "n1" in svc.nodes
+            svc.rpc_adopt_inventory("n1", "n1:1", [part], i == 2)
+        assert len(svc.index.keys()) == 3
+    finally:
+        svc.rpc.close()
