@@ -211,6 +211,8 @@ def _status_table(st: dict):
     t.caption = (f"nodes {len(st.get('nodes', {}))}  hits {hits}  misses {misses}  "
                  f"evictions {st.get('evictions', 0)}  pending puts {st.get('pending', 0)}  "
                  f"repairs pending {st.get('repairs_pending', 0)}"
+                 + (f"  nodes still sending their records {st['nodes_adopting']}"
+                    if st.get("nodes_adopting") else "")
                  + (f"  demotions {cold.get('demotions', 0)}  promotions "
                     f"{cold.get('promotions', 0)}" if cold.get("nodes") else ""))
     return t

@@ -504,8 +504,10 @@ class MasterService:
         st = self.index.stats()
         with self._lock:
             st["nodes"] = {n.node_id: {"endpoint": n.endpoint, "segments": n.segments,
-                                       "last_seen_ms": int((self.clock() - n.last_seen) * 1000)}
+                                       "last_seen_ms": int((self.clock() - n.last_seen) * 1000),
+                                       "adopting": sorted(n.adopting)}
                            for n in self.nodes.values()}
+            st["nodes_adopting"] = sum(1 for n in self.nodes.values() if n.adopting)
             st["repairs_pending"] = len(self._repair)
             st["repairs_in_flight"] = len(self._tasks)
             st.update(self.counters)

@@ -68,6 +68,8 @@ def test_a_large_inventory_comes_in_parts_and_recovery_waits_for_the_last():
         svc.rpc_register_node("n1", "127.0.0.1:1", [seg], {"n1:1": len(entries)})
         svc._check_recovered(svc.clock())
         assert svc.role == "recovering"                   # registered, records still coming
+        st = svc.rpc_stats()
+        assert st["nodes_adopting"] == 1 and st["nodes"]["n1"]["adopting"] == ["n1:1"]
         assert svc.rpc_adopt_inventory("n1", "n1:1", entries[:3], False) == 3
         assert svc.rpc_adopt_inventory("n1", "n1:1", entries[:3], False) == 0   # a retried part
         svc._check_recovered(svc.clock())
@@ -75,6 +77,7 @@ def test_a_large_inventory_comes_in_parts_and_recovery_waits_for_the_last():
         assert svc.rpc_adopt_inventory("n1", "n1:1", entries[3:], True) == 2
         svc._check_recovered(svc.clock())
         assert svc.role == "leader" and sorted(svc.index.keys()) == [f"k{i}" for i in range(5)]
+        assert svc.rpc_stats()["nodes_adopting"] == 0
         with pytest.raises(InvalidParams, match="register first"):
             svc.rpc_adopt_inventory("n2", "n1:1", entries, True)
         with pytest.raises(InvalidParams, match="not a cold tier"):   # n1 has no cold tiers
