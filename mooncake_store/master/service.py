@@ -149,7 +149,9 @@ class MasterService:
 
     def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         name = fn.__name__[len("rpc_"):]
-        node_call = name in NODE_CALLS
+        # A recovering leader answers its nodes, and `stats` (so `mstore status` can show the
+        # recovery: role, nodes still sending their records); clients wait until it leads.
+        node_call = name in NODE_CALLS or name == "stats"
 
         def call(*args: Any) -> Any:
             role = self.role

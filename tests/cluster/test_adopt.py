@@ -57,7 +57,7 @@ def test_a_returning_segment_frees_and_zaps_records_of_keys_known_now():
 def test_a_large_inventory_comes_in_parts_and_recovery_waits_for_the_last():
     import pytest
 
-    from mooncake_store.errors import InvalidParams
+    from mooncake_store.errors import InvalidParams, StoreError
     from mooncake_store.master.service import MasterService
 
     svc = MasterService(Config(lease_ttl_ms=0))
@@ -68,8 +68,12 @@ def test_a_large_inventory_comes_in_parts_and_recovery_waits_for_the_last():
         svc.rpc_register_node("n1", "127.0.0.1:1", [seg], {"n1:1": len(entries)})
         svc._check_recovered(svc.clock())
         assert svc.role == "recovering"                   # registered, records still coming
-        st = svc.rpc_stats()
-        assert st["nodes_adopting"] == 1 and st["nodes"]["n1"]["adopting"] == ["n1:1"]
+        handlers = svc._handlers()
+        st = handlers["stats"]()                          # answered while recovering
+        assert st["role"] == "recovering" and st["nodes_adopting"] == 1
+        assert st["nodes"]["n1"]["adopting"] == ["n1:1"]
+        with pytest.raises(StoreError, match="not ready"):
+            handlers["exists"]("k0")                      # clients wait
         assert svc.rpc_adopt_inventory("n1", "n1:1", entries[:3], False) == 3
         assert svc.rpc_adopt_inventory("n1", "n1:1", entries[:3], False) == 0   # a retried part
         svc._check_recovered(svc.clock())
