@@ -39,6 +39,8 @@ from .reserve import BLOCK_MAX, BLOCK_SPREAD_VALUE_MAX, Reservations
 
 # why() compares a missing key with at most this many stored keys.
 SIMILAR_SCAN = 200_000
+# remove_all / remove_by_regex remove this many keys per hold of the index lock (~40 ms).
+REMOVE_PART = 4096
 
 # Obj and Lookup live in objmeta.py (packed layout); re-exported for the modules importing them.
 __all__ = ["Obj", "ObjectIndex", "Lookup", "SegmentInfo", "TieringHooks",
@@ -446,10 +448,16 @@ class ObjectIndex:
         return out
 
     def remove_by_regex(self, pattern: str, force: bool = False) -> int:
-        return self.remove_many(self.keys(pattern), force)
+        return self._remove_in_parts(self.keys(pattern), force)
 
     def remove_all(self, force: bool = False) -> int:
-        return self.remove_many(self.keys(), force)
+        return self._remove_in_parts(self.keys(), force)
+
+    def _remove_in_parts(self, keys: list[str], force: bool) -> int:
+        """remove_many of the keys (a snapshot, as before), a part per lock hold: in one
+        hold, removing 300,000 keys stalled every other call for 2.4 s."""
+        return sum(self.remove_many(keys[lo:lo + REMOVE_PART], force)
+                   for lo in range(0, len(keys), REMOVE_PART))
 
     def _remove_locked(self, obj: Obj, why: int = REMOVED) -> None:
         self.policy.on_remove(obj.key)   # first: a bound policy reads the object

@@ -89,6 +89,15 @@ def test_batch_apis_across_three_nodes(cluster):
         assert s.exists("b/001") and not s.exists("b/fresh")
         assert len(s.keys()) == 48 - 11
         assert s.remove_all(force=True) == 37
+        # Many keys go in parts, one call each, so other clients are served in between.
+        many = [f"m/{i}" for i in range(9000)]
+        assert s.batch_put(many, [b"v"] * len(many)) == [0] * len(many)
+        calls.clear()
+        s._index.m.call = lambda method, *a, **k: calls.append(method) or call(method, *a, **k)
+        assert s.remove_by_regex("^m/", force=True) == 9000
+        s._index.m.call = call
+        assert calls == ["keys", "remove_many", "remove_many", "remove_many"]
+        assert not s.keys("^m/")
         # Space of leased objects is reused only after their leases end.
         wait_until(lambda: s.stats()["used"] == 0, what="space freed after leases end")
 
