@@ -50,7 +50,8 @@ def _warn_exposure(what: str, host: str, auth_token: str) -> None:
 
 @app.command("master")
 def master_cmd(host: str = typer.Option("127.0.0.1", help="Address to bind."),
-               port: int = typer.Option(50051, min=0, max=65535, help="RPC port (0: any free port)."),
+               port: int = typer.Option(50051, min=0, max=65535,
+                                        help="RPC port (0: any free port)."),
                etcd: str = ETCD_OPT,
                cluster_id: str = typer.Option("default", "--cluster-id"),
                lease_ttl_ms: int = typer.Option(5000, "--default-kv-lease-ttl", "--lease-ttl-ms",

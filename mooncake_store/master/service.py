@@ -211,7 +211,8 @@ class MasterService:
     def _check_recovered(self, now: float) -> None:
         with self._lock:
             ready = {n for n, rec in self.nodes.items() if not rec.adopting}
-            if self.role == "recovering" and (self._expected <= ready or now >= self._recover_until):
+            if self.role == "recovering" and (self._expected <= ready
+                                              or now >= self._recover_until):
                 missing = self._expected - ready
                 if missing:
                     log.warning("recovery: %d node(s) did not re-register: %s", len(missing),
@@ -569,10 +570,12 @@ class MasterService:
                 inv = cold.get("inventory")
                 if isinstance(inv, dict) and any(isinstance(n, int) for n in inv.values()):
                     # Counts: the records follow in adopt_inventory parts, as for segments.
-                    rec.adopting |= {_cold_part(t) for t, n in inv.items() if isinstance(n, int) and n}
+                    rec.adopting |= {_cold_part(t) for t, n in inv.items()
+                                     if isinstance(n, int) and n}
                     cold = dict(cold, inventory={})
                 self.counters["adopted"] += self.tiers.add_node(node_id, cold)
-            for key in list(self.want):  # a new node may be the room an under-replicated key waits for
+            # A new node may be the room an under-replicated key waits for.
+            for key in list(self.want):
                 self._repair[key] = None
             self.counters["nodes_joined"] += 1
         log.info("node %s joined at %s with %d segment(s)", node_id, endpoint, len(names))

@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from ..replica import Slice
 
-MIN_QUEUED = 65_536        # per segment at least; beyond its cap the oldest are dropped (and counted)
+MIN_QUEUED = 65_536        # per segment at least; past the cap the oldest go (and are counted)
 # And one entry per 128 bytes of segment, the smallest record (a header line and a value
 # line): a whole segment's records removed at once all keep their zaps. At 16 bytes an entry
 # that is an eighth of the segment's size at worst, where the index spent ~300 bytes on

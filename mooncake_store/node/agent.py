@@ -141,7 +141,7 @@ class NodeAgent:
                     # heartbeat, still leaving the master's lock free most of the time.
                     pause = min(pause, ZAP_DRAIN_PAUSE_S)
                 if tasks and self._cold_q.qsize() < 64:
-                    pause = 0   # more may be queued (demotions): ask again while the cold worker keeps up
+                    pause = 0   # more may be queued (demotions): ask again, the worker keeps up
             except StoreError as e:
                 self.counters["master_errors"] += 1
                 log.debug("node %s: master call failed: %s", self.node_id, e)
