@@ -44,10 +44,14 @@ def _pcts(spec: str) -> list[float]:
         except ValueError:
             raise InvalidParams(f"--sweep: {part.strip()!r} is not a number "
                                 "(example: --sweep 2,5,10,20)") from None
-        if not 0 < v <= 100:
-            raise InvalidParams(f"--sweep: capacity percentages must be in (0, 100], got {v:g}")
-        out.append(v)
+        out.append(_check_pct(v, "--sweep: capacity percentages"))
     return sorted(set(out))
+
+
+def _check_pct(v: float, what: str) -> float:
+    if not 0 < v <= 100:
+        raise InvalidParams(f"{what} must be in (0, 100], got {v:g}")
+    return v
 
 
 def _mem_available() -> int | None:
@@ -94,8 +98,8 @@ def replay_cmd(
             raise InvalidParams("--capacity is exclusive with --capacity-pct and --sweep")
         if limit is not None and limit <= 0:
             raise InvalidParams(f"--limit: must be > 0, got {limit}")
-        if capacity_pct is not None and not 0 < capacity_pct <= 100:
-            raise InvalidParams(f"--capacity-pct: must be in (0, 100], got {capacity_pct:g}")
+        if capacity_pct is not None:
+            _check_pct(capacity_pct, "--capacity-pct:")
         if speed < 0:
             raise InvalidParams(f"--speed: must be >= 0 (0 = as fast as possible), got {speed:g}")
         pols = _policies(policy, bool(sweep))

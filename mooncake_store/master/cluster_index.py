@@ -57,10 +57,12 @@ class ClusterIndex:
                              for t, reps in ix._graveyard]
         return damaged
 
-    def adopt(self, segment: str, inventory: Iterable[Sequence], returning: bool = False) -> int:
+    def adopt(self, segment: str, inventory: Iterable[Sequence], returning: bool = False,
+              replicated: dict[str, int] | None = None) -> int:
         """Record objects found in `segment`: entries (key, offset, length, size, flags).
         Returns how many entries became replicas (an entry whose range is not free or whose
-        size disagrees with a known object of the same key is skipped).
+        size disagrees with a known object of the same key is skipped). `replicated`, when
+        given, gets key -> replica count for each whole object this gave a further replica.
 
         `returning`: this master dropped the segment earlier (its node went silent and came
         back, or restarted on the same memory). Its records of keys the index knows now are
@@ -100,22 +102,12 @@ class ClusterIndex:
                     ix.policy.on_insert(key, size)
                 else:
                     obj.replicas = (*obj.replicas, replica)
+                    if replicated is not None and not is_striped(obj.replicas):
+                        replicated[key] = len(obj.replicas)
                 n += 1
         for skey, offset, length, flags in stripes:   # outside the lock: it takes it itself
             n += self.striped.adopt_stripe(segment, skey, offset, length, flags)
         return n
-
-    def replica_counts(self, inventory: Iterable[Sequence]) -> dict[str, int]:
-        """key -> replica count, for the whole (not striped) objects of an inventory that
-        have more than one replica."""
-        ix = self.ix
-        out: dict[str, int] = {}
-        with ix.lock:
-            for entry in inventory:
-                obj = ix._objects.get(entry[0])
-                if obj is not None and len(obj.replicas) > 1 and not is_striped(obj.replicas):
-                    out[obj.key] = len(obj.replicas)
-        return out
 
     def _refuse(self, segment: str, ranges: list[tuple[int, int]]) -> None:
         # Reserved first so the frees go through the index's hook like any other.

@@ -340,10 +340,10 @@ def _fitting(layout: tuple, alloc: Any, length: int) -> tuple:
 def _layout(records: Sequence[int], alloc: Any) -> tuple[list[tuple[int, int]], int]:
     """Records of these lengths back to back from a block's start, each rounded to the
     allocator's alignment: (offset in the block, length) of each, and where the last ends."""
-    out, at, mask = [], 0, alloc.align - 1
+    out, at = [], 0
     for n in records:
         out.append((at, n))
-        at += (n + mask) & ~mask
+        at += alloc.round(n)
     return out, at
 
 

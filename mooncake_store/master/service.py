@@ -614,12 +614,13 @@ class MasterService:
         return node is not None and where in node.tiers
 
     def _adopt(self, rec: NodeRec, segment: str, entries: Any) -> int:
-        adopted = self.cluster.adopt(segment, entries, segment in rec.returning)
-        self.counters["adopted"] += adopted
         # A record carries no replica_num, and a rebuilt index knows none: an object found
         # on several nodes was put with (at least) that many, so losing one later is
         # repaired as it would have been before the failover.
-        for key, n in self.cluster.replica_counts(entries).items():
+        replicated: dict[str, int] = {}
+        adopted = self.cluster.adopt(segment, entries, segment in rec.returning, replicated)
+        self.counters["adopted"] += adopted
+        for key, n in replicated.items():
             if n > self.want.get(key, 1):
                 self.want[key] = n
         return adopted

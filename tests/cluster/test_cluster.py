@@ -102,14 +102,22 @@ def test_batch_apis_across_three_nodes(cluster):
         wait_until(lambda: s.stats()["used"] == 0, what="space freed after leases end")
 
 
-def test_replicas_survive_node_kill_and_are_restored(cluster):
-    m = cluster.master(node_ttl_ms=1000)
+def _three_nodes_holding_twice(cluster, values: dict, port: int = 0):
+    """A master (on `port`) and three nodes, every value put with replica_num=2: (master,
+    nodes)."""
+    m = cluster.master(port=port, node_ttl_ms=1000)
     nodes = [cluster.node(m.addr, dram="16MB") for _ in range(3)]
     wait_nodes(m.addr, 3)
-    values = {f"r/{i}": _value(100 + i, 200_000) for i in range(20)}
     with store(m.addr) as s:
         for k, v in values.items():
             s.put(k, v, ReplicateConfig(replica_num=2))
+    return m, nodes
+
+
+def test_replicas_survive_node_kill_and_are_restored(cluster):
+    values = {f"r/{i}": _value(100 + i, 200_000) for i in range(20)}
+    m, nodes = _three_nodes_holding_twice(cluster, values)
+    with store(m.addr) as s:
         for k in values:
             segs = {r[0]["segment"] for r in s._index.stat(k)["replicas"]}
             assert len(segs) == 2       # two replicas, on distinct nodes
@@ -137,13 +145,8 @@ def test_replica_count_is_restored_after_a_master_restart_too(cluster):
     """A rebuilt index learns replica_num from where it finds each object: one found on two
     nodes is repaired back to two when one of them dies later."""
     port = free_port()
-    m = cluster.master(port=port, node_ttl_ms=1000)
-    nodes = [cluster.node(m.addr, dram="16MB") for _ in range(3)]
-    wait_nodes(m.addr, 3)
     twice = {f"r2/{i}": _value(300 + i, 100_000) for i in range(12)}
-    with store(m.addr) as s:
-        for k, v in twice.items():
-            s.put(k, v, ReplicateConfig(replica_num=2))
+    m, nodes = _three_nodes_holding_twice(cluster, twice, port)
     with after_master_restart(cluster, m, port, twice, nodes=3) as s:
         victim = nodes[0]
         assert any(victim.endpoint in {r[0]["segment"] for r in s._index.stat(k)["replicas"]}
